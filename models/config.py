@@ -1,0 +1,94 @@
+"""Configuration, read from the environment in one place.
+
+Every setting has a default that suits a single machine; an invalid value stops
+start-up with a message naming the variable, rather than failing later at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the service cannot use."""
+
+
+def normalize_database_url(url: str) -> str:
+    """Accept URLs as PaaS add-ons hand them out and pin the psycopg 3 driver."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"DATABASE_URL must look like postgresql://user@host/db, got {url!r}")
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        return f"postgresql+psycopg://{rest}"
+    raise ConfigError(f"DATABASE_URL must be a postgres:// or postgresql:// URL, got {scheme}://")
+
+
+def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    admin_token: str | None
+    # Firing path.
+    batch_size: int
+    wakeup_horizon_seconds: int
+    wakeup_bucket_ms: int
+    lease_seconds: int
+    max_attempts: int
+    backoff_base_seconds: int
+    backoff_max_seconds: int
+    # Connections: bounded so an outage turns into a quick 503, not a hang.
+    db_pool_size: int
+    db_pool_timeout_seconds: int
+    db_connect_timeout_seconds: int
+    db_statement_timeout_ms: int
+    redis_timeout_seconds: int
+    max_body_bytes: int
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        settings = cls(
+            database_url=normalize_database_url(
+                env.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+            ),
+            redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
+            admin_token=env.get("SLA_ADMIN_TOKEN") or None,
+            batch_size=_int(env, "SLA_BATCH_SIZE", 500, minimum=1),
+            wakeup_horizon_seconds=_int(env, "SLA_WAKEUP_HORIZON_SECONDS", 300, minimum=90),
+            wakeup_bucket_ms=_int(env, "SLA_WAKEUP_BUCKET_MS", 100, minimum=1),
+            lease_seconds=_int(env, "SLA_LEASE_SECONDS", 60, minimum=1),
+            max_attempts=_int(env, "SLA_MAX_ATTEMPTS", 3, minimum=1),
+            backoff_base_seconds=_int(env, "SLA_BACKOFF_BASE_SECONDS", 5, minimum=0),
+            backoff_max_seconds=_int(env, "SLA_BACKOFF_MAX_SECONDS", 900, minimum=0),
+            db_pool_size=_int(env, "SLA_DB_POOL_SIZE", 10, minimum=1),
+            db_pool_timeout_seconds=_int(env, "SLA_DB_POOL_TIMEOUT_SECONDS", 5, minimum=1),
+            db_connect_timeout_seconds=_int(env, "SLA_DB_CONNECT_TIMEOUT_SECONDS", 3, minimum=1),
+            db_statement_timeout_ms=_int(env, "SLA_DB_STATEMENT_TIMEOUT_MS", 15000, minimum=0),
+            redis_timeout_seconds=_int(env, "SLA_REDIS_TIMEOUT_SECONDS", 2, minimum=1),
+            max_body_bytes=_int(env, "SLA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        )
+        if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"REDIS_URL must be a redis:// URL, got {settings.redis_url!r}")
+        if settings.backoff_max_seconds < settings.backoff_base_seconds:
+            raise ConfigError("SLA_BACKOFF_MAX_SECONDS must be >= SLA_BACKOFF_BASE_SECONDS")
+        return settings
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,74 @@
+"""Outbox events: their idempotency keys and payloads (pure).
+
+Each key names one event per (timer, kind[, step]); the unique index on
+``(tenant_id, idempotency_key)`` turns a second write of the same event into a
+no-op, whatever path or race produced it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+STARTED = "sla.timer.started"
+DUE = "sla.timer.due"
+ESCALATION_TRIGGERED = "sla.escalation.triggered"
+CANCELLED = "sla.timer.cancelled"
+COMPLETED = "sla.timer.completed"
+FAILED = "sla.timer.failed"
+
+_KIND = {
+    STARTED: "started",
+    DUE: "due",
+    ESCALATION_TRIGGERED: "step",
+    CANCELLED: "cancelled",
+    COMPLETED: "completed",
+    FAILED: "failed",
+}
+
+
+def event_key(timer_id: UUID | str, event_type: str, step: int | None = None) -> str:
+    key = f"{timer_id}:{_KIND[event_type]}"
+    return key if step is None else f"{key}:{step}"
+
+
+def step_key(timer_id: UUID | str, step: int) -> str:
+    """Idempotency key of a step row, as the schema specifies: ``{timer_id}-{step}``."""
+    return f"{timer_id}-{step}"
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def timer_event(
+    timer: Mapping[str, Any],
+    event_type: str,
+    occurred_at: datetime,
+    *,
+    step: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """An outbox row for ``timer`` (a mapping with the sla_timers columns)."""
+    payload = {
+        "type": event_type,
+        "timer_id": str(timer["id"]),
+        "lead_id": timer["lead_id"],
+        "sla_contract_id": timer["sla_contract_id"],
+        "started_at": _iso(timer["started_at"]),
+        "due_at": _iso(timer["due_at"]),
+        "correlation_id": timer["correlation_id"],
+        "occurred_at": _iso(occurred_at),
+        **extra,
+    }
+    return {
+        "tenant_id": str(timer["tenant_id"]),
+        "timer_id": str(timer["id"]),
+        "event_type": event_type,
+        "payload": payload,
+        "correlation_id": timer["correlation_id"],
+        "idempotency_key": event_key(timer["id"], event_type, step),
+        "created_at": _iso(occurred_at),
+    }

@@ -1,0 +1,597 @@
+"""All SQL of the service, in one place.
+
+Functions take a SQLAlchemy ``Connection`` and leave transactions to the caller.
+Bulk writes pass their rows as one JSON document unpacked by
+``jsonb_to_recordset``: one statement and one round trip per batch, whatever
+its size, with the column types spelled out next to the SQL that uses them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID, uuid4
+
+from sqlalchemy import Connection, text
+from sqlalchemy.exc import IntegrityError
+
+from . import events
+from .schema import OPEN_STATUSES
+
+
+class TimerConflict(Exception):
+    """The request contradicts the stored state (409)."""
+
+
+def _json(rows: Any) -> str:
+    return json.dumps(rows, default=str, separators=(",", ":"))
+
+
+# --------------------------------------------------------------------------- tenants & keys
+
+API_KEY_PREFIX = "sla"
+
+
+def _hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def create_api_key(conn: Connection, tenant_id: UUID) -> str:
+    """A new key ``sla_<prefix>_<secret>``; only its hash is stored, so it is shown once."""
+    prefix = secrets.token_hex(6)
+    key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
+    conn.execute(
+        text("INSERT INTO api_keys (tenant_id, prefix, key_hash) VALUES (:t, :p, :h)"),
+        {"t": tenant_id, "p": prefix, "h": _hash_key(key)},
+    )
+    return key
+
+
+def create_tenant(conn: Connection, name: str) -> tuple[UUID, str]:
+    tenant_id = conn.execute(
+        text("INSERT INTO tenants (name) VALUES (:name) RETURNING id"), {"name": name}
+    ).scalar_one()
+    return tenant_id, create_api_key(conn, tenant_id)
+
+
+def key_prefix(key: str) -> str | None:
+    parts = key.split("_", 2)
+    if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
+        return None
+    return parts[1]
+
+
+def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
+    prefix = key_prefix(key)
+    if prefix is None:
+        return None
+    row = conn.execute(
+        text(
+            "SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL"
+        ),
+        {"p": prefix},
+    ).first()
+    if row is None or not hmac.compare_digest(row.key_hash, _hash_key(key)):
+        return None
+    return row.tenant_id
+
+
+def revoke_api_key(conn: Connection, prefix: str) -> bool:
+    result = conn.execute(
+        text("UPDATE api_keys SET revoked_at = now() WHERE prefix = :p AND revoked_at IS NULL"),
+        {"p": prefix},
+    )
+    return result.rowcount == 1
+
+
+# --------------------------------------------------------------------------- outbox
+
+_INSERT_EVENTS = text(
+    """
+    INSERT INTO outbox_events
+        (tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key, created_at)
+    SELECT tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key, created_at
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        tenant_id uuid, timer_id uuid, event_type text, payload jsonb,
+        correlation_id text, idempotency_key text, created_at timestamptz)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    """
+)
+
+
+def insert_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    if rows:
+        conn.execute(_INSERT_EVENTS, {"rows": _json(list(rows))})
+
+
+# --------------------------------------------------------------------------- timers: API side
+
+
+@dataclass(frozen=True)
+class NewTimer:
+    lead_id: str
+    sla_contract_id: str
+    started_at: datetime
+    window_seconds: int
+    escalation_steps: list[dict[str, Any]]
+    correlation_id: str
+    metadata: dict[str, Any]
+    idempotency_key: str | None = None
+    request_fingerprint: str | None = None
+
+
+_TIMER_BY_ID = text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id")
+
+_TIMER_BY_KEY = text(
+    "SELECT * FROM sla_timers WHERE tenant_id = :tenant AND idempotency_key = :key"
+)
+
+_INSERT_TIMER = text(
+    """
+    INSERT INTO sla_timers (
+        id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
+        correlation_id, idempotency_key, request_fingerprint, escalation_steps, metadata,
+        next_fire_at, created_at, updated_at)
+    VALUES (
+        :id, :tenant_id, :lead_id, :sla_contract_id, :started_at, :due_at, :window_seconds,
+        :correlation_id, :idempotency_key, :request_fingerprint, CAST(:steps AS jsonb),
+        CAST(:metadata AS jsonb), :due_at, :now, :now)
+    RETURNING *
+    """
+)
+
+
+def start_timer(
+    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime, now: datetime
+) -> tuple[dict[str, Any], bool]:
+    """Start a timer; returns (timer, created). A replay of the same idempotency key
+    and body returns the stored timer; the same key with another body is a conflict.
+
+    Starts for one lead and contract are serialized by an advisory lock, so the
+    supersede-then-insert below never leaves two open timers behind.
+    """
+    conn.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+        {"k": f"{tenant_id}/{new.lead_id}/{new.sla_contract_id}"},
+    )
+    if new.idempotency_key is not None:
+        existing = conn.execute(
+            _TIMER_BY_KEY, {"tenant": tenant_id, "key": new.idempotency_key}
+        ).first()
+        if existing is not None:
+            if existing.request_fingerprint != new.request_fingerprint:
+                raise TimerConflict(
+                    "Idempotency-Key was already used with a different request body"
+                )
+            return dict(existing._mapping), False
+
+    previous = conn.execute(
+        text(
+            """
+            SELECT * FROM sla_timers
+            WHERE tenant_id = :tenant AND lead_id = :lead AND sla_contract_id = :contract
+              AND status = ANY(:open)
+            FOR UPDATE
+            """
+        ),
+        {
+            "tenant": tenant_id,
+            "lead": new.lead_id,
+            "contract": new.sla_contract_id,
+            "open": list(OPEN_STATUSES),
+        },
+    ).mappings().all()
+    close_timers(conn, previous, "cancel", now, reason="superseded")
+
+    params = {
+        "id": uuid4(),
+        "tenant_id": tenant_id,
+        "lead_id": new.lead_id,
+        "sla_contract_id": new.sla_contract_id,
+        "started_at": new.started_at,
+        "due_at": due,
+        "window_seconds": new.window_seconds,
+        "correlation_id": new.correlation_id,
+        "idempotency_key": new.idempotency_key,
+        "request_fingerprint": new.request_fingerprint,
+        "steps": _json(new.escalation_steps),
+        "metadata": _json(new.metadata),
+        "now": now,
+    }
+    try:
+        with conn.begin_nested():
+            timer = dict(conn.execute(_INSERT_TIMER, params).mappings().one())
+    except IntegrityError as exc:
+        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
+        if constraint == "uq_sla_timers_tenant_id_idempotency_key":
+            raise TimerConflict(
+                "Idempotency-Key was already used with a different request body"
+            ) from None
+        if constraint == "uq_sla_timers_tenant_id_lead_id_sla_contract_id_started_at":
+            raise TimerConflict(
+                f"a timer for lead {new.lead_id!r} and contract {new.sla_contract_id!r} "
+                f"started at {new.started_at.isoformat()} already exists"
+            ) from None
+        raise
+    insert_events(
+        conn,
+        [
+            events.timer_event(
+                timer,
+                events.STARTED,
+                now,
+                window_seconds=new.window_seconds,
+                escalation_steps=new.escalation_steps,
+                metadata=new.metadata,
+            )
+        ],
+    )
+    return timer, True
+
+
+_SKIP_REMAINING_STEPS = text(
+    """
+    INSERT INTO sla_escalation_events (
+        tenant_id, lead_id, timer_id, escalation_step, executed_at, outcome,
+        escalation_config, correlation_id, idempotency_key)
+    SELECT t.tenant_id, t.lead_id, t.id, (s ->> 'step')::int, :now, 'SKIPPED',
+           s, t.correlation_id, t.id::text || '-' || (s ->> 'step')
+    FROM sla_timers t, jsonb_array_elements(t.escalation_steps) AS s
+    WHERE t.id = ANY(:ids)
+    ON CONFLICT DO NOTHING
+    """
+)
+
+_CLOSE_TIMERS = text(
+    """
+    UPDATE sla_timers SET
+        status = :status,
+        cancelled_at = CASE WHEN :status = 'CANCELLED' THEN :now END,
+        completed_at = CASE WHEN :status = 'COMPLETED' THEN :now END,
+        cancel_reason = CASE WHEN :status = 'CANCELLED' THEN :reason END,
+        breached = CASE WHEN :status = 'COMPLETED' THEN due_at < :now END,
+        -- A dead-lettered timer keeps FAILED so the failure stays visible.
+        processing_status = CASE WHEN processing_status = 'FAILED' THEN 'FAILED'
+                                 ELSE 'COMPLETED' END,
+        next_fire_at = NULL, claim_token = NULL, lease_expires_at = NULL,
+        updated_at = :now
+    WHERE id = ANY(:ids)
+    RETURNING *
+    """
+)
+
+
+def close_timers(
+    conn: Connection,
+    timers: Sequence[Mapping[str, Any]],
+    verb: str,
+    now: datetime,
+    *,
+    reason: str | None = None,
+) -> list[dict[str, Any]]:
+    """Cancel or complete open timers (already locked by the caller): their
+    remaining steps are recorded SKIPPED so they can never fire, and one event
+    per timer is written."""
+    if not timers:
+        return []
+    status, event_type = (
+        ("CANCELLED", events.CANCELLED) if verb == "cancel" else ("COMPLETED", events.COMPLETED)
+    )
+    ids = [t["id"] for t in timers]
+    conn.execute(_SKIP_REMAINING_STEPS, {"ids": ids, "now": now})
+    closed = [
+        dict(r)
+        for r in conn.execute(
+            _CLOSE_TIMERS, {"ids": ids, "now": now, "status": status, "reason": reason}
+        ).mappings()
+    ]
+    insert_events(
+        conn,
+        [
+            events.timer_event(t, event_type, now, reason=reason)
+            if verb == "cancel"
+            else events.timer_event(t, event_type, now, breached=t["breached"])
+            for t in closed
+        ],
+    )
+    return closed
+
+
+def finish_timer(
+    conn: Connection, tenant_id: UUID, timer_id: UUID, verb: str, now: datetime,
+    reason: str | None = None,
+) -> dict[str, Any] | None:
+    """Cancel or complete one timer; None if the tenant has no such timer.
+    Repeating the verb is a no-op; the other verb on a closed timer is a conflict."""
+    row = conn.execute(
+        text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id FOR UPDATE"),
+        {"tenant": tenant_id, "id": timer_id},
+    ).mappings().first()
+    if row is None:
+        return None
+    done = "CANCELLED" if verb == "cancel" else "COMPLETED"
+    if row["status"] == done:
+        return dict(row)
+    if row["status"] not in OPEN_STATUSES:
+        raise TimerConflict(f"timer is {row['status'].lower()} and cannot be {done.lower()}")
+    return close_timers(conn, [row], verb, now, reason=reason)[0]
+
+
+def finish_lead_timers(
+    conn: Connection,
+    tenant_id: UUID,
+    lead_id: str,
+    verb: str,
+    now: datetime,
+    *,
+    sla_contract_id: str | None = None,
+    reason: str | None = None,
+) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        text(
+            """
+            SELECT * FROM sla_timers
+            WHERE tenant_id = :tenant AND lead_id = :lead AND status = ANY(:open)
+              AND (CAST(:contract AS text) IS NULL OR sla_contract_id = :contract)
+            ORDER BY created_at, id
+            FOR UPDATE
+            """
+        ),
+        {
+            "tenant": tenant_id,
+            "lead": lead_id,
+            "open": list(OPEN_STATUSES),
+            "contract": sla_contract_id,
+        },
+    ).mappings().all()
+    return close_timers(conn, rows, verb, now, reason=reason)
+
+
+def get_timer(conn: Connection, tenant_id: UUID, timer_id: UUID) -> dict[str, Any] | None:
+    row = conn.execute(_TIMER_BY_ID, {"tenant": tenant_id, "id": timer_id}).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def escalations_for(conn: Connection, timer_ids: Sequence[UUID]) -> dict[UUID, list[dict]]:
+    """Step rows for several timers in one query, in step order."""
+    found: dict[UUID, list[dict]] = {t: [] for t in timer_ids}
+    if timer_ids:
+        rows = conn.execute(
+            text(
+                """
+                SELECT timer_id, escalation_step, executed_at, outcome, error_message,
+                       escalation_config
+                FROM sla_escalation_events WHERE timer_id = ANY(:ids)
+                ORDER BY timer_id, escalation_step
+                """
+            ),
+            {"ids": list(timer_ids)},
+        ).mappings()
+        for r in rows:
+            found[r["timer_id"]].append(dict(r))
+    return found
+
+
+def encode_cursor(created_at: datetime, timer_id: UUID) -> str:
+    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{timer_id}".encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """Raises ValueError for a cursor this service did not hand out."""
+    created, _, timer_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
+    return datetime.fromisoformat(created), UUID(timer_id)
+
+
+def list_timers(
+    conn: Connection,
+    tenant_id: UUID,
+    *,
+    lead_id: str | None,
+    status: str | None,
+    limit: int,
+    cursor: tuple[datetime, UUID] | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    rows = conn.execute(
+        text(
+            """
+            SELECT * FROM sla_timers
+            WHERE tenant_id = :tenant
+              AND (CAST(:lead AS text) IS NULL OR lead_id = :lead)
+              AND (CAST(:status AS text) IS NULL OR status = :status)
+              AND (CAST(:c_at AS timestamptz) IS NULL
+                   OR (created_at, id) < (CAST(:c_at AS timestamptz), CAST(:c_id AS uuid)))
+            ORDER BY created_at DESC, id DESC
+            LIMIT :limit
+            """
+        ),
+        {
+            "tenant": tenant_id,
+            "lead": lead_id,
+            "status": status,
+            "c_at": cursor[0] if cursor else None,
+            "c_id": cursor[1] if cursor else None,
+            "limit": limit + 1,
+        },
+    ).mappings().all()
+    items = [dict(r) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last["created_at"], last["id"])
+    return items, next_cursor
+
+
+# --------------------------------------------------------------------------- firing path
+
+_CLAIM_DUE = text(
+    """
+    UPDATE sla_timers t SET
+        processing_status = 'PROCESSING',
+        claim_token = :token,
+        lease_expires_at = :now + make_interval(secs => :lease),
+        last_attempt_at = :now
+    FROM (
+        SELECT id FROM sla_timers
+        WHERE processing_status = 'PENDING' AND next_fire_at <= :now
+        ORDER BY next_fire_at
+        LIMIT :limit
+        FOR UPDATE SKIP LOCKED
+    ) due
+    WHERE t.id = due.id
+    RETURNING t.id
+    """
+)
+
+
+def claim_due(
+    conn: Connection, token: UUID, now: datetime, limit: int, lease_seconds: int
+) -> list[UUID]:
+    """Mark up to ``limit`` due timers PROCESSING under ``token``, skipping rows
+    another claimer holds. Commit right after, so the lease is visible to all."""
+    return list(
+        conn.execute(
+            _CLAIM_DUE, {"token": token, "now": now, "limit": limit, "lease": lease_seconds}
+        ).scalars()
+    )
+
+
+def lock_claimed(conn: Connection, ids: Sequence[UUID], token: UUID) -> list[dict[str, Any]]:
+    """Lock the claimed rows that are still ours. A timer cancelled or completed
+    since the claim has lost its token and drops out here, so it never fires."""
+    return [
+        dict(r)
+        for r in conn.execute(
+            text(
+                """
+                SELECT id, tenant_id, lead_id, sla_contract_id, status, started_at, due_at,
+                       escalation_steps, steps_done, attempts, correlation_id
+                FROM sla_timers
+                WHERE id = ANY(:ids) AND claim_token = :token AND processing_status = 'PROCESSING'
+                ORDER BY id
+                FOR UPDATE
+                """
+            ),
+            {"ids": list(ids), "token": token},
+        ).mappings()
+    ]
+
+
+_RECORD_STEPS = text(
+    """
+    WITH steps AS (
+        INSERT INTO sla_escalation_events (
+            tenant_id, lead_id, timer_id, escalation_step, executed_at, outcome,
+            escalation_config, correlation_id, error_message, idempotency_key)
+        SELECT tenant_id, lead_id, timer_id, escalation_step, :now, outcome,
+               escalation_config, correlation_id, error_message,
+               timer_id::text || '-' || escalation_step
+        FROM jsonb_to_recordset(CAST(:steps AS jsonb)) AS s(
+            tenant_id uuid, lead_id text, timer_id uuid, escalation_step int, outcome text,
+            escalation_config jsonb, correlation_id text, error_message text)
+        ON CONFLICT DO NOTHING
+        RETURNING tenant_id, timer_id, escalation_step
+    )
+    -- Only a step row written just now gets its event: exactly one per (timer, step).
+    INSERT INTO outbox_events
+        (tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key, created_at)
+    SELECT e.tenant_id, e.timer_id, 'sla.escalation.triggered', e.payload, e.correlation_id,
+           e.idempotency_key, :now
+    FROM jsonb_to_recordset(CAST(:events AS jsonb)) AS e(
+        tenant_id uuid, timer_id uuid, step int, payload jsonb, correlation_id text,
+        idempotency_key text)
+    JOIN steps s ON s.tenant_id = e.tenant_id AND s.timer_id = e.timer_id
+                AND s.escalation_step = e.step
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    """
+)
+
+
+def record_steps(
+    conn: Connection,
+    steps: Sequence[Mapping[str, Any]],
+    step_events: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> None:
+    """Write step rows and their ``sla.escalation.triggered`` events in one statement."""
+    if steps:
+        conn.execute(
+            _RECORD_STEPS, {"steps": _json(list(steps)), "events": _json(list(step_events)),
+                            "now": now}
+        )
+
+
+_UPDATE_FIRED = text(
+    """
+    UPDATE sla_timers t SET
+        status = r.status,
+        steps_done = r.steps_done,
+        next_fire_at = r.next_fire_at,
+        processing_status = r.processing_status,
+        attempts = r.attempts,
+        last_error = r.last_error,
+        next_attempt_at = r.next_attempt_at,
+        claim_token = NULL,
+        lease_expires_at = NULL,
+        updated_at = :now
+    FROM jsonb_to_recordset(CAST(:rows AS jsonb)) AS r(
+        id uuid, status text, steps_done int, next_fire_at timestamptz,
+        processing_status text, attempts int, last_error text, next_attempt_at timestamptz)
+    WHERE t.id = r.id AND t.claim_token = :token
+    """
+)
+
+
+def update_fired(
+    conn: Connection, token: UUID, rows: Sequence[Mapping[str, Any]], now: datetime
+) -> None:
+    """Store each processed timer's new state and release its claim."""
+    if rows:
+        conn.execute(_UPDATE_FIRED, {"rows": _json(list(rows)), "token": token, "now": now})
+
+
+def rescue_expired_leases(conn: Connection, now: datetime) -> int:
+    """Return rows whose claimer vanished (killed mid-batch) to PENDING."""
+    return conn.execute(
+        text(
+            """
+            UPDATE sla_timers SET
+                processing_status = 'PENDING', claim_token = NULL, lease_expires_at = NULL,
+                last_error = 'lease expired: the worker processing this timer was lost',
+                updated_at = :now
+            WHERE id IN (
+                SELECT id FROM sla_timers
+                WHERE processing_status = 'PROCESSING' AND lease_expires_at < :now
+                FOR UPDATE SKIP LOCKED
+            )
+            """
+        ),
+        {"now": now},
+    ).rowcount
+
+
+def upcoming_fire_times(
+    conn: Connection, start: datetime, end: datetime, limit: int = 10_000
+) -> list[datetime]:
+    """Distinct instants in [start, end) at which PENDING timers need firing."""
+    return list(
+        conn.execute(
+            text(
+                """
+                SELECT DISTINCT next_fire_at FROM sla_timers
+                WHERE processing_status = 'PENDING'
+                  AND next_fire_at >= :start AND next_fire_at < :end
+                ORDER BY next_fire_at
+                LIMIT :limit
+                """
+            ),
+            {"start": start, "end": end, "limit": limit},
+        ).scalars()
+    )
