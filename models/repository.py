@@ -73,9 +73,7 @@ def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
     if prefix is None:
         return None
     row = conn.execute(
-        text(
-            "SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL"
-        ),
+        text("SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL"),
         {"p": prefix},
     ).first()
     if row is None or not hmac.compare_digest(row.key_hash, _hash_key(key)):
@@ -172,22 +170,26 @@ def start_timer(
                 )
             return dict(existing._mapping), False
 
-    previous = conn.execute(
-        text(
-            """
+    previous = (
+        conn.execute(
+            text(
+                """
             SELECT * FROM sla_timers
             WHERE tenant_id = :tenant AND lead_id = :lead AND sla_contract_id = :contract
               AND status = ANY(:open)
             FOR UPDATE
             """
-        ),
-        {
-            "tenant": tenant_id,
-            "lead": new.lead_id,
-            "contract": new.sla_contract_id,
-            "open": list(OPEN_STATUSES),
-        },
-    ).mappings().all()
+            ),
+            {
+                "tenant": tenant_id,
+                "lead": new.lead_id,
+                "contract": new.sla_contract_id,
+                "open": list(OPEN_STATUSES),
+            },
+        )
+        .mappings()
+        .all()
+    )
     close_timers(conn, previous, "cancel", now, reason="superseded")
 
     params = {
@@ -305,15 +307,23 @@ def close_timers(
 
 
 def finish_timer(
-    conn: Connection, tenant_id: UUID, timer_id: UUID, verb: str, now: datetime,
+    conn: Connection,
+    tenant_id: UUID,
+    timer_id: UUID,
+    verb: str,
+    now: datetime,
     reason: str | None = None,
 ) -> dict[str, Any] | None:
     """Cancel or complete one timer; None if the tenant has no such timer.
     Repeating the verb is a no-op; the other verb on a closed timer is a conflict."""
-    row = conn.execute(
-        text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id FOR UPDATE"),
-        {"tenant": tenant_id, "id": timer_id},
-    ).mappings().first()
+    row = (
+        conn.execute(
+            text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id FOR UPDATE"),
+            {"tenant": tenant_id, "id": timer_id},
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
         return None
     done = "CANCELLED" if verb == "cancel" else "COMPLETED"
@@ -334,23 +344,27 @@ def finish_lead_timers(
     sla_contract_id: str | None = None,
     reason: str | None = None,
 ) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        text(
-            """
+    rows = (
+        conn.execute(
+            text(
+                """
             SELECT * FROM sla_timers
             WHERE tenant_id = :tenant AND lead_id = :lead AND status = ANY(:open)
               AND (CAST(:contract AS text) IS NULL OR sla_contract_id = :contract)
             ORDER BY created_at, id
             FOR UPDATE
             """
-        ),
-        {
-            "tenant": tenant_id,
-            "lead": lead_id,
-            "open": list(OPEN_STATUSES),
-            "contract": sla_contract_id,
-        },
-    ).mappings().all()
+            ),
+            {
+                "tenant": tenant_id,
+                "lead": lead_id,
+                "open": list(OPEN_STATUSES),
+                "contract": sla_contract_id,
+            },
+        )
+        .mappings()
+        .all()
+    )
     return close_timers(conn, rows, verb, now, reason=reason)
 
 
@@ -399,9 +413,10 @@ def list_timers(
     cursor: tuple[datetime, UUID] | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, keyset-paginated on (created_at, id)."""
-    rows = conn.execute(
-        text(
-            """
+    rows = (
+        conn.execute(
+            text(
+                """
             SELECT * FROM sla_timers
             WHERE tenant_id = :tenant
               AND (CAST(:lead AS text) IS NULL OR lead_id = :lead)
@@ -411,16 +426,19 @@ def list_timers(
             ORDER BY created_at DESC, id DESC
             LIMIT :limit
             """
-        ),
-        {
-            "tenant": tenant_id,
-            "lead": lead_id,
-            "status": status,
-            "c_at": cursor[0] if cursor else None,
-            "c_id": cursor[1] if cursor else None,
-            "limit": limit + 1,
-        },
-    ).mappings().all()
+            ),
+            {
+                "tenant": tenant_id,
+                "lead": lead_id,
+                "status": status,
+                "c_at": cursor[0] if cursor else None,
+                "c_id": cursor[1] if cursor else None,
+                "limit": limit + 1,
+            },
+        )
+        .mappings()
+        .all()
+    )
     items = [dict(r) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:
@@ -472,7 +490,7 @@ def lock_claimed(conn: Connection, ids: Sequence[UUID], token: UUID) -> list[dic
             text(
                 """
                 SELECT id, tenant_id, lead_id, sla_contract_id, status, started_at, due_at,
-                       escalation_steps, steps_done, attempts, correlation_id
+                       escalation_steps, steps_done, attempts, last_error, correlation_id
                 FROM sla_timers
                 WHERE id = ANY(:ids) AND claim_token = :token AND processing_status = 'PROCESSING'
                 ORDER BY id
@@ -523,8 +541,8 @@ def record_steps(
     """Write step rows and their ``sla.escalation.triggered`` events in one statement."""
     if steps:
         conn.execute(
-            _RECORD_STEPS, {"steps": _json(list(steps)), "events": _json(list(step_events)),
-                            "now": now}
+            _RECORD_STEPS,
+            {"steps": _json(list(steps)), "events": _json(list(step_events)), "now": now},
         )
 
 

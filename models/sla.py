@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 DEFAULT_LADDER = ({"step": 1, "after_seconds": 0, "action": "notify", "target": None},)
@@ -54,7 +55,7 @@ def ladder_problem(steps: Sequence[Mapping[str, Any]]) -> str | None:
     if len(set(numbers)) != len(numbers):
         return "step numbers must be unique"
     by_number = sorted(steps, key=lambda s: int(s["step"]))
-    for before, after in zip(by_number, by_number[1:], strict=False):
+    for before, after in pairwise(by_number):
         if int(after["after_seconds"]) < int(before["after_seconds"]):
             return (
                 f"step {after['step']} fires before step {before['step']}: "
