@@ -77,13 +77,13 @@ def fire_due(
             break
         report.batches += 1
         report.claimed += len(ids)
-        _fire_claimed(engine, settings, ids, token, at, report)
+        fire_claimed(engine, settings, ids, token, at, report)
         if len(ids) < settings.batch_size:
             break
     return report
 
 
-def _fire_claimed(
+def fire_claimed(
     engine: Engine,
     settings: Settings,
     ids: list[UUID],
@@ -104,7 +104,7 @@ def _fire_claimed(
         # Isolate the row that breaks the batch instead of failing all of them.
         log.warning("batch of %d failed (%s); retrying timers one by one", len(ids), exc)
         for timer_id in ids:
-            _fire_claimed(engine, settings, [timer_id], token, at, report)
+            fire_claimed(engine, settings, [timer_id], token, at, report)
 
 
 def _record_failure(
