@@ -47,14 +47,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
         os.environ.update(_embedded_services())
-    server = make_url(
-        os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)
-    ).set(drivername="postgresql")
+    server = make_url(os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)).set(
+        drivername="postgresql"
+    )
     test_db = os.environ.get("SLA_TEST_DATABASE", "sla_test")
     os.environ["SLA_TEST_SERVER_URL"] = server.render_as_string(hide_password=False)
-    os.environ["DATABASE_URL"] = server.set(database=test_db).render_as_string(
-        hide_password=False
-    )
+    os.environ["DATABASE_URL"] = server.set(database=test_db).render_as_string(hide_password=False)
     # Quick retries and small batches, so failure paths and batching show in small tests.
     os.environ.setdefault("SLA_BACKOFF_BASE_SECONDS", "1")
     os.environ.setdefault("SLA_BACKOFF_MAX_SECONDS", "4")
@@ -77,7 +75,9 @@ def _create_database() -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{test_db}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{test_db}"')
     subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, check=True,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        check=True,
         capture_output=True,
     )
 

@@ -1,0 +1,101 @@
+"""Wake-ups on a real Redis and the sweeper's rescue of lost work."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from uuid import uuid4
+
+from sqlalchemy import text
+
+from models import repository as repo
+from models.sla import utcnow
+from tasks.actors import wake_up
+from tasks.broker import QUEUE
+from tasks.sweeper import sweep_once
+from tasks.wakeups import schedule_wakeups
+from tests.conftest import redis_conn
+from tests.factories import overdue, start_timer
+
+DELAY_QUEUE = f"dramatiq:{QUEUE}.DQ"
+
+
+def status_of(engine, timer_id):
+    with engine.connect() as conn:
+        return conn.execute(
+            text("SELECT status, processing_status FROM sla_timers WHERE id = :id"),
+            {"id": timer_id},
+        ).one()
+
+
+def delayed_messages():
+    return redis_conn().llen(DELAY_QUEUE)
+
+
+def test_timers_due_together_share_one_wake_up(engine):
+    now = utcnow()
+    soon = now + timedelta(seconds=30)
+    # Three instants in one 100 ms bucket, one in the next, one beyond the horizon.
+    instants = [soon.replace(microsecond=us) for us in (10_000, 20_000, 20_001, 150_000)]
+    instants.append(now + timedelta(days=3))
+    assert schedule_wakeups(instants, now=now) == 2
+    assert delayed_messages() == 2
+    # Scheduling again (another scheduler, a duplicate start) sends nothing new.
+    assert schedule_wakeups(instants, now=now) == 0
+    assert delayed_messages() == 2
+
+
+def test_duplicate_wake_ups_fire_each_step_once(engine, tenant):
+    timer = start_timer(engine, tenant[0], started_at=overdue())
+    for _ in range(3):
+        wake_up.fn(int(utcnow().timestamp() * 1000))
+    with engine.connect() as conn:
+        steps = conn.execute(
+            text("SELECT count(*) FROM sla_escalation_events WHERE timer_id = :id"),
+            {"id": timer["id"]},
+        ).scalar_one()
+    assert steps == 1
+    assert status_of(engine, timer["id"]) == ("ESCALATED", "COMPLETED")
+
+
+def test_a_timer_whose_wake_up_was_lost_is_fired_by_the_sweeper(engine, tenant):
+    timer = start_timer(engine, tenant[0], started_at=overdue(seconds=1))
+    schedule_wakeups([timer["due_at"]])
+    redis_conn().flushdb()  # the message and its dedupe key are gone
+    assert delayed_messages() == 0
+    report = sweep_once()
+    assert report.fired.claimed == 1
+    assert status_of(engine, timer["id"]) == ("ESCALATED", "COMPLETED")
+
+
+def test_a_row_stuck_in_processing_is_rescued_after_its_lease(engine, settings, tenant):
+    timer = start_timer(engine, tenant[0], started_at=overdue())
+    with engine.begin() as conn:
+        # A worker claims the row and dies before processing it.
+        assert repo.claim_due(conn, uuid4(), utcnow(), 10, settings.lease_seconds)
+    report = sweep_once()
+    assert (report.rescued, report.fired.claimed) == (0, 0)  # lease still running
+    assert status_of(engine, timer["id"]) == ("ACTIVE", "PROCESSING")
+
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE sla_timers SET lease_expires_at = now() - interval '1 second'"))
+    report = sweep_once()
+    assert (report.rescued, report.fired.claimed) == (1, 1)
+    assert status_of(engine, timer["id"]) == ("ESCALATED", "COMPLETED")
+
+
+def test_the_sweeper_schedules_wake_ups_for_timers_entering_the_horizon(engine, tenant):
+    start_timer(engine, tenant[0], window_seconds=120)  # inside the 300 s horizon
+    start_timer(engine, tenant[0], window_seconds=7 * 86400)  # far beyond it
+    report = sweep_once()
+    assert report.wakeups == 1
+    assert delayed_messages() == 1
+
+
+def test_scheduling_survives_redis_being_down(engine, monkeypatch):
+    import redis
+
+    from tasks import wakeups
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setattr(wakeups, "_redis", lambda: dead)
+    assert schedule_wakeups([utcnow() + timedelta(seconds=5)]) == 0
