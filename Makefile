@@ -1,0 +1,44 @@
+# The two commands: `make up` brings the whole service up, `make test` runs the tests.
+# Both create the virtual environment on first use. With DATABASE_URL and REDIS_URL
+# unset they start an embedded PostgreSQL and Redis under .data/.
+
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install up test test-all lint services stop-services clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Migrate (the Procfile's release step), then run web, worker and scheduler.
+up: install
+	@eval "$$($(BIN)/python .ci/services.py env)" && \
+	$(BIN)/python .ci/services.py wait && \
+	$(BIN)/alembic upgrade head && \
+	echo "API on http://127.0.0.1:$${PORT:-8000}  (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" && \
+	$(BIN)/honcho start --port $${PORT:-8000} web worker scheduler
+
+# Unit, integration and acceptance tests (tens of seconds). `make test-all` adds the slow tier.
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-all: install
+	$(BIN)/pytest --slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+stop-services:
+	$(BIN)/python .ci/services.py stop
+
+clean: stop-services
+	rm -rf .data
