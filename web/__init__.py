@@ -1,0 +1,128 @@
+"""The HTTP API: ``create_app()`` wires settings, the database, error handling,
+routes, the ``tenants`` CLI and the (admin-only) Dramatiq dashboard.
+
+Run it with ``flask --app web run`` or ``gunicorn 'web:create_app()'``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+
+import redis
+from flask import Flask
+from sqlalchemy import Engine
+
+from models.config import Settings, get_settings
+from models.db import get_engine, make_engine
+from tasks.broker import redis_client
+
+from . import problems
+from .admin import bp as admin_bp
+from .admin import tenants_cli
+from .auth import basic_password, bearer_token_of, token_matches
+from .health import bp as health_bp
+from .openapi import bp as openapi_bp
+from .timers import bp as timers_bp
+
+DASHBOARD_PREFIX = "/dramatiq"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis  # for the readiness probe only
+
+
+def _engine_key(s: Settings) -> tuple:
+    return (
+        s.database_url,
+        s.db_pool_size,
+        s.db_pool_timeout_seconds,
+        s.db_connect_timeout_seconds,
+        s.db_statement_timeout_ms,
+    )
+
+
+@cache
+def _engine_for(key: tuple, settings: Settings) -> Engine:
+    return make_engine(settings)
+
+
+def engine_for(settings: Settings) -> Engine:
+    """The process-wide engine, unless these settings name another database or pool."""
+    key = _engine_key(settings)
+    if key == _engine_key(get_settings()):
+        return get_engine()
+    return _engine_for(key, settings)
+
+
+class AdminOnly:
+    """WSGI guard for the dashboard, which has no authentication of its own.
+    Accepts ``Bearer <token>`` or HTTP Basic with the token as password (any
+    user name), so a browser can open it."""
+
+    def __init__(self, app, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    def __call__(self, environ, start_response):
+        authorization = environ.get("HTTP_AUTHORIZATION", "")
+        candidate = bearer_token_of(authorization) or basic_password(authorization)
+        if not token_matches(candidate, self.token):
+            body = json.dumps(
+                {
+                    "type": "about:blank",
+                    "title": "Unauthorized",
+                    "status": 401,
+                    "detail": "the admin token is required (Bearer, or Basic as the password)",
+                    "instance": environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", ""),
+                }
+            ).encode()
+            start_response(
+                "401 Unauthorized",
+                [
+                    ("Content-Type", problems.PROBLEM_JSON),
+                    ("Content-Length", str(len(body))),
+                    ("WWW-Authenticate", 'Basic realm="dramatiq", charset="UTF-8"'),
+                ],
+            )
+            return [body]
+        if not environ.get("PATH_INFO"):
+            # The dashboard only routes paths below its prefix.
+            start_response("308 Permanent Redirect", [("Location", DASHBOARD_PREFIX + "/")])
+            return [b""]
+        return self.app(environ, start_response)
+
+
+def _mount_dashboard(app: Flask, token: str) -> None:
+    from dramatiq_dashboard import DashboardApp
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from tasks.broker import broker
+
+    dashboard = DashboardApp(broker=broker, prefix=DASHBOARD_PREFIX)
+    app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, {DASHBOARD_PREFIX: AdminOnly(dashboard, token)}
+    )
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask(__name__, static_folder=None)
+    # Werkzeug answers 413 past this, also for chunked bodies without a length.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["sla"] = Services(settings, engine_for(settings), redis_client(settings))
+
+    problems.register(app)
+    for blueprint in (timers_bp, admin_bp, health_bp, openapi_bp):
+        app.register_blueprint(blueprint)
+    app.cli.add_command(tenants_cli)
+
+    # No token, no dashboard: it can delete and requeue messages.
+    if settings.admin_token:
+        _mount_dashboard(app, settings.admin_token)
+    return app

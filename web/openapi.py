@@ -1,0 +1,158 @@
+"""The OpenAPI 3.1 document, generated from the routes' ``operation`` declarations
+and the pydantic models they validate with (JSON Schema 2020-12, as 3.1 uses)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Blueprint, Flask, current_app, jsonify
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from .operations import Operation, operation
+from .schemas import Problem
+
+bp = Blueprint("openapi", __name__)
+
+REF = "#/components/schemas/{model}"
+PROBLEM_JSON = "application/problem+json"
+
+HEADERS = {
+    "Idempotency-Key": "Makes the start safe to retry: the same key and body return the "
+    "stored timer (200); the same key with another body is a 409. 1 to 255 characters.",
+    "X-Correlation-ID": "Default correlation_id when the body has none. 1 to 200 characters.",
+}
+PATH_PARAMS = {
+    "timer_id": {"type": "string", "format": "uuid"},
+    "lead_id": {"type": "string", "minLength": 1, "maxLength": 200},
+}
+SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}
+
+
+def _operations(app: Flask) -> list[tuple[str, str, Operation]]:
+    found = []
+    for rule in app.url_map.iter_rules():
+        op = getattr(app.view_functions[rule.endpoint], "operation", None)
+        if op is None:
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        found.extend((path, m.lower(), op) for m in rule.methods - {"HEAD", "OPTIONS"})
+    return sorted(found)
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(model="Problem")}}},
+    }
+
+
+def _responses(op: Operation, refs: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status, (description, model) in sorted(op.responses.items()):
+        if model is None or model is Problem:
+            out[str(status)] = _problem(description) if model else {"description": description}
+        else:
+            schema = refs[(model, "serialization")]
+            out[str(status)] = {
+                "description": description,
+                "content": {"application/json": {"schema": schema}},
+            }
+    # The errors the plumbing itself can produce.
+    if op.auth:
+        out.setdefault("401", _problem("Missing or invalid bearer token"))
+    if op.body:
+        out.setdefault("400", _problem("Malformed JSON or invalid UTF-8"))
+        out.setdefault("413", _problem("Body larger than the configured limit"))
+        out.setdefault("415", _problem("Body not sent as application/json"))
+    if op.body or op.query or op.headers:
+        out.setdefault("422", _problem("Validation failed; see errors"))
+    if op.auth:
+        out.setdefault("503", _problem("Database unavailable; see Retry-After"))
+    out["default"] = _problem("Unexpected error")
+    return out
+
+
+def _parameters(path: str, op: Operation) -> list[dict[str, Any]]:
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMS[name]}
+        for name in re.findall(r"{(\w+)}", path)
+    ]
+    params += [
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": HEADERS[name],
+        }
+        for name in op.headers
+    ]
+    if op.query is not None:
+        schema = op.query.model_json_schema()
+        required = set(schema.get("required", ()))
+        params += [
+            {"name": name, "in": "query", "required": name in required, "schema": prop}
+            for name, prop in schema["properties"].items()
+        ]
+    return params
+
+
+def build_document(app: Flask) -> dict[str, Any]:
+    ops = _operations(app)
+    models: set[tuple[type[BaseModel], str]] = {(Problem, "serialization")}
+    for _, _, op in ops:
+        if op.body is not None:
+            models.add((op.body, "validation"))
+        models.update((m, "serialization") for _, m in op.responses.values() if m is not None)
+    refs, defs = models_json_schema(sorted(models, key=lambda m: m[0].__name__), ref_template=REF)
+
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, op in ops:
+        entry: dict[str, Any] = {
+            "operationId": method + "_" + re.sub(r"\W+", "_", path).strip("_"),
+            "summary": op.summary,
+            "tags": [op.tag],
+            "security": SECURITY[op.auth],
+            "parameters": _parameters(path, op),
+            "responses": _responses(op, refs),
+        }
+        if op.description:
+            entry["description"] = op.description
+        if op.body is not None:
+            entry["requestBody"] = {
+                "required": op.body_required,
+                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+            }
+        paths.setdefault(path, {})[method] = entry
+
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "SLA timers",
+            "version": "1.0.0",
+            "description": "Durable, multi-tenant SLA timers. Errors are RFC 9457 problems.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": defs.get("$defs", {}),
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "Tenant API key"},
+                "adminToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "SLA_ADMIN_TOKEN",
+                },
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+@operation("This document", tag="meta", auth=None, responses={200: ("OpenAPI 3.1 document", None)})
+def openapi_json():
+    doc = current_app.extensions.get("openapi")
+    if doc is None:  # built once: the routes cannot change after start-up
+        doc = current_app.extensions["openapi"] = build_document(current_app)
+    return jsonify(doc)

@@ -1,0 +1,160 @@
+"""Turning request bodies, query strings and headers into validated models.
+
+Anything a client can send ends as a 4xx problem here, never as a 500 further
+down: PostgreSQL rejects NUL characters in text and jsonb, psycopg cannot
+encode unpaired surrogates, and jsonb has no NaN or Infinity, so those are
+refused up front.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, TypeVar
+
+from flask import request
+from pydantic import BaseModel, ValidationError
+
+from .problems import ApiProblem, problem_type, validation_error
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_DEPTH = 32
+
+
+def _malformed(detail: str) -> ApiProblem:
+    return ApiProblem(400, detail, type_=problem_type("malformed-body"), title="Malformed body")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # Duplicate names make the body mean different things to different parsers.
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        names = [k for k, _ in pairs]
+        dup = next(k for k in names if names.count(k) > 1)
+        raise ValueError(f"duplicate object key {dup!r}")
+    return found
+
+
+def _bad_text(value: str) -> str | None:
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must not contain unpaired surrogates"
+    return None
+
+
+def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
+    """Strings the database cannot store, and nesting too deep for it, by field path."""
+    errors = []
+    stack = [(value, path, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            errors.append({"field": where, "reason": f"nests deeper than {MAX_DEPTH} levels"})
+        elif isinstance(item, str):
+            if reason := _bad_text(item):
+                errors.append({"field": where or "body", "reason": reason})
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{where}.{key}" if where else str(key)
+                if reason := _bad_text(key):
+                    errors.append({"field": child_path, "reason": f"key {reason}"})
+                stack.append((child, child_path, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((c, f"{where}.{i}", depth + 1) for i, c in enumerate(item))
+    return errors
+
+
+def read_json(*, required: bool) -> Any:
+    """The parsed JSON body; None when it is empty and optional."""
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    if not raw and not required:
+        return None
+    mimetype = request.mimetype
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise ApiProblem(
+            415,
+            "send the body as application/json",
+            headers={"Accept": "application/json"},
+        )
+    charset = request.mimetype_params.get("charset", "utf-8").lower()
+    if charset not in ("utf-8", "utf8"):
+        raise ApiProblem(415, "JSON bodies must be UTF-8")
+    if not raw:
+        raise _malformed("the request body is empty; a JSON object is required")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _malformed(f"the body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_unique_keys,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise _malformed("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, duplicate keys, huge numbers
+        raise _malformed(f"the body is not valid JSON: {exc}") from None
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": ".".join(str(p) for p in e["loc"]) or "body", "reason": e["msg"]}
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def validate(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise validation_error([{"field": "body", "reason": "must be a JSON object"}])
+    errors = text_problems(data)
+    cross = getattr(model, "cross_field_errors", None)
+    if cross is not None:
+        errors += cross(data)
+    try:
+        parsed = model.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc) + errors
+    if errors:
+        raise validation_error(errors)
+    return parsed
+
+
+def parse_body(model: type[M], *, required: bool = True) -> tuple[M, dict[str, Any]]:
+    """(validated model, raw JSON object); an absent optional body counts as ``{}``."""
+    data = read_json(required=required)
+    data = {} if data is None else data
+    return validate(model, data), data
+
+
+def parse_query(model: type[M]) -> M:
+    return validate(model, request.args.to_dict())
+
+
+def header(name: str, *, max_length: int) -> str | None:
+    """An optional header of 1..max_length characters the database can store."""
+    value = request.headers.get(name)
+    if value is None:
+        return None
+    reason = _bad_text(value)
+    if not 1 <= len(value) <= max_length:
+        reason = f"must be 1 to {max_length} characters"
+    if reason:
+        raise validation_error([{"field": name, "reason": reason}])
+    return value

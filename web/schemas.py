@@ -1,0 +1,284 @@
+"""Request and response schemas: the single source of validation and of /openapi.json.
+
+Request models are strict (``"5"`` is not an int) and forbid unknown fields,
+so a typo is an error rather than a silently ignored option. Response models
+whitelist what leaves the service: internal columns (tenant, fingerprint,
+claim token, lease) cannot leak because they are not declared.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from models.schema import PROCESSING_STATUSES, STEP_OUTCOMES, TIMER_STATUSES
+from models.sla import DEFAULT_LADDER, ladder_problem, utcnow
+
+# A year and a day: keeps due_at and step times far from any integer or datetime limit.
+MAX_WINDOW_SECONDS = 366 * 24 * 3600
+MAX_STEPS = 50
+EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
+
+TimerStatus = Literal[TIMER_STATUSES]  # type: ignore[valid-type]
+ProcessingStatus = Literal[PROCESSING_STATUSES]  # type: ignore[valid-type]
+StepOutcome = Literal[STEP_OUTCOMES]  # type: ignore[valid-type]
+
+_RFC3339 = re.compile(
+    r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?"
+)
+
+
+def _rfc3339(value: Any) -> Any:
+    """Only RFC 3339 strings with an offset: no Unix numbers, no naive local times."""
+    if isinstance(value, datetime):  # already parsed (Python callers)
+        return value
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise PydanticCustomError(
+            "rfc3339", "must be an RFC 3339 date-time such as 2024-05-01T12:00:00Z"
+        )
+    if match["offset"] is None:
+        raise PydanticCustomError("naive_datetime", "must include a timezone offset (Z or +hh:mm)")
+    try:
+        return datetime.fromisoformat(value.upper())
+    except ValueError:
+        raise PydanticCustomError("rfc3339", "is not a valid date-time") from None
+
+
+def _to_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
+# Output datetimes are always UTC, whatever the database session's time zone.
+UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
+Id = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ResponseModel(BaseModel):
+    # Built from database rows: unknown columns are dropped, never echoed.
+    model_config = ConfigDict(extra="ignore")
+
+
+# --------------------------------------------------------------------------- requests
+
+
+class EscalationStep(RequestModel):
+    step: int = Field(ge=1, le=10_000, description="Step number, unique within the ladder.")
+    after_seconds: int = Field(
+        ge=0, le=MAX_WINDOW_SECONDS, description="Seconds after due_at at which the step fires."
+    )
+    action: str = Field(min_length=1, max_length=100)
+    target: str | None = Field(default=None, min_length=1, max_length=500)
+
+
+class TimerCreate(RequestModel):
+    lead_id: Id
+    sla_contract_id: Id = "default"
+    window_seconds: int | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS)
+    window_minutes: int | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS // 60)
+    started_at: Rfc3339 | None = Field(
+        default=None,
+        description="RFC 3339 with an offset; defaults to now. At most 366 days ahead.",
+    )
+    escalation_steps: list[EscalationStep] = Field(
+        default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
+        min_length=1,
+        max_length=MAX_STEPS,
+    )
+    correlation_id: Id | None = Field(
+        default=None, description="Defaults to the X-Correlation-ID header, else a new UUID."
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "description": "Exactly one of window_seconds and window_minutes is required."
+        }
+    )
+
+    @field_validator("started_at")
+    @classmethod
+    def _plausible_start(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not (
+            EARLIEST_START <= value <= utcnow() + timedelta(seconds=MAX_WINDOW_SECONDS)
+        ):
+            raise PydanticCustomError(
+                "start_range", "must be after 1970 and at most 366 days in the future"
+            )
+        return value
+
+    @field_validator("escalation_steps")
+    @classmethod
+    def _usable_ladder(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
+        problem = ladder_problem([s.model_dump() for s in steps])
+        if problem:
+            raise PydanticCustomError("ladder", problem)
+        return steps
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        """Checks across fields, run on the raw body so they report alongside field errors."""
+        given = [k for k in ("window_seconds", "window_minutes") if data.get(k) is not None]
+        if len(given) != 1:
+            return [
+                {
+                    "field": "window_seconds",
+                    "reason": "give exactly one of window_seconds or window_minutes",
+                }
+            ]
+        return []
+
+    @property
+    def window(self) -> int:
+        return self.window_seconds or (self.window_minutes or 0) * 60
+
+
+class CancelRequest(RequestModel):
+    reason: str | None = Field(default=None, min_length=1, max_length=1000)
+
+
+class CompleteRequest(RequestModel):
+    pass
+
+
+class LeadCancelRequest(CancelRequest):
+    sla_contract_id: Id | None = Field(
+        default=None, description="Only this contract's timers (also accepted as a query param)."
+    )
+
+
+class LeadCompleteRequest(RequestModel):
+    sla_contract_id: Id | None = Field(
+        default=None, description="Only this contract's timers (also accepted as a query param)."
+    )
+
+
+class ContractQuery(RequestModel):
+    model_config = ConfigDict(strict=False)  # query strings are all text
+
+    sla_contract_id: Id | None = None
+
+
+class TimerListQuery(RequestModel):
+    model_config = ConfigDict(strict=False)
+
+    lead_id: Id | None = None
+    status: TimerStatus | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = Field(default=None, max_length=500, description="next_cursor of a page.")
+
+
+class TenantCreate(RequestModel):
+    name: str = Field(min_length=1, max_length=200)
+
+
+# --------------------------------------------------------------------------- responses
+
+
+class Escalation(ResponseModel):
+    step: int
+    executed_at: UtcDatetime
+    outcome: StepOutcome
+    error: str | None
+
+
+class StepOut(ResponseModel):
+    step: int
+    after_seconds: int
+    action: str
+    target: str | None = None
+
+
+class Timer(ResponseModel):
+    id: UUID
+    lead_id: str
+    sla_contract_id: str
+    status: TimerStatus
+    processing_status: ProcessingStatus
+    started_at: UtcDatetime
+    due_at: UtcDatetime
+    window_seconds: int
+    escalation_steps: list[StepOut]
+    correlation_id: str
+    idempotency_key: str | None
+    attempts: int
+    last_error: str | None
+    next_attempt_at: UtcDatetime | None
+    metadata: dict[str, Any]
+    cancel_reason: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    completed_at: UtcDatetime | None
+    cancelled_at: UtcDatetime | None
+    breached: bool | None = Field(description="Set when completed: true if after due_at.")
+    escalations: list[Escalation] = Field(description="Steps recorded so far, in step order.")
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any], escalations: list[dict[str, Any]]) -> Timer:
+        steps = [
+            {
+                "step": e["escalation_step"],
+                "executed_at": e["executed_at"],
+                "outcome": e["outcome"],
+                "error": e["error_message"],
+            }
+            for e in escalations
+        ]
+        return cls.model_validate({**row, "escalations": steps})
+
+
+class TimerPage(ResponseModel):
+    items: list[Timer]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class TimerItems(ResponseModel):
+    items: list[Timer] = Field(description="The timers this request closed.")
+
+
+class TenantCreated(ResponseModel):
+    tenant_id: UUID
+    name: str
+    api_key: str = Field(description="Shown once; only its hash is stored.")
+
+
+class Liveness(ResponseModel):
+    status: Literal["ok"]
+
+
+class Readiness(ResponseModel):
+    database: Literal["ok", "down"]
+    redis: Literal["ok", "down"]
+
+
+class FieldError(ResponseModel):
+    field: str = Field(description='Dotted path, e.g. "escalation_steps.0.after_seconds".')
+    reason: str
+
+
+class Problem(ResponseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str
+    errors: list[FieldError] | None = Field(default=None, description="Only on 422.")

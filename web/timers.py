@@ -1,0 +1,252 @@
+"""Timer and lead routes. Every query is scoped by the authenticated tenant, and
+another tenant's timer answers 404 exactly like a missing one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+from uuid import UUID, uuid4
+
+from flask import Blueprint, current_app, g
+
+from models import repository as repo
+from models.sla import due_at, utcnow
+from tasks.wakeups import schedule_wakeups
+
+from .operations import json_response, operation
+from .parsing import header, text_problems
+from .problems import ApiProblem, not_found, problem_type, validation_error
+from .schemas import (
+    CancelRequest,
+    CompleteRequest,
+    ContractQuery,
+    LeadCancelRequest,
+    LeadCompleteRequest,
+    Problem,
+    Timer,
+    TimerCreate,
+    TimerItems,
+    TimerListQuery,
+    TimerPage,
+)
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("timers", __name__)
+
+NOT_FOUND = ("No such timer for this tenant", Problem)
+CONFLICT = ("Conflicts with the timer's state", Problem)
+
+
+def _engine():
+    return current_app.extensions["sla"].engine
+
+
+def _conflict(exc: repo.TimerConflict) -> ApiProblem:
+    return ApiProblem(409, str(exc), type_=problem_type("conflict"))
+
+
+def _timer_id(raw: str) -> UUID:
+    # A malformed id cannot name a timer: 404, like any unknown id.
+    try:
+        return UUID(raw)
+    except ValueError:
+        raise not_found("timer") from None
+
+
+def _with_escalations(conn, rows: list[dict[str, Any]]) -> list[Timer]:
+    steps = repo.escalations_for(conn, [r["id"] for r in rows])
+    return [Timer.from_row(r, steps[r["id"]]) for r in rows]
+
+
+def _fingerprint(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@bp.post("/v1/timers")
+@operation(
+    "Start a timer",
+    tag="timers",
+    body=TimerCreate,
+    headers=("Idempotency-Key", "X-Correlation-ID"),
+    responses={
+        201: ("Started", Timer),
+        200: ("Replay of an earlier request with the same Idempotency-Key", Timer),
+        409: ("Idempotency-Key reused with another body, or a duplicate start", Problem),
+    },
+    description=(
+        "Starting a timer for a lead and contract that already has an open one "
+        'cancels the old one (cancel_reason "superseded").'
+    ),
+)
+def start(body: TimerCreate):
+    key = header("Idempotency-Key", max_length=255)
+    correlation_id = body.correlation_id or header("X-Correlation-ID", max_length=200)
+    now = utcnow()
+    started = body.started_at or now
+    new = repo.NewTimer(
+        lead_id=body.lead_id,
+        sla_contract_id=body.sla_contract_id,
+        started_at=started,
+        window_seconds=body.window,
+        escalation_steps=[s.model_dump() for s in body.escalation_steps],
+        correlation_id=correlation_id or str(uuid4()),
+        metadata=body.metadata,
+        idempotency_key=key,
+        request_fingerprint=_fingerprint(g.raw_body) if key is not None else None,
+    )
+    try:
+        with _engine().begin() as conn:
+            row, created = repo.start_timer(
+                conn, g.tenant_id, new, due_at(started, body.window), now
+            )
+            timer = _with_escalations(conn, [row])[0]
+    except repo.TimerConflict as exc:
+        raise _conflict(exc) from None
+    if created:
+        # After the commit, so a wake-up never races ahead of its row. A lost
+        # wake-up only delays firing until the next sweep, so never fail here.
+        try:
+            schedule_wakeups([timer.due_at])
+        except Exception:
+            log.exception("scheduling the wake-up for timer %s failed", timer.id)
+    headers = {"Location": f"/v1/timers/{timer.id}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(timer, 201 if created else 200, headers)
+
+
+@bp.get("/v1/timers")
+@operation(
+    "List timers, newest first",
+    tag="timers",
+    query=TimerListQuery,
+    responses={200: ("A page of timers", TimerPage)},
+)
+def list_timers(query: TimerListQuery):
+    cursor = None
+    if query.cursor is not None:
+        try:
+            cursor = repo.decode_cursor(query.cursor)
+        except (ValueError, TypeError):
+            raise validation_error(
+                [{"field": "cursor", "reason": "is not a cursor returned by this API"}]
+            ) from None
+    with _engine().connect() as conn:
+        rows, next_cursor = repo.list_timers(
+            conn,
+            g.tenant_id,
+            lead_id=query.lead_id,
+            status=query.status,
+            limit=query.limit,
+            cursor=cursor,
+        )
+        items = _with_escalations(conn, rows)
+    return json_response(TimerPage(items=items, next_cursor=next_cursor))
+
+
+@bp.get("/v1/timers/<timer_id>")
+@operation(
+    "Get a timer and its recorded escalation steps",
+    tag="timers",
+    responses={200: ("The timer", Timer), 404: NOT_FOUND},
+)
+def get(timer_id: str):
+    tid = _timer_id(timer_id)
+    with _engine().connect() as conn:
+        row = repo.get_timer(conn, g.tenant_id, tid)
+        if row is None:
+            raise not_found("timer")
+        return json_response(_with_escalations(conn, [row])[0])
+
+
+def _finish(timer_id: str, verb: str, reason: str | None):
+    tid = _timer_id(timer_id)
+    try:
+        with _engine().begin() as conn:
+            row = repo.finish_timer(conn, g.tenant_id, tid, verb, utcnow(), reason)
+            if row is None:
+                raise not_found("timer")
+            timer = _with_escalations(conn, [row])[0]
+    except repo.TimerConflict as exc:
+        raise _conflict(exc) from None
+    return json_response(timer)
+
+
+@bp.post("/v1/timers/<timer_id>/cancel")
+@operation(
+    "Cancel a timer",
+    tag="timers",
+    body=CancelRequest,
+    body_required=False,
+    responses={200: ("Cancelled (or already was)", Timer), 404: NOT_FOUND, 409: CONFLICT},
+    description="Idempotent. Steps not yet fired are recorded SKIPPED.",
+)
+def cancel(timer_id: str, body: CancelRequest):
+    return _finish(timer_id, "cancel", body.reason)
+
+
+@bp.post("/v1/timers/<timer_id>/complete")
+@operation(
+    "Complete a timer (the lead was handled)",
+    tag="timers",
+    body=CompleteRequest,
+    body_required=False,
+    responses={200: ("Completed (or already was)", Timer), 404: NOT_FOUND, 409: CONFLICT},
+    description="Idempotent. Records breached = completed after due_at.",
+)
+def complete(timer_id: str, body: CompleteRequest):
+    return _finish(timer_id, "complete", None)
+
+
+def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str | None):
+    problems = text_problems({"lead_id": lead_id})
+    if not 1 <= len(lead_id) <= 200:
+        problems.append({"field": "lead_id", "reason": "must be 1 to 200 characters"})
+    if problems:
+        raise validation_error(problems)
+    if body_contract and query_contract and body_contract != query_contract:
+        raise validation_error(
+            [{"field": "sla_contract_id", "reason": "the body and the query disagree"}]
+        )
+    return body_contract or query_contract
+
+
+def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | None):
+    with _engine().begin() as conn:
+        rows = repo.finish_lead_timers(
+            conn, g.tenant_id, lead_id, verb, utcnow(), sla_contract_id=contract, reason=reason
+        )
+        items = _with_escalations(conn, rows)
+    return json_response(TimerItems(items=items))
+
+
+@bp.post("/v1/leads/<path:lead_id>/cancel")
+@operation(
+    "Cancel a lead's open timers",
+    tag="leads",
+    body=LeadCancelRequest,
+    body_required=False,
+    query=ContractQuery,
+    responses={200: ("The timers cancelled by this request", TimerItems)},
+)
+def cancel_lead(lead_id: str, body: LeadCancelRequest, query: ContractQuery):
+    contract = _lead_contract(lead_id, body.sla_contract_id, query.sla_contract_id)
+    return _finish_lead(lead_id, "cancel", contract, body.reason)
+
+
+@bp.post("/v1/leads/<path:lead_id>/complete")
+@operation(
+    "Complete a lead's open timers",
+    tag="leads",
+    body=LeadCompleteRequest,
+    body_required=False,
+    query=ContractQuery,
+    responses={200: ("The timers completed by this request", TimerItems)},
+)
+def complete_lead(lead_id: str, body: LeadCompleteRequest, query: ContractQuery):
+    contract = _lead_contract(lead_id, body.sla_contract_id, query.sla_contract_id)
+    return _finish_lead(lead_id, "complete", contract, None)
