@@ -93,10 +93,19 @@ def _parameters(path: str, op: Operation) -> list[dict[str, Any]]:
         schema = op.query.model_json_schema()
         required = set(schema.get("required", ()))
         params += [
-            {"name": name, "in": "query", "required": name in required, "schema": prop}
+            {"name": name, "in": "query", "required": name in required, "schema": _absent(prop)}
             for name, prop in schema["properties"].items()
         ]
     return params
+
+
+def _absent(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent, never null: drop pydantic's ``anyOf [.., null]``."""
+    options = [s for s in schema.get("anyOf", ()) if s != {"type": "null"}]
+    if len(options) != 1:
+        return schema
+    rest = {k: v for k, v in schema.items() if k != "anyOf" and (k, v) != ("default", None)}
+    return {**rest, **options[0]}
 
 
 def build_document(app: Flask) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class TimerCreate(RequestModel):
         default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
         min_length=1,
         max_length=MAX_STEPS,
+        description="Defaults to a single step: notify at due_at.",
     )
     correlation_id: Id | None = Field(
         default=None, description="Defaults to the X-Correlation-ID header, else a new UUID."

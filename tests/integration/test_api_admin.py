@@ -1,0 +1,155 @@
+"""Admin tenant creation (HTTP and CLI), the dashboard guard, probes and /openapi.json."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import pytest
+
+from web import create_app
+
+from . import api_support
+from .api_support import assert_problem
+
+app = api_support.app
+TOKEN = "admin-secret-token"
+
+
+@pytest.fixture
+def admin_app(engine, settings):
+    return create_app(dataclasses.replace(settings, admin_token=TOKEN))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_admin_routes_are_absent_without_a_token(app):
+    client = app.test_client()
+    assert app.extensions["sla"].settings.admin_token is None
+    response = client.post("/v1/admin/tenants", json={"name": "x"}, headers=bearer("anything"))
+    assert_problem(response, 404)
+    assert_problem(client.get("/dramatiq/", headers=bearer("anything")), 404)
+
+
+def test_admin_creates_a_tenant_whose_key_works(admin_app):
+    client = admin_app.test_client()
+    assert_problem(client.post("/v1/admin/tenants", json={"name": "x"}), 401)
+    wrong = client.post("/v1/admin/tenants", json={"name": "x"}, headers=bearer("nope"))
+    assert_problem(wrong, 401)
+    assert wrong.headers["WWW-Authenticate"].startswith("Bearer")
+    assert_problem(
+        client.post("/v1/admin/tenants", json={"name": ""}, headers=bearer(TOKEN)), 422, "name"
+    )
+
+    created = client.post("/v1/admin/tenants", json={"name": "initech"}, headers=bearer(TOKEN))
+    assert created.status_code == 201
+    assert created.headers["Cache-Control"] == "no-store"
+    body = created.get_json()
+    assert set(body) == {"tenant_id", "name", "api_key"}
+    assert body["name"] == "initech"
+    timers = client.get("/v1/timers", headers=bearer(body["api_key"]))
+    assert timers.get_json() == {"items": [], "next_cursor": None}
+    # The admin token is not a tenant key.
+    assert_problem(client.get("/v1/timers", headers=bearer(TOKEN)), 401)
+
+
+def test_cli_creates_a_tenant(app):
+    result = app.test_cli_runner().invoke(args=["tenants", "create", "umbrella"])
+    assert result.exit_code == 0, result.output
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert set(values) == {"tenant_id", "api_key"}
+    response = app.test_client().get("/v1/timers", headers=bearer(values["api_key"]))
+    assert response.status_code == 200
+
+    empty = app.test_cli_runner().invoke(args=["tenants", "create", " "])
+    assert empty.exit_code != 0
+
+
+def test_dashboard_requires_the_admin_token(admin_app):
+    client = admin_app.test_client()
+    anonymous = client.get("/dramatiq/")
+    assert_problem(anonymous, 401)
+    assert anonymous.headers["WWW-Authenticate"].startswith("Basic")
+    wrong = base64.b64encode(b"admin:wrong").decode()
+    assert client.get("/dramatiq/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+
+    basic = base64.b64encode(f"anyone:{TOKEN}".encode()).decode()
+    page = client.get("/dramatiq/", headers={"Authorization": f"Basic {basic}"})
+    assert page.status_code == 200
+    assert "text/html" in page.content_type
+    assert client.get("/dramatiq/", headers=bearer(TOKEN)).status_code == 200
+    redirect = client.get("/dramatiq", headers=bearer(TOKEN))
+    assert redirect.status_code == 308
+    assert redirect.headers["Location"] == "/dramatiq/"
+
+
+def test_probes(app, settings):
+    client = app.test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json() == {"database": "ok", "redis": "ok"}
+
+    no_redis = create_app(dataclasses.replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    down = no_redis.test_client().get("/readyz")
+    body = assert_problem(down, 503)
+    assert (body["database"], body["redis"]) == ("ok", "down")
+    assert "redis" in body["detail"]
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_openapi_document_describes_every_route(app):
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    doc = response.get_json()
+    assert doc["openapi"].startswith("3.1")
+    assert {"title", "version"} <= doc["info"].keys()
+    assert doc["components"]["securitySchemes"]["apiKey"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Tenant API key",
+    }
+
+    documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
+    for rule in app.url_map.iter_rules():
+        path = rule.rule.replace("<path:lead_id>", "{lead_id}").replace("<", "{").replace(">", "}")
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert (path, method) in documented
+
+    schemas = doc["components"]["schemas"]
+    for ref in _refs(doc):
+        assert ref.startswith("#/components/schemas/")
+        assert ref.rsplit("/", 1)[1] in schemas
+
+    start = doc["paths"]["/v1/timers"]["post"]
+    assert start["security"] == [{"apiKey": []}]
+    body_schema = start["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema == {"$ref": "#/components/schemas/TimerCreate"}
+    assert {"lead_id", "window_seconds", "escalation_steps"} <= schemas["TimerCreate"][
+        "properties"
+    ].keys()
+    assert schemas["TimerCreate"]["additionalProperties"] is False
+    assert {"200", "201", "400", "401", "409", "413", "415", "422", "503"} <= start[
+        "responses"
+    ].keys()
+    assert "application/problem+json" in start["responses"]["422"]["content"]
+    assert {p["name"] for p in start["parameters"]} == {"Idempotency-Key", "X-Correlation-ID"}
+
+    listing = doc["paths"]["/v1/timers"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"lead_id", "status", "limit", "cursor"}
+    timer = schemas["Timer"]["properties"]
+    assert set(timer) == api_support.TIMER_FIELDS
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
