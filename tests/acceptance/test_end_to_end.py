@@ -1,0 +1,160 @@
+"""End to end: the HTTP API, a real Dramatiq worker process and a real scheduler.
+
+A timer started over HTTP fires on time through its wake-up; timers whose
+wake-ups die with a SIGKILLed worker and a flushed Redis are fired by the
+sweeper once a worker is back, each step exactly once and none early.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tests.conftest import ROOT, redis_conn
+
+BIN = Path(sys.executable).parent
+
+
+class Process:
+    """A service process in its own session, so a kill takes its children too."""
+
+    def __init__(self, name: str, args: list[str], log_dir: Path, ready: str):
+        self.log = log_dir / f"{name}.log"
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.wait_for(ready)
+
+    def wait_for(self, line: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if line in self.log.read_text(errors="replace"):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        pytest.fail(f"{self.log.name} never said {line!r}:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def start_worker(log_dir: Path) -> Process:
+    return Process(
+        "worker",
+        [str(BIN / "dramatiq"), "tasks", "--processes", "1", "--threads", "4"],
+        log_dir,
+        ready="is ready for action",
+    )
+
+
+@pytest.fixture
+def worker(engine, tmp_path):
+    proc = start_worker(tmp_path)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def client(engine, tenant):
+    from web import create_app
+
+    app = create_app()
+    c = app.test_client()
+    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant[1]}"
+    return c
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def counts(engine):
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                """
+                SELECT count(*) FILTER (WHERE status = 'ESCALATED'),
+                       (SELECT count(*) FROM sla_escalation_events),
+                       (SELECT count(DISTINCT (timer_id, escalation_step))
+                        FROM sla_escalation_events),
+                       (SELECT count(*) FROM sla_escalation_events e
+                        JOIN sla_timers t ON t.id = e.timer_id
+                        WHERE e.executed_at < t.due_at)
+                FROM sla_timers
+                """
+            )
+        ).one()
+
+
+def test_a_timer_started_over_http_fires_through_its_wake_up(engine, worker, client):
+    response = client.post("/v1/timers", json={"lead_id": "lead-42", "window_seconds": 2})
+    assert response.status_code == 201, response.json
+    timer_id = response.json["id"]
+
+    def escalated():
+        body = client.get(f"/v1/timers/{timer_id}").json
+        return body if body["status"] == "ESCALATED" else None
+
+    # Well before the next sweep could have fired it: the wake-up did.
+    body = wait_until(escalated, 15, "the timer to escalate")
+    assert [(e["step"], e["outcome"]) for e in body["escalations"]] == [(1, "SUCCESS")]
+    assert counts(engine) == (1, 1, 1, 0)
+
+
+def test_the_scheduler_registers_the_sweep(engine, tmp_path):
+    scheduler = Process(
+        "scheduler", [str(BIN / "periodiq"), "tasks"], tmp_path, ready="tasks.actors:sweep@sla"
+    )
+    scheduler.stop()
+
+
+def test_timers_survive_a_killed_worker_and_a_flushed_redis(engine, tmp_path, client):
+    from tasks.actors import sweep
+
+    worker = start_worker(tmp_path)
+    for i in range(30):
+        response = client.post("/v1/timers", json={"lead_id": f"lead-{i}", "window_seconds": 2})
+        assert response.status_code == 201
+    # The worker now holds the delayed wake-ups in memory; it dies, Redis is wiped.
+    time.sleep(0.5)
+    worker.kill()
+    redis_conn().flushdb()
+    time.sleep(2)
+    assert counts(engine)[0] == 0  # nobody fired them
+
+    worker = start_worker(tmp_path)
+    try:
+        sweep.send()  # what periodiq enqueues every minute
+        wait_until(lambda: counts(engine)[0] == 30, 20, "the sweeper to fire every timer")
+        escalated, steps, distinct_steps, early = counts(engine)
+        assert (escalated, steps, distinct_steps, early) == (30, 30, 30, 0)
+    finally:
+        worker.stop()
