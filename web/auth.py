@@ -13,10 +13,11 @@ import re
 from uuid import UUID
 
 from flask import current_app, g, request
+from werkzeug.exceptions import NotFound
 
 from models import repository as repo
 
-from .problems import ApiProblem, not_found
+from .problems import ApiProblem
 
 # Keys are ``sla_<hex prefix>_<urlsafe secret>``; anything else is refused
 # before it reaches the database.
@@ -63,7 +64,7 @@ def authenticate_admin() -> None:
     """Admin routes do not exist (404) unless SLA_ADMIN_TOKEN is set."""
     token = current_app.extensions["sla"].settings.admin_token
     if token is None:
-        raise not_found("resource")
+        raise NotFound()  # the same answer as for a route that does not exist
     if not token_matches(bearer_token(), token):
         raise _unauthorized(
             "the admin token is required: Authorization: Bearer <token>",

@@ -20,6 +20,8 @@ from .problems import ApiProblem, problem_type, validation_error
 M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 32
+MAX_ERRORS = 50  # bound the answer to a body of a million bad strings
+NO_BODY = object()
 
 
 def _malformed(detail: str) -> ApiProblem:
@@ -59,9 +61,9 @@ def _bad_text(value: str) -> str | None:
 
 def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
     """Strings the database cannot store, and nesting too deep for it, by field path."""
-    errors = []
+    errors: list[dict[str, str]] = []
     stack = [(value, path, 0)]
-    while stack:
+    while stack and len(errors) <= MAX_ERRORS:
         item, where, depth = stack.pop()
         if depth > MAX_DEPTH:
             errors.append({"field": where, "reason": f"nests deeper than {MAX_DEPTH} levels"})
@@ -69,21 +71,22 @@ def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
             if reason := _bad_text(item):
                 errors.append({"field": where or "body", "reason": reason})
         elif isinstance(item, dict):
-            for key, child in item.items():
+            # Reversed onto the stack, so errors come out in document order.
+            for key, child in reversed(item.items()):
                 child_path = f"{where}.{key}" if where else str(key)
                 if reason := _bad_text(key):
                     errors.append({"field": child_path, "reason": f"key {reason}"})
                 stack.append((child, child_path, depth + 1))
         elif isinstance(item, list):
-            stack.extend((c, f"{where}.{i}", depth + 1) for i, c in enumerate(item))
+            stack.extend((c, f"{where}.{i}", depth + 1) for i, c in reversed(list(enumerate(item))))
     return errors
 
 
 def read_json(*, required: bool) -> Any:
-    """The parsed JSON body; None when it is empty and optional."""
+    """The parsed JSON body; NO_BODY when it is empty and optional."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     if not raw and not required:
-        return None
+        return NO_BODY
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiProblem(
@@ -132,14 +135,17 @@ def validate(model: type[M], data: Any) -> M:
     except ValidationError as exc:
         errors = field_errors(exc) + errors
     if errors:
-        raise validation_error(errors)
+        detail = None
+        if len(errors) > MAX_ERRORS:
+            detail = f"the request is not valid; the first {MAX_ERRORS} errors are listed"
+        raise validation_error(errors[:MAX_ERRORS], detail)
     return parsed
 
 
 def parse_body(model: type[M], *, required: bool = True) -> tuple[M, dict[str, Any]]:
     """(validated model, raw JSON object); an absent optional body counts as ``{}``."""
     data = read_json(required=required)
-    data = {} if data is None else data
+    data = {} if data is NO_BODY else data
     return validate(model, data), data
 
 

@@ -29,7 +29,9 @@ def test_admin_routes_are_absent_without_a_token(app):
     client = app.test_client()
     assert app.extensions["sla"].settings.admin_token is None
     response = client.post("/v1/admin/tenants", json={"name": "x"}, headers=bearer("anything"))
-    assert_problem(response, 404)
+    absent = assert_problem(response, 404)
+    # Indistinguishable from a route that does not exist.
+    assert absent["detail"] == client.get("/v1/admin/nothing").get_json()["detail"]
     assert_problem(client.get("/dramatiq/", headers=bearer("anything")), 404)
 
 

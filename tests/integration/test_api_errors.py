@@ -123,6 +123,21 @@ def test_malformed_body_is_400(api, data, detail):
     assert detail in assert_problem(response, 400)["detail"]
 
 
+def test_error_lists_are_bounded(api):
+    response = api.post("/v1/timers", with_(metadata={"bad": ["\x00"] * 10_000}))
+    body = assert_problem(response, 422, "metadata.bad.0")
+    assert len(body["errors"]) == 50
+    assert "first 50" in body["detail"]
+
+
+def test_a_null_body_is_not_an_empty_one(api):
+    timer = api.start()
+    response = api.post(
+        f"/v1/timers/{timer['id']}/cancel", data="null", content_type="application/json"
+    )
+    assert_problem(response, 422, "body")
+
+
 def test_unpaired_surrogate_is_422(api):
     data = b'{"lead_id": "\\ud800", "window_seconds": 5}'
     response = api.post("/v1/timers", data=data, content_type="application/json")
