@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from flask import request
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .problems import ApiProblem, problem_type, validation_error
 
@@ -84,7 +85,11 @@ def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
 
 def read_json(*, required: bool) -> Any:
     """The parsed JSON body; NO_BODY when it is empty and optional."""
-    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH...
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        # ...but a chunked body (no Content-Length) is silently cut at the limit.
+        raise RequestEntityTooLarge()
     if not raw and not required:
         return NO_BODY
     mimetype = request.mimetype

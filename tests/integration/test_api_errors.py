@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -169,6 +170,15 @@ def test_problem_json_is_accepted_as_json(api):
 def test_body_over_the_limit_is_413(api, settings):
     big = {**OK, "metadata": {"blob": "x" * settings.max_body_bytes}}
     assert_problem(api.post("/v1/timers", big), 413)
+    # Chunked: no Content-Length, so the limit applies while reading.
+    chunked = api.post(
+        "/v1/timers",
+        input_stream=io.BytesIO(json.dumps(big).encode()),
+        content_type="application/json",
+        headers={"Transfer-Encoding": "chunked"},
+        environ_overrides={"wsgi.input_terminated": True},  # as gunicorn sets it
+    )
+    assert_problem(chunked, 413)
 
 
 @pytest.mark.parametrize(
