@@ -42,11 +42,11 @@ def _finite_float(text: str) -> float:
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # Duplicate names make the body mean different things to different parsers.
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        names = [k for k, _ in pairs]
-        dup = next(k for k in names if names.count(k) > 1)
-        raise ValueError(f"duplicate object key {dup!r}")
+    found: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in found:
+            raise ValueError(f"duplicate object key {key[:100]!r}")
+        found[key] = value
     return found
 
 

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 _TYPE = "urn:sla-timers:problem:{}"
 RETRY_AFTER_SECONDS = 5
+MAX_FIELD_CHARS = 300
 
 # Outages rather than bugs: the client may retry the same request later.
 DB_UNAVAILABLE = (
@@ -92,6 +93,8 @@ def problem_response(
 
 def validation_error(errors: list[dict[str, str]], detail: str | None = None) -> ApiProblem:
     """422 with ``errors: [{"field": "a.0.b", "reason": "..."}]``."""
+    # Field paths can hold client-chosen keys: keep the answer small.
+    errors = [{**e, "field": e["field"][:MAX_FIELD_CHARS]} for e in errors]
     return ApiProblem(
         422,
         detail or "the request is not valid; see errors",

@@ -131,6 +131,11 @@ def test_error_lists_are_bounded(api):
     assert "first 50" in body["detail"]
 
 
+def test_field_paths_are_truncated(api):
+    body = assert_problem(api.post("/v1/timers", with_(**{"k" * 5000: 1})), 422)
+    assert body["errors"][0]["field"] == "k" * 300
+
+
 def test_a_null_body_is_not_an_empty_one(api):
     timer = api.start()
     response = api.post(
