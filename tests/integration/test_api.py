@@ -265,3 +265,26 @@ def test_a_tenant_id_in_the_body_is_refused(api, other_tenant):
         "/v1/timers", {"lead_id": "x", "window_seconds": 5, "tenant_id": str(other_tenant[0])}
     )
     assert_problem(response, 422, "tenant_id")
+
+
+def test_concurrent_starts_for_one_lead(app, api):
+    """Racing retries of one start make one timer; racing distinct starts leave one open."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start(i: int, key: str | None):
+        client = api_support.Api(app.test_client(), api.key)
+        body = {"lead_id": "race", "window_seconds": 60}
+        if key is None:
+            body["started_at"] = f"2025-01-01T00:00:0{i}Z"
+        headers = {"Idempotency-Key": key} if key else {}
+        response = client.post("/v1/timers", body, headers=headers)
+        return response.status_code, response.get_json()["id"]
+
+    with ThreadPoolExecutor(4) as pool:
+        retried = list(pool.map(start, range(4), ["same"] * 4))
+        assert sorted(s for s, _ in retried) == [200, 200, 200, 201]
+        assert len({i for _, i in retried}) == 1
+        distinct = list(pool.map(start, range(4), [None] * 4))
+    assert {s for s, _ in distinct} == {201}
+    open_ = api.get("/v1/timers?lead_id=race&status=ACTIVE").get_json()["items"]
+    assert len(open_) == 1
