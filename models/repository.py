@@ -351,7 +351,7 @@ def finish_lead_timers(
             SELECT * FROM sla_timers
             WHERE tenant_id = :tenant AND lead_id = :lead AND status = ANY(:open)
               AND (CAST(:contract AS text) IS NULL OR sla_contract_id = :contract)
-            ORDER BY created_at, id
+            ORDER BY id  -- the firing path locks in id order too: no deadlock
             FOR UPDATE
             """
             ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -286,13 +287,21 @@ def test_unexpected_errors_are_500_problems_without_internals(api, monkeypatch, 
     assert body["error_id"] in caplog.text
 
 
-def test_start_succeeds_while_redis_is_down(api, monkeypatch):
+def test_start_succeeds_while_redis_is_down_and_fires_once_it_is_back(api, monkeypatch):
     from tasks import wakeups
+    from tasks.sweeper import sweep_once
 
     dead = redis.Redis(port=1, socket_connect_timeout=0.5, socket_timeout=0.5)
     monkeypatch.setattr(wakeups, "_redis", lambda: dead)
-    timer = api.start(window_seconds=5)
+    started = (datetime.now(UTC) - timedelta(seconds=10)).isoformat()
+    timer = api.start(window_seconds=5, started_at=started)
     assert api.get(f"/v1/timers/{timer['id']}").get_json()["status"] == "ACTIVE"
+
+    monkeypatch.undo()  # Redis is back; the next sweep fires the committed timer.
+    assert sweep_once().fired.claimed == 1
+    fired = api.get(f"/v1/timers/{timer['id']}").get_json()
+    assert fired["status"] == "ESCALATED"
+    assert [e["outcome"] for e in fired["escalations"]] == ["SUCCESS"]
 
 
 def test_database_down_is_503(engine, settings, tenant):
