@@ -39,10 +39,6 @@ def step_key(timer_id: UUID | str, step: int) -> str:
     return f"{timer_id}-{step}"
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def timer_event(
     timer: Mapping[str, Any],
     event_type: str,
@@ -51,24 +47,27 @@ def timer_event(
     step: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    """An outbox row for ``timer`` (a mapping with the sla_timers columns)."""
+    """An outbox row for ``timer`` (a mapping with the sla_timers columns).
+
+    Values stay Python objects (UUIDs, datetimes): the repository serializes
+    whole batches at once."""
     payload = {
         "type": event_type,
-        "timer_id": str(timer["id"]),
+        "timer_id": timer["id"],
         "lead_id": timer["lead_id"],
         "sla_contract_id": timer["sla_contract_id"],
-        "started_at": _iso(timer["started_at"]),
-        "due_at": _iso(timer["due_at"]),
+        "started_at": timer["started_at"],
+        "due_at": timer["due_at"],
         "correlation_id": timer["correlation_id"],
-        "occurred_at": _iso(occurred_at),
+        "occurred_at": occurred_at,
         **extra,
     }
     return {
-        "tenant_id": str(timer["tenant_id"]),
-        "timer_id": str(timer["id"]),
+        "tenant_id": timer["tenant_id"],
+        "timer_id": timer["id"],
         "event_type": event_type,
         "payload": payload,
         "correlation_id": timer["correlation_id"],
         "idempotency_key": event_key(timer["id"], event_type, step),
-        "created_at": _iso(occurred_at),
+        "created_at": occurred_at,
     }

@@ -121,7 +121,15 @@ sla_timers = Table(
     CheckConstraint(_in("status", TIMER_STATUSES), name="status"),
     CheckConstraint(_in("processing_status", PROCESSING_STATUSES), name="processing_status"),
     CheckConstraint("window_seconds > 0", name="window_positive"),
-    UniqueConstraint("tenant_id", "idempotency_key"),
+    # Partial: timers started without a key cost this index nothing.
+    Index(
+        "uq_sla_timers_tenant_id_idempotency_key",
+        "tenant_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+    ),
+    # Also serves lookups by (tenant, lead).
     UniqueConstraint("tenant_id", "lead_id", "sla_contract_id", "started_at"),
     # The claim query: due PENDING work in due order.
     Index(
@@ -135,9 +143,8 @@ sla_timers = Table(
         "lease_expires_at",
         postgresql_where=text("processing_status = 'PROCESSING'"),
     ),
-    # Tenant listings (newest first, keyset pagination) and lead lookups.
+    # Tenant listings (newest first, keyset pagination).
     Index("ix_sla_timers_tenant_created", "tenant_id", "created_at", "id"),
-    Index("ix_sla_timers_tenant_lead", "tenant_id", "lead_id"),
     # At most one open timer per lead and contract: a new start supersedes the old one.
     Index(
         "uq_sla_timers_open_per_lead_contract",
@@ -170,9 +177,9 @@ sla_escalation_events = Table(
     Column("idempotency_key", Text, nullable=False),
     CheckConstraint(_in("outcome", STEP_OUTCOMES), name="outcome"),
     # The exactly-once guarantee for steps lives here, not in application code.
+    # It also serves the lookup of a timer's steps (by tenant and timer).
     UniqueConstraint("tenant_id", "timer_id", "escalation_step"),
     UniqueConstraint("tenant_id", "idempotency_key"),
-    Index("ix_sla_escalation_events_timer_id", "timer_id"),
 )
 
 outbox_events = Table(
@@ -203,5 +210,4 @@ outbox_events = Table(
         "next_delivery_at",
         postgresql_where=text("delivery_status = 'PENDING'"),
     ),
-    Index("ix_outbox_events_timer_id", "timer_id"),
 )

@@ -4,9 +4,9 @@ Per batch:
 
 1. claim up to ``batch_size`` due PENDING timers (one statement, SKIP LOCKED),
    marking them PROCESSING under a fresh claim token with a lease; commit;
-2. in one transaction: lock the rows still ours, plan each timer (pure), run
-   in-process actions, then write due events, step rows with their events,
-   and the timers' new state, one statement each; commit.
+2. plan each timer (pure) and run in-process actions, then write the whole
+   batch in one statement (due events, step rows with their events, the
+   timers' new state) that only touches rows still carrying our token; commit.
 
 Exactly-once steps rest on the database: a step row is unique per (timer,
 step) and its event is written only when the row is. Duplicate wake-ups,
@@ -72,13 +72,13 @@ def fire_due(
         at = now()
         token = uuid4()
         with engine.begin() as conn:
-            ids = repo.claim_due(conn, token, at, settings.batch_size, settings.lease_seconds)
-        if not ids:
+            timers = repo.claim_due(conn, token, at, settings.batch_size, settings.lease_seconds)
+        if not timers:
             break
         report.batches += 1
-        report.claimed += len(ids)
-        fire_claimed(engine, settings, ids, token, at, report)
-        if len(ids) < settings.batch_size:
+        report.claimed += len(timers)
+        fire_claimed(engine, settings, timers, token, at, report)
+        if len(timers) < settings.batch_size:
             break
     return report
 
@@ -86,41 +86,28 @@ def fire_due(
 def fire_claimed(
     engine: Engine,
     settings: Settings,
-    ids: list[UUID],
+    timers: list[dict[str, Any]],
     token: UUID,
     at: datetime,
     report: FireReport,
 ) -> None:
+    """Plan and write timers claimed under ``token`` (as ``claim_due`` returned them)."""
     try:
         with engine.begin() as conn:
-            timers = repo.lock_claimed(conn, ids, token)
             _write(conn, token, at, plan_batch(timers, at, settings), report)
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise  # The database is gone: the lease rescue returns these rows later.
-        if len(ids) == 1:
-            _record_failure(engine, settings, ids[0], token, at, exc, report)
+        if len(timers) == 1:
+            with engine.begin() as conn:
+                writes = _BatchWrites()
+                _plan_failure(timers[0], exc, at, settings, writes)
+                _write(conn, token, at, writes, report)
             return
         # Isolate the row that breaks the batch instead of failing all of them.
-        log.warning("batch of %d failed (%s); retrying timers one by one", len(ids), exc)
-        for timer_id in ids:
-            fire_claimed(engine, settings, [timer_id], token, at, report)
-
-
-def _record_failure(
-    engine: Engine,
-    settings: Settings,
-    timer_id: UUID,
-    token: UUID,
-    at: datetime,
-    exc: BaseException,
-    report: FireReport,
-) -> None:
-    with engine.begin() as conn:
-        writes = _BatchWrites()
-        for timer in repo.lock_claimed(conn, [timer_id], token):
-            _plan_failure(timer, exc, at, settings, writes)
-        _write(conn, token, at, writes, report)
+        log.warning("batch of %d failed (%s); retrying timers one by one", len(timers), exc)
+        for timer in timers:
+            fire_claimed(engine, settings, [timer], token, at, report)
 
 
 def plan_batch(
@@ -153,9 +140,9 @@ def _plan_timer(timer: Mapping[str, Any], at: datetime, writes: _BatchWrites) ->
     for step, outcome, error in outcomes:
         writes.steps.append(
             {
-                "tenant_id": str(timer["tenant_id"]),
+                "tenant_id": timer["tenant_id"],
                 "lead_id": timer["lead_id"],
-                "timer_id": str(timer["id"]),
+                "timer_id": timer["id"],
                 "escalation_step": step.step,
                 "outcome": outcome,
                 "escalation_config": step.to_json(),
@@ -179,7 +166,7 @@ def _plan_timer(timer: Mapping[str, Any], at: datetime, writes: _BatchWrites) ->
         writes.step_events.append(event)
     writes.updates.append(
         {
-            "id": str(timer["id"]),
+            "id": timer["id"],
             "status": plan.status,
             "steps_done": plan.steps_done,
             "next_fire_at": plan.next_fire_at,
@@ -202,7 +189,7 @@ def _plan_failure(
     writes.failures += 1
     error = f"{type(exc).__name__}: {exc}"[:2000]
     update = {
-        "id": str(timer["id"]),
+        "id": timer["id"],
         "status": timer["status"],
         "steps_done": timer["steps_done"],
         "attempts": attempts,
@@ -232,13 +219,22 @@ def _plan_failure(
 def _write(
     conn: Connection, token: UUID, at: datetime, writes: _BatchWrites, report: FireReport
 ) -> None:
-    repo.insert_events(conn, writes.events)
-    repo.record_steps(conn, writes.steps, writes.step_events, at)
-    repo.update_fired(conn, token, writes.updates, at)
-    report.became_due += sum(e["event_type"] == events.DUE for e in writes.events)
-    report.steps += len(writes.steps)
+    applied = repo.apply_fired(
+        conn,
+        token,
+        events=writes.events,
+        steps=writes.steps,
+        step_events=writes.step_events,
+        updates=writes.updates,
+        now=at,
+    )
+    # Count only what was written: a timer cancelled since its claim was not.
+    report.became_due += sum(
+        e["event_type"] == events.DUE and e["timer_id"] in applied for e in writes.events
+    )
+    report.steps += sum(s["timer_id"] in applied for s in writes.steps)
     report.failures += writes.failures
     report.dead_lettered += writes.dead_lettered
     report.next_fire_times.update(
-        u["next_fire_at"] for u in writes.updates if u["next_fire_at"] is not None
+        u["next_fire_at"] for u in writes.updates if u["id"] in applied and u["next_fire_at"]
     )

@@ -57,7 +57,7 @@ def _timer_id(raw: str) -> UUID:
 
 
 def _with_escalations(conn, rows: list[dict[str, Any]]) -> list[Timer]:
-    steps = repo.escalations_for(conn, [r["id"] for r in rows])
+    steps = repo.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
     return [Timer.from_row(r, steps[r["id"]]) for r in rows]
 
 

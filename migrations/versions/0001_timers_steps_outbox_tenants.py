@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 02:55:53.319141
+Create Date: 2026-11-27 03:22:13.431814
 """
 
 from collections.abc import Sequence
@@ -63,7 +63,6 @@ def upgrade() -> None:
         unique=False,
         postgresql_where=sa.text("delivery_status = 'PENDING'"),
     )
-    op.create_index("ix_outbox_events_timer_id", "outbox_events", ["timer_id"], unique=False)
     op.create_table(
         "tenants",
         sa.Column("id", sa.UUID(), server_default=sa.text("gen_random_uuid()"), nullable=False),
@@ -158,9 +157,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sla_timers")),
         sa.UniqueConstraint(
-            "tenant_id", "idempotency_key", name=op.f("uq_sla_timers_tenant_id_idempotency_key")
-        ),
-        sa.UniqueConstraint(
             "tenant_id",
             "lead_id",
             "sla_contract_id",
@@ -189,14 +185,18 @@ def upgrade() -> None:
         unique=False,
     )
     op.create_index(
-        "ix_sla_timers_tenant_lead", "sla_timers", ["tenant_id", "lead_id"], unique=False
-    )
-    op.create_index(
         "uq_sla_timers_open_per_lead_contract",
         "sla_timers",
         ["tenant_id", "lead_id", "sla_contract_id"],
         unique=True,
         postgresql_where=sa.text("status IN ('ACTIVE', 'DUE', 'ESCALATED')"),
+    )
+    op.create_index(
+        "uq_sla_timers_tenant_id_idempotency_key",
+        "sla_timers",
+        ["tenant_id", "idempotency_key"],
+        unique=True,
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
     )
     op.create_table(
         "sla_escalation_events",
@@ -234,20 +234,20 @@ def upgrade() -> None:
             name=op.f("uq_sla_escalation_events_tenant_id_timer_id_escalation_step"),
         ),
     )
-    op.create_index(
-        "ix_sla_escalation_events_timer_id", "sla_escalation_events", ["timer_id"], unique=False
-    )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_sla_escalation_events_timer_id", table_name="sla_escalation_events")
     op.drop_table("sla_escalation_events")
+    op.drop_index(
+        "uq_sla_timers_tenant_id_idempotency_key",
+        table_name="sla_timers",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
     op.drop_index(
         "uq_sla_timers_open_per_lead_contract",
         table_name="sla_timers",
         postgresql_where=sa.text("status IN ('ACTIVE', 'DUE', 'ESCALATED')"),
     )
-    op.drop_index("ix_sla_timers_tenant_lead", table_name="sla_timers")
     op.drop_index("ix_sla_timers_tenant_created", table_name="sla_timers")
     op.drop_index(
         "ix_sla_timers_lease",
@@ -263,7 +263,6 @@ def downgrade() -> None:
     op.drop_index(op.f("ix_api_keys_tenant_id"), table_name="api_keys")
     op.drop_table("api_keys")
     op.drop_table("tenants")
-    op.drop_index("ix_outbox_events_timer_id", table_name="outbox_events")
     op.drop_index(
         "ix_outbox_events_pending",
         table_name="outbox_events",

@@ -102,9 +102,9 @@ def test_two_claimers_get_disjoint_rows(engine, settings, tenant):
         start_timer(engine, tenant[0], started_at=overdue())
     now = utcnow()
     with engine.connect() as a, engine.connect() as b:
-        first = set(repo.claim_due(a, uuid4(), now, 25, 60))
+        first = {t["id"] for t in repo.claim_due(a, uuid4(), now, 25, 60)}
         # ``a`` has not committed: ``b`` must skip its rows, not wait for or take them.
-        second = set(repo.claim_due(b, uuid4(), now, 25, 60))
+        second = {t["id"] for t in repo.claim_due(b, uuid4(), now, 25, 60)}
         assert len(first) == 25 and len(second) == 15
         assert not first & second
         a.rollback()
@@ -168,11 +168,11 @@ def test_a_timer_cancelled_between_claim_and_processing_does_not_fire(engine, se
     timer = start_timer(engine, tenant[0], started_at=overdue())
     token, now = uuid4(), utcnow()
     with engine.begin() as conn:
-        ids = repo.claim_due(conn, token, now, 10, 60)
+        claimed = repo.claim_due(conn, token, now, 10, 60)
     with engine.begin() as conn:
         repo.finish_timer(conn, tenant[0], timer["id"], "cancel", now, reason="lead lost")
     report = FireReport()
-    fire_claimed(engine, settings, ids, token, now, report)
+    fire_claimed(engine, settings, claimed, token, now, report)
     assert report.steps == 0
     assert steps_of(engine, timer["id"]) == [(1, "SKIPPED", None)]
     row = timer_row(engine, timer["id"])
