@@ -47,6 +47,9 @@ class Settings:
     batch_size: int
     wakeup_horizon_seconds: int
     wakeup_bucket_ms: int
+    wakeup_lead_ms: int
+    poll_interval_ms: int
+    fire_parallelism: int
     lease_seconds: int
     max_attempts: int
     backoff_base_seconds: int
@@ -70,7 +73,10 @@ class Settings:
             admin_token=env.get("SLA_ADMIN_TOKEN") or None,
             batch_size=_int(env, "SLA_BATCH_SIZE", 500, minimum=1),
             wakeup_horizon_seconds=_int(env, "SLA_WAKEUP_HORIZON_SECONDS", 300, minimum=90),
-            wakeup_bucket_ms=_int(env, "SLA_WAKEUP_BUCKET_MS", 100, minimum=1),
+            wakeup_bucket_ms=_int(env, "SLA_WAKEUP_BUCKET_MS", 50, minimum=1),
+            wakeup_lead_ms=_int(env, "SLA_WAKEUP_LEAD_MS", 250, minimum=0),
+            poll_interval_ms=_int(env, "SLA_POLL_INTERVAL_MS", 100, minimum=10),
+            fire_parallelism=_int(env, "SLA_FIRE_PARALLELISM", 4, minimum=1),
             lease_seconds=_int(env, "SLA_LEASE_SECONDS", 60, minimum=1),
             max_attempts=_int(env, "SLA_MAX_ATTEMPTS", 3, minimum=1),
             backoff_base_seconds=_int(env, "SLA_BACKOFF_BASE_SECONDS", 5, minimum=0),
@@ -84,6 +90,8 @@ class Settings:
         )
         if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL must be a redis:// URL, got {settings.redis_url!r}")
+        if settings.wakeup_lead_ms > 2000:
+            raise ConfigError("SLA_WAKEUP_LEAD_MS must be <= 2000")
         if settings.backoff_max_seconds < settings.backoff_base_seconds:
             raise ConfigError("SLA_BACKOFF_MAX_SECONDS must be >= SLA_BACKOFF_BASE_SECONDS")
         return settings

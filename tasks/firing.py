@@ -65,9 +65,11 @@ def fire_due(
     *,
     now: Callable[[], datetime] = utcnow,
     max_batches: int | None = None,
+    report: FireReport | None = None,
 ) -> FireReport:
-    """Fire every due timer, batch after batch, until none is left."""
-    report = FireReport()
+    """Fire every due timer, batch after batch, until none is left (or for
+    ``max_batches``), adding to ``report`` when given."""
+    report = report or FireReport()
     while max_batches is None or report.batches < max_batches:
         at = now()
         token = uuid4()

@@ -21,8 +21,8 @@ from models.config import get_settings
 from models.db import get_engine
 from models.sla import utcnow
 
-from .firing import FireReport, fire_due
-from .wakeups import schedule_wakeups
+from .firing import FireReport
+from .wakeups import fire_with_help, schedule_wakeups
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def sweep_once() -> SweepReport:
         rescued = repo.rescue_expired_leases(conn, utcnow())
     if rescued:
         log.warning("rescued %d timers whose worker was lost", rescued)
-    fired = fire_due(engine, settings)
+    fired = fire_with_help()
     now = utcnow()
     with engine.begin() as conn:
         upcoming = repo.upcoming_fire_times(

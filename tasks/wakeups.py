@@ -17,9 +17,11 @@ from functools import cache
 import redis
 
 from models.config import get_settings
+from models.db import get_engine
 from models.sla import utcnow, wakeup_instant
 
 from .broker import redis_client
+from .firing import FireReport, fire_due
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +51,40 @@ def schedule_wakeups(instants: Iterable[datetime], *, now: datetime | None = Non
     if not buckets:
         return 0
     now_ms = int(now.timestamp() * 1000)
-    targets = [
-        (int(b.timestamp() * 1000), max(0, int(b.timestamp() * 1000) - now_ms)) for b in buckets
-    ]
+    etas = [int(b.timestamp() * 1000) for b in buckets]
+    # Sent a little early: the actor sleeps out the rest, which absorbs the
+    # broker's polling delay so that timers fire on their instant.
+    lead = settings.wakeup_lead_ms
     sent = 0
     try:
         pipe = _redis().pipeline(transaction=False)
-        for eta_ms, delay_ms in targets:
-            pipe.set(KEY.format(eta_ms), 1, nx=True, px=delay_ms + KEY_GRACE_MS)
-        for (eta_ms, delay_ms), fresh in zip(targets, pipe.execute(), strict=True):
+        for eta in etas:
+            pipe.set(KEY.format(eta), 1, nx=True, px=max(0, eta - now_ms) + KEY_GRACE_MS)
+        for eta, fresh in zip(etas, pipe.execute(), strict=True):
             if fresh:
-                wake_up.send_with_options(args=(eta_ms,), delay=delay_ms or None)
+                delay = eta - now_ms - lead
+                wake_up.send_with_options(args=(eta,), delay=delay if delay > 0 else None)
                 sent += 1
     except redis.RedisError as exc:
         log.warning("could not schedule wake-ups (the sweeper will fire these timers): %s", exc)
     return sent
+
+
+def fire_with_help(*, fan_out: bool = True) -> FireReport:
+    """Run the firing routine. When its first batch comes back full (a burst),
+    ask other workers to join with immediate wake-ups: they claim disjoint rows,
+    so the burst drains at the speed of every worker, not one."""
+    from .actors import wake_up
+
+    engine, settings = get_engine(), get_settings()
+    report = fire_due(engine, settings, max_batches=1)
+    if report.claimed == settings.batch_size:
+        if fan_out:
+            try:
+                for _ in range(settings.fire_parallelism - 1):
+                    wake_up.send_with_options(kwargs={"fan_out": False})
+            except redis.RedisError as exc:
+                log.warning("could not ask for help with a burst: %s", exc)
+        fire_due(engine, settings, report=report)
+    schedule_wakeups(report.next_fire_times)
+    return report

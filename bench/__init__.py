@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench [--profile quick|full] [--only p1,p2]`` (``make bench``)."""

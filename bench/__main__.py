@@ -1,0 +1,98 @@
+"""Run the benchmark suite and write ``bench/results/<profile>.json`` and plots.
+
+Each scenario module (``bench/p*.py``) has ``QUICK`` and ``FULL`` parameters and
+``run(bench, params, out_dir) -> dict`` returning ``params``, ``figures`` and
+``rows``: the lines of the summary table, each a figure beside its limit or
+target, measured in this same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import time
+import traceback
+
+from .common import RESULTS, Bench, machine, write_results
+
+SCENARIOS = {
+    "p1": "bench.p1_burst",
+    "p2": "bench.p2_lateness",
+    "p3": "bench.p3_recovery",
+    "p4": "bench.p4_creation",
+    "p5": "bench.p5_memory",
+}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3f}" if abs(value) < 10 else f"{value:,.0f}"
+    return "" if value is None else str(value)
+
+
+def print_table(results: dict) -> None:
+    header = ("scenario", "figure", "value", "unit", "beside it", "value", "ratio", "target", "met")
+    lines = [header]
+    for name, result in results.items():
+        for row in result.get("rows", []):
+            lines.append(
+                (
+                    name,
+                    row["figure"],
+                    _fmt(row["value"]),
+                    row.get("unit", ""),
+                    row.get("beside", ""),
+                    _fmt(row.get("beside_value")),
+                    _fmt(row.get("ratio")),
+                    row.get("target", ""),
+                    {True: "yes", False: "NO", None: ""}[row.get("met")],
+                )
+            )
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    for i, line in enumerate(lines):
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--profile", choices=("quick", "full"), default="quick")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="e.g. p1,p3")
+    parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    bench = Bench.create()
+    out_dir = RESULTS / args.profile
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = {"profile": args.profile, "machine": machine(), "scenarios": {}}
+    failed = False
+    try:
+        for name in args.only.split(","):
+            module = importlib.import_module(SCENARIOS[name])
+            params = module.FULL if args.profile == "full" else module.QUICK
+            print(f"== {name}: {module.__doc__.strip().splitlines()[0]} {params}", flush=True)
+            bench.reset()
+            started = time.monotonic()
+            try:
+                result = module.run(bench, dict(params), out_dir)
+            except Exception:
+                failed = True
+                traceback.print_exc()
+                result = {"params": params, "error": traceback.format_exc()}
+            result["seconds"] = round(time.monotonic() - started, 1)
+            report["scenarios"][name] = result
+            write_results(args.profile, report)
+    finally:
+        if not args.keep:
+            bench.drop()
+    print()
+    print_table(report["scenarios"])
+    print(f"\nwrote {write_results(args.profile, report)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
