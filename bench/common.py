@@ -30,9 +30,11 @@ BIN = Path(sys.executable).parent
 
 def _server_url() -> str:
     raw = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    return make_url(raw.replace("postgres://", "postgresql://", 1)).set(
-        drivername="postgresql"
-    ).render_as_string(hide_password=False)
+    return (
+        make_url(raw.replace("postgres://", "postgresql://", 1))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
+    )
 
 
 @dataclass
@@ -55,8 +57,13 @@ class Bench:
         redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         redis_url = redis_url.rsplit("/", 1)[0] + "/" + os.environ.get("SLA_BENCH_REDIS_DB", "12")
         env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": redis_url}
-        subprocess.run([str(BIN / "alembic"), "upgrade", "head"], cwd=ROOT, env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [str(BIN / "alembic"), "upgrade", "head"],
+            cwd=ROOT,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         bench = cls(dsn, redis_url, env)
         os.environ.update({"DATABASE_URL": dsn, "REDIS_URL": redis_url})
         return bench
@@ -108,11 +115,21 @@ FROM generate_series(1, %(n)s) AS g, LATERAL (SELECT {due} AS d) AS due
 ONE_STEP = '[{"step": 1, "after_seconds": 0, "action": "notify", "target": null}]'
 
 
-def seed_timers(bench: Bench, tenant: str, n: int, due_sql: str, *, prefix: str = "",
-                steps: str = ONE_STEP, params: dict | None = None) -> None:
+def seed_timers(
+    bench: Bench,
+    tenant: str,
+    n: int,
+    due_sql: str,
+    *,
+    prefix: str = "",
+    steps: str = ONE_STEP,
+    params: dict | None = None,
+) -> None:
     with bench.connect() as c:
-        c.execute(_SEED.format(due=due_sql),
-                  {"tenant": tenant, "n": n, "prefix": prefix, "steps": steps, **(params or {})})
+        c.execute(
+            _SEED.format(due=due_sql),
+            {"tenant": tenant, "n": n, "prefix": prefix, "steps": steps, **(params or {})},
+        )
         c.execute("ANALYZE sla_timers")
 
 
@@ -121,8 +138,14 @@ class Service:
 
     def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str | None):
         self.log = log
-        self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log.open("ab"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if ready:
             deadline = time.monotonic() + 60
             while ready not in log.read_text(errors="replace"):
@@ -148,8 +171,14 @@ class Service:
                 self.kill()
 
 
-def worker(bench: Bench, log: Path, *, processes: int = 2, threads: int = 8,
-           extra_env: dict[str, str] | None = None) -> Service:
+def worker(
+    bench: Bench,
+    log: Path,
+    *,
+    processes: int = 2,
+    threads: int = 8,
+    extra_env: dict[str, str] | None = None,
+) -> Service:
     return Service(
         [str(BIN / "dramatiq"), "tasks", "--processes", str(processes), "--threads", str(threads)],
         {**bench.env, **(extra_env or {})},
