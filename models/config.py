@@ -71,7 +71,7 @@ class Settings:
             ),
             redis_url=env.get("REDIS_URL") or "redis://127.0.0.1:6379/0",
             admin_token=env.get("SLA_ADMIN_TOKEN") or None,
-            batch_size=_int(env, "SLA_BATCH_SIZE", 500, minimum=1),
+            batch_size=_int(env, "SLA_BATCH_SIZE", 1000, minimum=1),
             wakeup_horizon_seconds=_int(env, "SLA_WAKEUP_HORIZON_SECONDS", 300, minimum=90),
             wakeup_bucket_ms=_int(env, "SLA_WAKEUP_BUCKET_MS", 50, minimum=1),
             wakeup_lead_ms=_int(env, "SLA_WAKEUP_LEAD_MS", 250, minimum=0),
