@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install up test test-all lint services stop-services clean
+.PHONY: install up test test-all lint bench bench-full stop-services clean
 
 install: $(STAMP)
 
@@ -32,6 +32,16 @@ test: install
 
 test-all: install
 	$(BIN)/pytest --slow $(PYTEST_ARGS)
+
+# Benchmarks (docs/performance.md): a quick profile (minutes) or the full sizes. They use
+# a dedicated database `bench` beside DATABASE_URL's and write bench/results/<profile>.json.
+bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@eval "$$($(BIN)/python .ci/services.py env)" && $(BIN)/python -m bench --profile quick $(BENCH_ARGS)
+
+bench-full: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@eval "$$($(BIN)/python .ci/services.py env)" && $(BIN)/python -m bench --profile full $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

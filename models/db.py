@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 
+import orjson
+from psycopg.types.json import set_json_loads
 from sqlalchemy import Engine, create_engine
 
 from .config import Settings, get_settings
+
+# The firing path reads a JSON ladder per claimed timer: parse it with orjson.
+set_json_loads(orjson.loads)
 
 
 def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
