@@ -136,8 +136,16 @@ def seed_timers(
 class Service:
     """A service process (worker, scheduler, web) in its own process group."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready: str | None):
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str],
+        log: Path,
+        ready: str | None,
+        ready_count: int = 1,
+    ):
         self.log = log
+        offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
         self.proc = subprocess.Popen(
             args,
             cwd=ROOT,
@@ -148,10 +156,16 @@ class Service:
         )
         if ready:
             deadline = time.monotonic() + 60
-            while ready not in log.read_text(errors="replace"):
+            while self._said(offset).count(ready) < ready_count:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{args[0]} did not start:\n{log.read_text()[-2000:]}")
+                    self.kill()
+                    raise RuntimeError(f"{args[0]} did not start:\n{self._said(offset)[-2000:]}")
                 time.sleep(0.05)
+
+    def _said(self, offset: int) -> str:
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
 
     @property
     def pid(self) -> int:
@@ -184,6 +198,7 @@ def worker(
         {**bench.env, **(extra_env or {})},
         log,
         ready="is ready for action",
+        ready_count=processes,
     )
 
 

@@ -55,14 +55,25 @@ def _ladder(step2_after_s: int) -> str:
     return json.dumps(
         [
             {"step": 1, "after_seconds": 0, "action": "notify", "target": "owner"},
-            {"step": 2, "after_seconds": step2_after_s, "action": "reassign",
-             "target": "team-lead"},
+            {
+                "step": 2,
+                "after_seconds": step2_after_s,
+                "action": "reassign",
+                "target": "team-lead",
+            },
         ]
     )
 
 
-def start_service(services: list[Service], args: list[str], env: dict[str, str], log: Path,
-           ready: str, count: int = 1, timeout: float = 60) -> float:
+def start_service(
+    services: list[Service],
+    args: list[str],
+    env: dict[str, str],
+    log: Path,
+    ready: str,
+    count: int = 1,
+    timeout: float = 60,
+) -> float:
     """Start a service, registered for cleanup before it can fail; wait until
     ``ready`` appears ``count`` times in its log. Returns seconds to ready."""
     log.unlink(missing_ok=True)
@@ -80,15 +91,28 @@ def start_service(services: list[Service], args: list[str], env: dict[str, str],
 def start_worker(services, bench, log, params) -> float:
     # The command of bench.common.worker, but registered for cleanup before it
     # can fail to start, and ready only once every process is.
-    args = [str(BIN / "dramatiq"), "tasks", "--processes", str(params["processes"]),
-            "--threads", str(params["threads"])]
-    return start_service(services, args, bench.env, log, "Worker process is ready for action",
-                  count=params["processes"])
+    args = [
+        str(BIN / "dramatiq"),
+        "tasks",
+        "--processes",
+        str(params["processes"]),
+        "--threads",
+        str(params["threads"]),
+    ]
+    return start_service(
+        services,
+        args,
+        bench.env,
+        log,
+        "Worker process is ready for action",
+        count=params["processes"],
+    )
 
 
 def start_scheduler(services, bench, log) -> float:
-    return start_service(services, [str(BIN / "periodiq"), "tasks"], bench.env, log,
-                  ready="tasks.actors:sweep@sla")
+    return start_service(
+        services, [str(BIN / "periodiq"), "tasks"], bench.env, log, ready="tasks.actors:sweep@sla"
+    )
 
 
 _PROGRESS = """
@@ -159,14 +183,17 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     logs.mkdir(parents=True, exist_ok=True)
     figures: dict = {"timers": n}
     try:
-        figures["first_boot_s"] = round(start_worker(services, bench, logs / "worker-1.log",
-                                                      params), 2)
+        figures["first_boot_s"] = round(
+            start_worker(services, bench, logs / "worker-1.log", params), 2
+        )
         start_scheduler(services, bench, logs / "scheduler-1.log")
 
         # Seed: due instants spread over spread_s from t0, 1,000 distinct instants.
         t0 = datetime.now(UTC) + timedelta(seconds=params["due_in_s"])
         seed_timers(
-            bench, tenant, n,
+            bench,
+            tenant,
+            n,
             "%(t0)s::timestamptz + make_interval(secs => mod(g - 1, 1000) * %(spread)s / 1000.0)",
             steps=_ladder(params["step2_after_s"]),
             params={"t0": t0, "spread": params["spread_s"]},
@@ -194,8 +221,9 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         if lead < 0.3:
             raise RuntimeError(f"setup took too long: {lead:.2f} s before due; raise due_in_s")
         with bench.connect() as c:
-            fired_before_kill = c.execute(
-                "SELECT count(*) FROM sla_escalation_events").fetchone()[0]
+            fired_before_kill = c.execute("SELECT count(*) FROM sla_escalation_events").fetchone()[
+                0
+            ]
 
         # The outage: every process group SIGKILLed, then the bench Redis db wiped.
         for s in services:
@@ -204,18 +232,19 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         figures["killed_s_before_due"] = round(lead, 2)
         figures["fired_before_kill"] = fired_before_kill
 
-        time.sleep(max(0.0, (last_due - datetime.now(UTC)).total_seconds()
-                       + params["restart_after_due_s"]))
+        time.sleep(
+            max(0.0, (last_due - datetime.now(UTC)).total_seconds() + params["restart_after_due_s"])
+        )
         with bench.connect() as c:
             figures["fired_while_down"] = c.execute(
-                "SELECT count(*) FROM sla_escalation_events").fetchone()[0]
+                "SELECT count(*) FROM sla_escalation_events"
+            ).fetchone()[0]
 
         # Processes return; the clock runs from the moment they are spawned.
         restart_wall = datetime.now(UTC)
         restart = time.monotonic()
         figures["restart_s_after_last_due"] = round((restart_wall - last_due).total_seconds(), 3)
-        figures["reboot_s"] = round(start_worker(services, bench, logs / "worker-2.log",
-                                                  params), 2)
+        figures["reboot_s"] = round(start_worker(services, bench, logs / "worker-2.log", params), 2)
         start_scheduler(services, bench, logs / "scheduler-2.log")
 
         recovered = complete = None
@@ -233,11 +262,14 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             time.sleep(1.0)  # anything written late would show up as a duplicate below
 
             steps_total, steps_distinct, steps_early, steps_failed = c.execute(
-                _CHECK_STEPS).fetchone()
+                _CHECK_STEPS
+            ).fetchone()
             events_total, events_distinct_key, events_distinct_kind, events_early = c.execute(
-                _CHECK_EVENTS).fetchone()
+                _CHECK_EVENTS
+            ).fetchone()
             timers, lost, unfinished = c.execute(
-                _CHECK_TIMERS, {"steps": STEPS, "events": EVENTS_PER_TIMER}).fetchone()
+                _CHECK_TIMERS, {"steps": STEPS, "events": EVENTS_PER_TIMER}
+            ).fetchone()
             lateness: dict[int, list[float]] = {1: [], 2: []}
             for step, late in c.execute(_LATENESS):
                 lateness[step].append(float(late))
@@ -246,15 +278,17 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             s.stop()
 
     duplicates = (steps_total - steps_distinct) + (
-        events_total - min(events_distinct_key, events_distinct_kind))
+        events_total - min(events_distinct_key, events_distinct_kind)
+    )
     early = steps_early + events_early + fired_before_kill
     restart_after_due = figures["restart_s_after_last_due"]
     figures.update(
         {
             "recovery_s_after_restart": round(recovered, 3) if recovered is not None else None,
             "complete_s_after_restart": round(complete, 3) if complete is not None else None,
-            "recovery_s_after_last_due": (round(recovered + restart_after_due, 3)
-                                          if recovered is not None else None),
+            "recovery_s_after_last_due": (
+                round(recovered + restart_after_due, 3) if recovered is not None else None
+            ),
             "step_rows": steps_total,
             "outbox_events": events_total,
             "duplicates": duplicates,

@@ -86,8 +86,15 @@ def _push_far_wakeups(redis_client, count: int, days: int) -> None:
     pipe.execute()
 
 
-def _measure(bench: Bench, params: dict, out_dir: Path, label: str, size: int,
-             naive_messages: int, sample_s: float) -> dict:
+def _measure(
+    bench: Bench,
+    params: dict,
+    out_dir: Path,
+    label: str,
+    size: int,
+    naive_messages: int,
+    sample_s: float,
+) -> dict:
     import psutil
     import redis
 
@@ -101,8 +108,14 @@ def _measure(bench: Bench, params: dict, out_dir: Path, label: str, size: int,
     r = redis.Redis.from_url(bench.redis_url)
     if naive_messages:
         _push_far_wakeups(r, naive_messages, params["days"])
-    seed_timers(bench, tenant, params["stream"], _STREAM_DUE, prefix="s",
-                params={"start": 4.0, "span": sample_s - 5.0})
+    seed_timers(
+        bench,
+        tenant,
+        params["stream"],
+        _STREAM_DUE,
+        prefix="s",
+        params={"start": 4.0, "span": sample_s - 5.0},
+    )
 
     services: list[Service] = []
     samples: list[tuple[float, list[int], int]] = []
@@ -116,9 +129,13 @@ def _measure(bench: Bench, params: dict, out_dir: Path, label: str, size: int,
                 sweep.send()
                 last_sweep = now
             try:
-                samples.append((round(now - started, 2),
-                                [c.memory_info().rss for c in children],
-                                main.memory_info().rss))
+                samples.append(
+                    (
+                        round(now - started, 2),
+                        [c.memory_info().rss for c in children],
+                        main.memory_info().rss,
+                    )
+                )
             except psutil.NoSuchProcess as exc:
                 raise RuntimeError(f"a worker process died: {exc}") from None
             time.sleep(params["interval_s"])
@@ -151,10 +168,18 @@ def _measure(bench: Bench, params: dict, out_dir: Path, label: str, size: int,
         "delayed_messages_left_in_redis": delay_queue_left,
         "delayed_messages_held_by_workers": held,
     }
-    (out_dir / "p5" / f"rss-{label}.json").write_text(json.dumps(
-        {"result": result, "samples_mb": [
-            (t, [round(x / MB, 1) for x in each], round(parent / MB, 1))
-            for t, each, parent in samples]}) + "\n")
+    (out_dir / "p5" / f"rss-{label}.json").write_text(
+        json.dumps(
+            {
+                "result": result,
+                "samples_mb": [
+                    (t, [round(x / MB, 1) for x in each], round(parent / MB, 1))
+                    for t, each, parent in samples
+                ],
+            }
+        )
+        + "\n"
+    )
     return result
 
 
@@ -169,8 +194,15 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     large = _measure(bench, params, out_dir, _label(large_n), large_n, 0, params["sample_s"])
     naive = None
     if params["naive_messages"]:
-        naive = _measure(bench, params, out_dir, "naive", small_n, params["naive_messages"],
-                         params["naive_sample_s"])
+        naive = _measure(
+            bench,
+            params,
+            out_dir,
+            "naive",
+            small_n,
+            params["naive_messages"],
+            params["naive_sample_s"],
+        )
 
     target = params["target_mb"]
     ratio = large["peak_rss_mb"] / small["peak_rss_mb"]
