@@ -99,3 +99,23 @@ def test_scheduling_survives_redis_being_down(engine, monkeypatch):
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     monkeypatch.setattr(wakeups, "_redis", lambda: dead)
     assert schedule_wakeups([utcnow() + timedelta(seconds=5)]) == 0
+
+
+def test_a_burst_asks_other_workers_to_join(engine, settings, tenant, monkeypatch):
+    import dataclasses
+
+    from tasks import wakeups
+
+    small = dataclasses.replace(settings, batch_size=10, fire_parallelism=3)
+    monkeypatch.setattr(wakeups, "get_settings", lambda: small)
+    for _ in range(25):
+        start_timer(engine, tenant[0], started_at=overdue())
+    report = wakeups.fire_with_help()
+    assert (report.claimed, report.batches) == (25, 3)
+    # Two immediate wake-ups for other workers, which will find nothing left here.
+    assert redis_conn().llen(f"dramatiq:{QUEUE}") == 2
+
+    redis_conn().flushdb()
+    start_timer(engine, tenant[0], started_at=overdue())
+    wakeups.fire_with_help()  # a batch that is not full asks for no help
+    assert redis_conn().llen(f"dramatiq:{QUEUE}") == 0
