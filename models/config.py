@@ -61,6 +61,8 @@ class Settings:
     db_statement_timeout_ms: int
     redis_timeout_seconds: int
     max_body_bytes: int
+    # API key -> tenant, remembered per web process; 0 disables.
+    api_key_cache_seconds: int
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -87,6 +89,7 @@ class Settings:
             db_statement_timeout_ms=_int(env, "SLA_DB_STATEMENT_TIMEOUT_MS", 15000, minimum=0),
             redis_timeout_seconds=_int(env, "SLA_REDIS_TIMEOUT_SECONDS", 2, minimum=1),
             max_body_bytes=_int(env, "SLA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+            api_key_cache_seconds=_int(env, "SLA_API_KEY_CACHE_SECONDS", 10, minimum=0),
         )
         if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL must be a redis:// URL, got {settings.redis_url!r}")

@@ -4,6 +4,9 @@ Functions take a SQLAlchemy ``Connection`` and leave transactions to the caller.
 Bulk writes pass their rows as one JSON document unpacked by
 ``jsonb_to_recordset``: one statement and one round trip per batch, whatever
 its size, with the column types spelled out next to the SQL that uses them.
+The start statement, the API's hot path, runs on the psycopg connection under
+the SQLAlchemy one (same transaction), so it is written in psycopg's
+``%(name)s`` style.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import orjson
+import psycopg
+from psycopg.rows import dict_row
 from sqlalchemy import Connection, text
-from sqlalchemy.exc import IntegrityError
 
 from . import events
 from .schema import OPEN_STATUSES
@@ -70,17 +74,26 @@ def key_prefix(key: str) -> str | None:
     return parts[1]
 
 
-def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
-    prefix = key_prefix(key)
-    if prefix is None:
-        return None
+def api_key_record(conn: Connection, prefix: str) -> tuple[UUID, str] | None:
+    """(tenant_id, key_hash) of the unrevoked key with this prefix."""
     row = conn.execute(
         text("SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL"),
         {"p": prefix},
     ).first()
-    if row is None or not hmac.compare_digest(row.key_hash, _hash_key(key)):
+    return None if row is None else (row.tenant_id, row.key_hash)
+
+
+def key_matches(key_hash: str, key: str) -> bool:
+    """Constant-time comparison of a presented key with a stored hash."""
+    return hmac.compare_digest(key_hash, _hash_key(key))
+
+
+def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
+    prefix = key_prefix(key)
+    record = None if prefix is None else api_key_record(conn, prefix)
+    if record is None or not key_matches(record[1], key):
         return None
-    return row.tenant_id
+    return record[0]
 
 
 def revoke_api_key(conn: Connection, prefix: str) -> bool:
@@ -129,23 +142,224 @@ class NewTimer:
 
 _TIMER_BY_ID = text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id")
 
-_TIMER_BY_KEY = text(
-    "SELECT * FROM sla_timers WHERE tenant_id = :tenant AND idempotency_key = :key"
+_OPEN = "status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_STATUSES))
+
+# One statement starts timers: it takes the advisory locks of every (tenant,
+# lead, contract) first, in hash order so overlapping starts queue instead of
+# deadlocking, then inserts the timers and their sla.timer.started events.
+# The insert cannot start before the ``locked`` row exists.
+#
+# A timer that conflicts with any unique index is skipped, not an error: its
+# lead and contract has an open timer (to supersede first), its idempotency key
+# is taken (a replay or a conflict), or the same start exists; the caller tells
+# these apart with later statements. Taking the lock inside the statement is
+# safe because nothing here depends on the statement's snapshot (taken before
+# the lock): unique checks see every committed row, and in READ COMMITTED a
+# conflict with a row committed after the snapshot is still a DO NOTHING.
+_START_TIMERS = """
+    WITH locked AS MATERIALIZED (
+        SELECT count(pg_advisory_xact_lock(k)) AS n FROM (
+            SELECT DISTINCT hashtextextended(%(tenant)s::text || '/' || p.lead_id || '/'
+                                             || p.sla_contract_id, 0) AS k
+            FROM jsonb_to_recordset(%(timers)s::jsonb) AS p(lead_id text, sla_contract_id text)
+            ORDER BY k
+        ) AS keys
+    ),
+    inserted AS (
+        INSERT INTO sla_timers (
+            id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
+            correlation_id, idempotency_key, request_fingerprint, escalation_steps, metadata,
+            next_fire_at, created_at, updated_at)
+        SELECT n.id, %(tenant)s, n.lead_id, n.sla_contract_id, n.started_at, n.due_at,
+               n.window_seconds, n.correlation_id, n.idempotency_key, n.request_fingerprint,
+               n.escalation_steps, n.metadata, n.due_at, %(now)s, %(now)s
+        FROM locked, jsonb_to_recordset(%(timers)s::jsonb) AS n(
+            id uuid, lead_id text, sla_contract_id text, started_at timestamptz,
+            due_at timestamptz, window_seconds int, correlation_id text, idempotency_key text,
+            request_fingerprint text, escalation_steps jsonb, metadata jsonb)
+        ON CONFLICT DO NOTHING
+        RETURNING *
+    ),
+    started AS (
+        INSERT INTO outbox_events
+            (tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key,
+             created_at)
+        SELECT e.tenant_id, e.timer_id, e.event_type, e.payload, e.correlation_id,
+               e.idempotency_key, e.created_at
+        FROM jsonb_to_recordset(%(events)s::jsonb) AS e(
+            tenant_id uuid, timer_id uuid, event_type text, payload jsonb,
+            correlation_id text, idempotency_key text, created_at timestamptz)
+        JOIN inserted ON inserted.id = e.timer_id
+        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    )
+    SELECT * FROM inserted
+"""
+
+_TIMERS_BY_KEYS = text(
+    "SELECT * FROM sla_timers WHERE tenant_id = :tenant AND idempotency_key = ANY(:keys)"
 )
 
-_INSERT_TIMER = text(
-    """
-    INSERT INTO sla_timers (
-        id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
-        correlation_id, idempotency_key, request_fingerprint, escalation_steps, metadata,
-        next_fire_at, created_at, updated_at)
-    VALUES (
-        :id, :tenant_id, :lead_id, :sla_contract_id, :started_at, :due_at, :window_seconds,
-        :correlation_id, :idempotency_key, :request_fingerprint, CAST(:steps AS jsonb),
-        CAST(:metadata AS jsonb), :due_at, :now, :now)
-    RETURNING *
+# The open timers of some (lead, contract) pairs, locked in id order like the
+# firing path and the lead routes lock them.
+_OPEN_FOR_PAIRS = text(
+    f"""
+    SELECT t.* FROM sla_timers t
+    JOIN unnest(CAST(:leads AS text[]), CAST(:contracts AS text[])) AS p(lead_id, contract)
+      ON t.lead_id = p.lead_id AND t.sla_contract_id = p.contract
+    WHERE t.tenant_id = :tenant AND t.{_OPEN}
+    ORDER BY t.id
+    FOR UPDATE OF t
     """
 )
+
+KEY_REUSED = "Idempotency-Key was already used with a different request body"
+
+
+class DuplicateStart(TimerConflict):
+    """A timer with the same lead, contract and started_at already exists."""
+
+
+def _driver(conn: Connection) -> psycopg.Connection:
+    """The psycopg connection under ``conn``, in the same transaction. The
+    start statement runs on it directly: SQLAlchemy's per-statement overhead
+    costs as much CPU as the statement's round trip on a small VM."""
+    return conn.connection.driver_connection  # type: ignore[return-value]
+
+
+def _insert_timers(
+    conn: Connection,
+    tenant_id: UUID,
+    starts: Sequence[tuple[UUID, NewTimer, datetime]],
+    now: datetime,
+) -> dict[UUID, dict[str, Any]]:
+    """Lock the pairs and insert what ``_START_TIMERS`` does not skip."""
+    timers, started = [], []
+    for timer_id, new, due in starts:
+        timer = {
+            "id": timer_id,
+            "tenant_id": tenant_id,
+            "lead_id": new.lead_id,
+            "sla_contract_id": new.sla_contract_id,
+            "started_at": new.started_at,
+            "due_at": due,
+            "window_seconds": new.window_seconds,
+            "correlation_id": new.correlation_id,
+            "idempotency_key": new.idempotency_key,
+            "request_fingerprint": new.request_fingerprint,
+            "escalation_steps": new.escalation_steps,
+            "metadata": new.metadata,
+        }
+        timers.append(timer)
+        started.append(
+            events.timer_event(
+                timer,
+                events.STARTED,
+                now,
+                window_seconds=new.window_seconds,
+                escalation_steps=new.escalation_steps,
+                metadata=new.metadata,
+            )
+        )
+    params = {"tenant": tenant_id, "now": now, "timers": _json(timers), "events": _json(started)}
+    cursor = _driver(conn).cursor(row_factory=dict_row)
+    rows = cursor.execute(_START_TIMERS, params).fetchall()
+    return {r["id"]: r for r in rows}
+
+
+def _stored_by_key(
+    conn: Connection, tenant_id: UUID, keys: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    if not keys:
+        return {}
+    rows = conn.execute(_TIMERS_BY_KEYS, {"tenant": tenant_id, "keys": list(keys)}).mappings()
+    return {r["idempotency_key"]: dict(r) for r in rows}
+
+
+def start_timers(
+    conn: Connection,
+    tenant_id: UUID,
+    starts: Sequence[tuple[NewTimer, datetime]],
+    now: datetime,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Start timers, given as (timer, due_at) with distinct (lead, contract)
+    pairs; returns (timers in the given order, created).
+
+    Either every timer is created, or every one is an idempotent replay (each
+    carries an idempotency key stored with the same request fingerprint) and
+    the stored timers are returned; anything in between is a TimerConflict, and
+    the caller must roll the transaction back. A lead's open timer for the same
+    contract is cancelled first with reason "superseded".
+
+    Round trips do not grow with the number of timers: one statement locks
+    every pair, one inserts the timers with their started events. Only timers
+    that insert skipped cost more: a replay lookup, or the supersede and a
+    second insert.
+    """
+    pairs = [(new.lead_id, new.sla_contract_id) for new, _ in starts]
+    if len(set(pairs)) != len(pairs):
+        raise ValueError("one start per (lead_id, sla_contract_id) pair")
+    work = [(uuid4(), new, due) for new, due in starts]
+    created = _insert_timers(conn, tenant_id, work, now)
+    if len(created) == len(work):
+        return [created[i] for i, _, _ in work], True
+
+    skipped = [w for w in work if w[0] not in created]
+    stored = _stored_by_key(
+        conn, tenant_id, [new.idempotency_key for _, new, _ in skipped if new.idempotency_key]
+    )
+    if stored:
+        replayed = [stored.get(new.idempotency_key) for _, new, _ in work]  # type: ignore[arg-type]
+        if created or any(
+            r is None or r["request_fingerprint"] != new.request_fingerprint
+            for r, (_, new, _) in zip(replayed, work, strict=True)
+        ):
+            raise TimerConflict(KEY_REUSED)
+        return replayed, False  # type: ignore[return-value]
+
+    previous = (
+        conn.execute(
+            _OPEN_FOR_PAIRS,
+            {
+                "tenant": tenant_id,
+                "leads": [new.lead_id for _, new, _ in skipped],
+                "contracts": [new.sla_contract_id for _, new, _ in skipped],
+            },
+        )
+        .mappings()
+        .all()
+    )
+    # A skipped timer whose lead and contract has no open timer repeats an existing start.
+    if len(previous) == len(skipped):
+        close_timers(conn, previous, "cancel", now, reason="superseded")
+        created |= _insert_timers(conn, tenant_id, skipped, now)
+    if len(created) < len(work):
+        keys = [
+            new.idempotency_key for i, new, _ in work if i not in created and new.idempotency_key
+        ]
+        if _stored_by_key(conn, tenant_id, keys):  # taken meanwhile, by a start of other leads
+            raise TimerConflict(KEY_REUSED)
+        raise DuplicateStart(
+            "a timer with the same lead_id, sla_contract_id and started_at already exists"
+        )
+    return [created[i] for i, _, _ in work], True
+
+
+def try_start_timer(
+    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime, now: datetime
+) -> dict[str, Any] | None:
+    """The fast path of ``start_timer``: one statement that is its own
+    transaction, so a start costs one round trip instead of three (BEGIN,
+    statement, COMMIT). ``conn`` must be in AUTOCOMMIT isolation.
+
+    Returns the new timer, or None when nothing was written because the start
+    needs ``start_timer``: the lead has an open timer to supersede, the
+    idempotency key is taken (a replay or a conflict), or the start repeats an
+    existing one. The statement is atomic, so there is nothing in between.
+    """
+    if not _driver(conn).autocommit:
+        raise RuntimeError("try_start_timer needs an AUTOCOMMIT connection")
+    created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now)
+    return next(iter(created.values()), None)
 
 
 def start_timer(
@@ -155,89 +369,16 @@ def start_timer(
     and body returns the stored timer; the same key with another body is a conflict.
 
     Starts for one lead and contract are serialized by an advisory lock, so the
-    supersede-then-insert below never leaves two open timers behind.
+    supersede-then-insert never leaves two open timers behind.
     """
-    conn.execute(
-        text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
-        {"k": f"{tenant_id}/{new.lead_id}/{new.sla_contract_id}"},
-    )
-    if new.idempotency_key is not None:
-        existing = conn.execute(
-            _TIMER_BY_KEY, {"tenant": tenant_id, "key": new.idempotency_key}
-        ).first()
-        if existing is not None:
-            if existing.request_fingerprint != new.request_fingerprint:
-                raise TimerConflict(
-                    "Idempotency-Key was already used with a different request body"
-                )
-            return dict(existing._mapping), False
-
-    previous = (
-        conn.execute(
-            text(
-                """
-            SELECT * FROM sla_timers
-            WHERE tenant_id = :tenant AND lead_id = :lead AND sla_contract_id = :contract
-              AND status = ANY(:open)
-            FOR UPDATE
-            """
-            ),
-            {
-                "tenant": tenant_id,
-                "lead": new.lead_id,
-                "contract": new.sla_contract_id,
-                "open": list(OPEN_STATUSES),
-            },
-        )
-        .mappings()
-        .all()
-    )
-    close_timers(conn, previous, "cancel", now, reason="superseded")
-
-    params = {
-        "id": uuid4(),
-        "tenant_id": tenant_id,
-        "lead_id": new.lead_id,
-        "sla_contract_id": new.sla_contract_id,
-        "started_at": new.started_at,
-        "due_at": due,
-        "window_seconds": new.window_seconds,
-        "correlation_id": new.correlation_id,
-        "idempotency_key": new.idempotency_key,
-        "request_fingerprint": new.request_fingerprint,
-        "steps": _json(new.escalation_steps),
-        "metadata": _json(new.metadata),
-        "now": now,
-    }
     try:
-        with conn.begin_nested():
-            timer = dict(conn.execute(_INSERT_TIMER, params).mappings().one())
-    except IntegrityError as exc:
-        constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
-        if constraint == "uq_sla_timers_tenant_id_idempotency_key":
-            raise TimerConflict(
-                "Idempotency-Key was already used with a different request body"
-            ) from None
-        if constraint == "uq_sla_timers_tenant_id_lead_id_sla_contract_id_started_at":
-            raise TimerConflict(
-                f"a timer for lead {new.lead_id!r} and contract {new.sla_contract_id!r} "
-                f"started at {new.started_at.isoformat()} already exists"
-            ) from None
-        raise
-    insert_events(
-        conn,
-        [
-            events.timer_event(
-                timer,
-                events.STARTED,
-                now,
-                window_seconds=new.window_seconds,
-                escalation_steps=new.escalation_steps,
-                metadata=new.metadata,
-            )
-        ],
-    )
-    return timer, True
+        rows, created = start_timers(conn, tenant_id, [(new, due)], now)
+    except DuplicateStart:
+        raise DuplicateStart(
+            f"a timer for lead {new.lead_id!r} and contract {new.sla_contract_id!r} "
+            f"started at {new.started_at.isoformat()} already exists"
+        ) from None
+    return rows[0], created
 
 
 _SKIP_REMAINING_STEPS = text(

@@ -21,7 +21,7 @@ from tasks.broker import redis_client
 from . import problems
 from .admin import bp as admin_bp
 from .admin import tenants_cli
-from .auth import basic_password, bearer_token_of, token_matches
+from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .timers import bp as timers_bp
@@ -34,6 +34,7 @@ class Services:
     settings: Settings
     engine: Engine
     redis: redis.Redis  # for the readiness probe only
+    api_keys: ApiKeyCache
 
 
 def _engine_key(s: Settings) -> tuple:
@@ -115,7 +116,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Werkzeug answers 413 past this, also for chunked bodies without a length.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["sla"] = Services(settings, engine_for(settings), redis_client(settings))
+    app.extensions["sla"] = Services(
+        settings,
+        engine_for(settings),
+        redis_client(settings),
+        ApiKeyCache(settings.api_key_cache_seconds),
+    )
 
     problems.register(app)
     for blueprint in (timers_bp, admin_bp, health_bp, openapi_bp):

@@ -10,6 +10,7 @@ import base64
 import binascii
 import hmac
 import re
+import time
 from uuid import UUID
 
 from flask import current_app, g, request
@@ -39,6 +40,43 @@ def bearer_token() -> str | None:
     return bearer_token_of(request.headers.get("Authorization", ""))
 
 
+class ApiKeyCache:
+    """API key prefix -> (tenant, key hash), kept ``ttl`` seconds per process, so
+    a request does not cost a database round trip to authenticate.
+
+    The presented key is still hashed and compared in constant time with the
+    stored hash on every request; only the lookup is cached, and only for keys
+    that exist. The price: a revoked key keeps working in a process that saw it
+    for up to ``ttl`` seconds (SLA_API_KEY_CACHE_SECONDS; 0 disables the cache).
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[UUID, str, float]] = {}
+
+    def tenant_for(self, key: str, engine) -> UUID | None:
+        prefix = repo.key_prefix(key)
+        if prefix is None:
+            return None
+        now = time.monotonic()
+        entry = self._entries.get(prefix)
+        if entry is None or entry[2] <= now:
+            with engine.connect() as conn:
+                record = repo.api_key_record(conn, prefix)
+            if record is None:
+                self._entries.pop(prefix, None)
+                return None
+            entry = (*record, now + self.ttl)
+            if self.ttl > 0:
+                if len(self._entries) >= self.MAX_ENTRIES:
+                    self._entries.clear()
+                self._entries[prefix] = entry
+        tenant_id, key_hash, _ = entry
+        return tenant_id if repo.key_matches(key_hash, key) else None
+
+
 def authenticate_tenant() -> UUID:
     token = bearer_token()
     challenge = 'Bearer realm="sla-timers"'
@@ -46,8 +84,8 @@ def authenticate_tenant() -> UUID:
         raise _unauthorized("an API key is required: Authorization: Bearer <key>", challenge)
     tenant_id = None
     if _KEY_SHAPE.fullmatch(token):
-        with current_app.extensions["sla"].engine.connect() as conn:
-            tenant_id = repo.tenant_for_api_key(conn, token)
+        services = current_app.extensions["sla"]
+        tenant_id = services.api_keys.tenant_for(token, services.engine)
     if tenant_id is None:
         raise _unauthorized("the API key is not valid", f'{challenge}, error="invalid_token"')
     g.tenant_id = tenant_id

@@ -20,7 +20,7 @@ PROBLEM_JSON = "application/problem+json"
 
 HEADERS = {
     "Idempotency-Key": "Makes the start safe to retry: the same key and body return the "
-    "stored timer (200); the same key with another body is a 409. 1 to 255 characters.",
+    "stored timer(s) (200); the same key with another body is a 409. 1 to 255 characters.",
     "X-Correlation-ID": "Default correlation_id when the body has none. 1 to 200 characters.",
 }
 PATH_PARAMS = {

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from itertools import accumulate
 from typing import Any, TypeVar
 
 from flask import request
@@ -83,15 +85,43 @@ def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
     return errors
 
 
+# A JSON string token (the text has already parsed), and what is not a bracket.
+_STRING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def plain_json(text: str) -> bool:
+    """True if the value parsed from ``text`` cannot hold anything
+    ``text_problems`` reports, so the walk over every string can be skipped.
+
+    NUL characters and unpaired surrogates can only be written as ``\\u``
+    escapes (json.loads refuses raw control characters, and UTF-8 cannot
+    encode a surrogate), and nesting deeper than MAX_DEPTH needs as many
+    brackets open at once outside string tokens.
+    """
+    if "\\u" in text:
+        return False
+    brackets = _NOT_BRACKET.sub("", _STRING_TOKEN.sub("", text))
+    if brackets.count("[") + brackets.count("{") <= MAX_DEPTH:
+        return True
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))) <= MAX_DEPTH
+
+
 def read_json(*, required: bool) -> Any:
     """The parsed JSON body; NO_BODY when it is empty and optional."""
+    return _read_json(required=required)[0]
+
+
+def _read_json(*, required: bool) -> tuple[Any, bool]:
+    """(parsed body or NO_BODY, whether it is ``plain_json``)."""
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH...
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         # ...but a chunked body (no Content-Length) is silently cut at the limit.
         raise RequestEntityTooLarge()
     if not raw and not required:
-        return NO_BODY
+        return NO_BODY, True
     mimetype = request.mimetype
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiProblem(
@@ -109,7 +139,7 @@ def read_json(*, required: bool) -> Any:
     except UnicodeDecodeError as exc:
         raise _malformed(f"the body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(
+        value = json.loads(
             text,
             object_pairs_hook=_unique_keys,
             parse_constant=_reject_constant,
@@ -119,6 +149,7 @@ def read_json(*, required: bool) -> Any:
         raise _malformed("the JSON body is nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, duplicate keys, huge numbers
         raise _malformed(f"the body is not valid JSON: {exc}") from None
+    return value, plain_json(text)
 
 
 def field_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -128,10 +159,11 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
     ]
 
 
-def validate(model: type[M], data: Any) -> M:
+def validate(model: type[M], data: Any, *, plain: bool = False) -> M:
+    """``plain``: the data is known to hold nothing ``text_problems`` reports."""
     if not isinstance(data, dict):
         raise validation_error([{"field": "body", "reason": "must be a JSON object"}])
-    errors = text_problems(data)
+    errors = [] if plain else text_problems(data)
     cross = getattr(model, "cross_field_errors", None)
     if cross is not None:
         errors += cross(data)
@@ -149,9 +181,9 @@ def validate(model: type[M], data: Any) -> M:
 
 def parse_body(model: type[M], *, required: bool = True) -> tuple[M, dict[str, Any]]:
     """(validated model, raw JSON object); an absent optional body counts as ``{}``."""
-    data = read_json(required=required)
+    data, plain = _read_json(required=required)
     data = {} if data is NO_BODY else data
-    return validate(model, data), data
+    return validate(model, data, plain=plain), data
 
 
 def parse_query(model: type[M]) -> M:

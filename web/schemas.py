@@ -29,6 +29,7 @@ from models.sla import DEFAULT_LADDER, ladder_problem, utcnow
 # A year and a day: keeps due_at and step times far from any integer or datetime limit.
 MAX_WINDOW_SECONDS = 366 * 24 * 3600
 MAX_STEPS = 50
+MAX_BULK = 1000
 EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 TimerStatus = Literal[TIMER_STATUSES]  # type: ignore[valid-type]
@@ -151,6 +152,42 @@ class TimerCreate(RequestModel):
         return self.window_seconds or (self.window_minutes or 0) * 60
 
 
+class TimerBulkCreate(RequestModel):
+    timers: list[TimerCreate] = Field(
+        min_length=1,
+        max_length=MAX_BULK,
+        description=f"1 to {MAX_BULK} timers, at most one per lead_id and sla_contract_id.",
+    )
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        """Each item's own cross-field checks, and repeated (lead, contract) pairs."""
+        items = data.get("timers")
+        if not isinstance(items, list) or len(items) > MAX_BULK:
+            return []  # the field error says it all
+        errors: list[dict[str, str]] = []
+        first: dict[tuple[str, str], int] = {}
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                continue
+            errors += [
+                {**e, "field": f"timers.{i}.{e['field']}"}
+                for e in TimerCreate.cross_field_errors(item)
+            ]
+            pair = (item.get("lead_id"), item.get("sla_contract_id", "default"))
+            if isinstance(pair[0], str) and isinstance(pair[1], str):
+                seen = first.setdefault(pair, i)  # type: ignore[arg-type]
+                if seen != i:
+                    errors.append(
+                        {
+                            "field": f"timers.{i}.lead_id",
+                            "reason": f"repeats the lead_id and sla_contract_id of timers.{seen}"
+                            "; a request starts one timer per lead and contract",
+                        }
+                    )
+        return errors
+
+
 class CancelRequest(RequestModel):
     reason: str | None = Field(default=None, min_length=1, max_length=1000)
 
@@ -248,6 +285,10 @@ class Timer(ResponseModel):
 class TimerPage(ResponseModel):
     items: list[Timer]
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class TimerBatch(ResponseModel):
+    items: list[Timer] = Field(description="The timers, in the order of the request.")
 
 
 class TimerItems(ResponseModel):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -26,6 +27,8 @@ from .schemas import (
     LeadCompleteRequest,
     Problem,
     Timer,
+    TimerBatch,
+    TimerBulkCreate,
     TimerCreate,
     TimerItems,
     TimerListQuery,
@@ -66,6 +69,44 @@ def _fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def _new_timer(
+    body: TimerCreate,
+    now: datetime,
+    correlation_header: str | None,
+    key: str | None,
+    fingerprint: str | None,
+) -> tuple[repo.NewTimer, datetime]:
+    started = body.started_at or now
+    new = repo.NewTimer(
+        lead_id=body.lead_id,
+        sla_contract_id=body.sla_contract_id,
+        started_at=started,
+        window_seconds=body.window,
+        escalation_steps=[s.model_dump() for s in body.escalation_steps],
+        correlation_id=body.correlation_id or correlation_header or str(uuid4()),
+        metadata=body.metadata,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+    )
+    return new, due_at(started, body.window)
+
+
+def _created(conn, rows: list[dict[str, Any]], created: bool) -> list[Timer]:
+    # A timer created by this very transaction has no escalation rows yet.
+    if created:
+        return [Timer.from_row(r, []) for r in rows]
+    return _with_escalations(conn, rows)
+
+
+def _wake_up(timers: list[Timer]) -> None:
+    # After the commit, so a wake-up never races ahead of its row. A lost
+    # wake-up only delays firing until the next sweep, so never fail here.
+    try:
+        schedule_wakeups([t.due_at for t in timers])
+    except Exception:
+        log.exception("scheduling wake-ups for %d timer(s) failed", len(timers))
+
+
 @bp.post("/v1/timers")
 @operation(
     "Start a timer",
@@ -84,39 +125,70 @@ def _fingerprint(body: dict[str, Any]) -> str:
 )
 def start(body: TimerCreate):
     key = header("Idempotency-Key", max_length=255)
-    correlation_id = body.correlation_id or header("X-Correlation-ID", max_length=200)
+    correlation = None if body.correlation_id else header("X-Correlation-ID", max_length=200)
     now = utcnow()
-    started = body.started_at or now
-    new = repo.NewTimer(
-        lead_id=body.lead_id,
-        sla_contract_id=body.sla_contract_id,
-        started_at=started,
-        window_seconds=body.window,
-        escalation_steps=[s.model_dump() for s in body.escalation_steps],
-        correlation_id=correlation_id or str(uuid4()),
-        metadata=body.metadata,
-        idempotency_key=key,
-        request_fingerprint=_fingerprint(g.raw_body) if key is not None else None,
-    )
-    try:
-        with _engine().begin() as conn:
-            row, created = repo.start_timer(
-                conn, g.tenant_id, new, due_at(started, body.window), now
-            )
-            timer = _with_escalations(conn, [row])[0]
-    except repo.TimerConflict as exc:
-        raise _conflict(exc) from None
-    if created:
-        # After the commit, so a wake-up never races ahead of its row. A lost
-        # wake-up only delays firing until the next sweep, so never fail here.
+    fingerprint = _fingerprint(g.raw_body) if key is not None else None
+    new, due = _new_timer(body, now, correlation, key, fingerprint)
+    # Most starts are a single statement of their own; the rest (supersede,
+    # replay, conflicts) take the transactional path from the beginning.
+    with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        row = repo.try_start_timer(conn, g.tenant_id, new, due, now)
+    if row is not None:
+        created, timer = True, Timer.from_row(row, [])
+    else:
         try:
-            schedule_wakeups([timer.due_at])
-        except Exception:
-            log.exception("scheduling the wake-up for timer %s failed", timer.id)
+            with _engine().begin() as conn:
+                row, created = repo.start_timer(conn, g.tenant_id, new, due, now)
+                timer = _created(conn, [row], created)[0]
+        except repo.TimerConflict as exc:
+            raise _conflict(exc) from None
+    if created:
+        _wake_up([timer])
     headers = {"Location": f"/v1/timers/{timer.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
     return json_response(timer, 201 if created else 200, headers)
+
+
+@bp.post("/v1/timers/bulk")
+@operation(
+    "Start up to 1000 timers in one request",
+    tag="timers",
+    body=TimerBulkCreate,
+    headers=("Idempotency-Key", "X-Correlation-ID"),
+    responses={
+        201: ("All started, in the order of the request", TimerBatch),
+        200: ("Replay of an earlier request with the same Idempotency-Key", TimerBatch),
+        409: ("Idempotency-Key reused with another body, or a duplicate start", Problem),
+    },
+    description=(
+        "All or nothing: the request is validated as a whole (errors name the item, "
+        'e.g. "timers.3.window_seconds") and its timers start in one transaction. '
+        "Each item is what POST /v1/timers takes, with the same supersede rule; a "
+        "lead_id and sla_contract_id pair may appear once per request. With an "
+        'Idempotency-Key K, item i is stored under the key "K:i" (keys share one '
+        "namespace per tenant with single starts)."
+    ),
+)
+def start_bulk(body: TimerBulkCreate):
+    key = header("Idempotency-Key", max_length=255)
+    correlation = header("X-Correlation-ID", max_length=200)
+    now = utcnow()
+    fingerprint = _fingerprint(g.raw_body) if key is not None else None
+    starts = [
+        _new_timer(item, now, correlation, None if key is None else f"{key}:{i}", fingerprint)
+        for i, item in enumerate(body.timers)
+    ]
+    try:
+        with _engine().begin() as conn:
+            rows, created = repo.start_timers(conn, g.tenant_id, starts, now)
+            timers = _created(conn, rows, created)
+    except repo.TimerConflict as exc:
+        raise _conflict(exc) from None
+    if created:
+        _wake_up(timers)
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    return json_response(TimerBatch(items=timers), 201 if created else 200, headers)
 
 
 @bp.get("/v1/timers")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
+from sqlalchemy import text
 
 from . import api_support
 from .api_support import assert_problem
@@ -321,3 +323,36 @@ def test_database_down_is_503(engine, settings, tenant):
     assert ready.get_json()["database"] == "down"
     assert ready.get_json()["redis"] == "ok"
     assert client.get("/healthz").status_code == 200
+
+
+def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
+    from models import repository as repo
+    from web import create_app
+
+    cached = create_app(settings).test_client()
+    uncached = create_app(dataclasses.replace(settings, api_key_cache_seconds=0)).test_client()
+    headers = {"Authorization": f"Bearer {tenant[1]}"}
+    assert cached.get("/v1/timers", headers=headers).status_code == 200
+    with engine.begin() as conn:
+        assert repo.revoke_api_key(conn, repo.key_prefix(tenant[1]))
+    # Revocation takes effect at once without the cache, within its TTL with it.
+    assert_problem(uncached.get("/v1/timers", headers=headers), 401)
+    assert cached.get("/v1/timers", headers=headers).status_code == 200
+    # A wrong secret for a cached prefix is still refused (the hash is compared).
+    forged = {"Authorization": f"Bearer {tenant[1][:-4]}AAAA"}
+    assert_problem(cached.get("/v1/timers", headers=forged), 401)
+
+
+def test_connections_the_database_dropped_are_replaced_unnoticed(api, engine):
+    """The pool replaces a connection whose backend is gone before using it."""
+    api.start(lead_id="before")
+    with engine.connect() as conn:
+        conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    time.sleep(0.2)
+    for i in range(3):
+        api.start(lead_id=f"after-{i}")
