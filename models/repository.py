@@ -738,8 +738,10 @@ def rescue_expired_leases(conn: Connection, now: datetime) -> int:
                 last_error = 'lease expired: the worker processing this timer was lost',
                 updated_at = :now
             WHERE id IN (
+                -- A claimed row keeps its (past) next_fire_at: the index finds it.
                 SELECT id FROM sla_timers
-                WHERE processing_status = 'PROCESSING' AND lease_expires_at < :now
+                WHERE next_fire_at <= :now
+                  AND processing_status = 'PROCESSING' AND lease_expires_at < :now
                 FOR UPDATE SKIP LOCKED
             )
             """

@@ -131,17 +131,14 @@ sla_timers = Table(
     ),
     # Also serves lookups by (tenant, lead).
     UniqueConstraint("tenant_id", "lead_id", "sla_contract_id", "started_at"),
-    # The claim query: due PENDING work in due order.
+    # The claim query (due work in due order) and the lease rescue. Its
+    # predicate leaves out processing_status on purpose: claiming a timer then
+    # changes no indexed column, so PostgreSQL updates the row in place (HOT)
+    # without touching any index. The claim filters PROCESSING rows out.
     Index(
-        "ix_sla_timers_claim",
+        "ix_sla_timers_next_fire_at",
         "next_fire_at",
-        postgresql_where=text("processing_status = 'PENDING' AND next_fire_at IS NOT NULL"),
-    ),
-    # Lease rescue: rows a worker claimed and never finished.
-    Index(
-        "ix_sla_timers_lease",
-        "lease_expires_at",
-        postgresql_where=text("processing_status = 'PROCESSING'"),
+        postgresql_where=text("next_fire_at IS NOT NULL"),
     ),
     # Tenant listings (newest first, keyset pagination).
     Index("ix_sla_timers_tenant_created", "tenant_id", "created_at", "id"),
@@ -154,6 +151,8 @@ sla_timers = Table(
         unique=True,
         postgresql_where=text("status IN ('ACTIVE', 'DUE', 'ESCALATED')"),
     ),
+    # Room on each page for the claim's in-place (HOT) update.
+    postgresql_with={"fillfactor": 80},
 )
 
 sla_escalation_events = Table(

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-27 03:22:13.431814
+Create Date: 2026-11-27 04:15:06.611277
 """
 
 from collections.abc import Sequence
@@ -163,20 +163,14 @@ def upgrade() -> None:
             "started_at",
             name=op.f("uq_sla_timers_tenant_id_lead_id_sla_contract_id_started_at"),
         ),
+        postgresql_with={"fillfactor": 80},
     )
     op.create_index(
-        "ix_sla_timers_claim",
+        "ix_sla_timers_next_fire_at",
         "sla_timers",
         ["next_fire_at"],
         unique=False,
-        postgresql_where=sa.text("processing_status = 'PENDING' AND next_fire_at IS NOT NULL"),
-    )
-    op.create_index(
-        "ix_sla_timers_lease",
-        "sla_timers",
-        ["lease_expires_at"],
-        unique=False,
-        postgresql_where=sa.text("processing_status = 'PROCESSING'"),
+        postgresql_where=sa.text("next_fire_at IS NOT NULL"),
     )
     op.create_index(
         "ix_sla_timers_tenant_created",
@@ -250,14 +244,9 @@ def downgrade() -> None:
     )
     op.drop_index("ix_sla_timers_tenant_created", table_name="sla_timers")
     op.drop_index(
-        "ix_sla_timers_lease",
+        "ix_sla_timers_next_fire_at",
         table_name="sla_timers",
-        postgresql_where=sa.text("processing_status = 'PROCESSING'"),
-    )
-    op.drop_index(
-        "ix_sla_timers_claim",
-        table_name="sla_timers",
-        postgresql_where=sa.text("processing_status = 'PENDING' AND next_fire_at IS NOT NULL"),
+        postgresql_where=sa.text("next_fire_at IS NOT NULL"),
     )
     op.drop_table("sla_timers")
     op.drop_index(op.f("ix_api_keys_tenant_id"), table_name="api_keys")
