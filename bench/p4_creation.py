@@ -32,7 +32,7 @@ QUICK = {
     "bulk_connections": 4,
     "bulk_items": 500,
     "warmup_seconds": 2,
-    "seconds": 10,
+    "seconds": 12,
     "pgbench_seconds": 8,
     "pgbench_clients": 4,
 }

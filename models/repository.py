@@ -200,15 +200,25 @@ _TIMERS_BY_KEYS = text(
 )
 
 # The open timers of some (lead, contract) pairs, locked in id order like the
-# firing path and the lead routes lock them.
+# firing path and the lead routes lock them. Each pair is one probe of the
+# open-timer index (LIMIT 1: it holds at most one), whatever the statistics
+# say; a plain join can turn into a scan of every open timer of the tenant.
 _OPEN_FOR_PAIRS = text(
     f"""
+    WITH found AS MATERIALIZED (
+        SELECT o.id
+        FROM unnest(CAST(:leads AS text[]), CAST(:contracts AS text[])) AS p(lead_id, contract)
+        CROSS JOIN LATERAL (
+            SELECT s.id FROM sla_timers s
+            WHERE s.tenant_id = :tenant AND s.lead_id = p.lead_id
+              AND s.sla_contract_id = p.contract AND s.{_OPEN}
+            LIMIT 1
+        ) AS o
+    )
     SELECT t.* FROM sla_timers t
-    JOIN unnest(CAST(:leads AS text[]), CAST(:contracts AS text[])) AS p(lead_id, contract)
-      ON t.lead_id = p.lead_id AND t.sla_contract_id = p.contract
-    WHERE t.tenant_id = :tenant AND t.{_OPEN}
+    WHERE t.id = ANY(ARRAY(SELECT id FROM found)) AND t.{_OPEN}
     ORDER BY t.id
-    FOR UPDATE OF t
+    FOR UPDATE
     """
 )
 
