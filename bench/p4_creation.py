@@ -29,7 +29,7 @@ QUICK = {
     "web_workers": 2,
     "web_threads": 4,
     "single_connections": 8,
-    "bulk_connections": 4,
+    "bulk_connections": 8,
     "bulk_items": 500,
     "warmup_seconds": 2,
     "seconds": 12,
@@ -346,6 +346,11 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         scripts[name] = out_dir / f"p4_{name}.lua"
         scripts[name].write_text(_LUA % {"item": _ITEM, "items": items, "path": path})
 
+    # Each gthread worker accepts keep-alive connections greedily: left alone,
+    # one worker can take all of wrk's connections while the other idles (one
+    # process, one GIL: half the machine). A per-worker cap spreads them.
+    connections = max(params["single_connections"], params["bulk_connections"])
+    per_worker = -(-connections // params["web_workers"])
     web = Service(
         [
             str(BIN / "gunicorn"),
@@ -358,6 +363,8 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             str(params["web_workers"]),
             "--threads",
             str(params["web_threads"]),
+            "--worker-connections",
+            str(per_worker),
         ],
         env,
         out_dir / "p4_gunicorn.log",
