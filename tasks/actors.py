@@ -6,6 +6,8 @@ import logging
 import time
 
 import dramatiq
+import dramatiq.errors
+import redis
 from periodiq import cron
 
 from .broker import QUEUE
@@ -32,6 +34,23 @@ def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
     fire_with_help(fan_out=fan_out)
 
 
-@dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"), max_retries=0)
+class TickActor(dramatiq.Actor):
+    """A periodic actor whose scheduler survives a Redis outage: periodiq exits
+    when sending a tick fails, so a missed tick is logged instead. The next
+    tick, or a worker's boot sweep, catches up; timers wait in PostgreSQL."""
+
+    def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
+        try:
+            return super().send_with_options(args=args, kwargs=kwargs, delay=delay, **options)
+        except (redis.RedisError, dramatiq.errors.ConnectionError) as exc:
+            if "scheduled_at" not in options:  # not a periodiq tick: the caller decides
+                raise
+            log.warning(
+                "missed the %s tick at %s: %s", self.actor_name, options["scheduled_at"], exc
+            )
+            return None
+
+
+@dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"), max_retries=0, actor_class=TickActor)
 def sweep() -> None:
     sweep_once()

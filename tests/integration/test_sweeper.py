@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import uuid4
 
+import pytest
 from sqlalchemy import text
 
 from models import repository as repo
@@ -119,3 +120,20 @@ def test_a_burst_asks_other_workers_to_join(engine, settings, tenant, monkeypatc
     start_timer(engine, tenant[0], started_at=overdue())
     wakeups.fire_with_help()  # a batch that is not full asks for no help
     assert redis_conn().llen(f"dramatiq:{QUEUE}") == 0
+
+
+def test_a_scheduler_tick_survives_redis_being_down(monkeypatch):
+    import redis
+
+    from tasks.actors import sweep
+    from tasks.broker import broker
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(broker, "enqueue", down)
+    # periodiq sends ticks with scheduled_at: a failed tick must not kill the scheduler.
+    assert sweep.send_with_options(scheduled_at="2026-01-01T00:00:00+00:00") is None
+    # Any other sender still learns that the message was not sent.
+    with pytest.raises(redis.ConnectionError):
+        sweep.send()
