@@ -8,8 +8,6 @@ sweeper once a worker is back, each step exactly once and none early.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,52 +15,20 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import ROOT, redis_conn
+from bench.common import Service
+from tests.conftest import redis_conn
 
 BIN = Path(sys.executable).parent
 
 
-class Process:
-    """A service process in its own session, so a kill takes its children too."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path, ready: str):
-        self.log = log_dir / f"{name}.log"
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=os.environ.copy(),
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.wait_for(ready)
-
-    def wait_for(self, line: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if line in self.log.read_text(errors="replace"):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        pytest.fail(f"{self.log.name} never said {line!r}:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+def start(name: str, args: list[str], log_dir: Path, ready: str) -> Service:
+    """A service process in its own session (a kill takes its children too);
+    only lines it logs after starting count as ready."""
+    return Service(args, os.environ.copy(), log_dir / f"{name}.log", ready=ready)
 
 
-def start_worker(log_dir: Path) -> Process:
-    return Process(
+def start_worker(log_dir: Path) -> Service:
+    return start(
         "worker",
         [str(BIN / "dramatiq"), "tasks", "--processes", "1", "--threads", "4"],
         log_dir,
@@ -130,7 +96,7 @@ def test_a_timer_started_over_http_fires_through_its_wake_up(engine, worker, cli
 
 
 def test_the_scheduler_registers_the_sweep(engine, tmp_path):
-    scheduler = Process(
+    scheduler = start(
         "scheduler", [str(BIN / "periodiq"), "tasks"], tmp_path, ready="tasks.actors:sweep@sla"
     )
     scheduler.stop()
