@@ -34,11 +34,6 @@ def event_key(timer_id: UUID | str, event_type: str, step: int | None = None) ->
     return key if step is None else f"{key}:{step}"
 
 
-def step_key(timer_id: UUID | str, step: int) -> str:
-    """Idempotency key of a step row, as the schema specifies: ``{timer_id}-{step}``."""
-    return f"{timer_id}-{step}"
-
-
 def timer_event(
     timer: Mapping[str, Any],
     event_type: str,

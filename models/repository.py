@@ -411,6 +411,7 @@ _CLOSE_TIMERS = text(
         cancelled_at = CASE WHEN :status = 'CANCELLED' THEN :now END,
         completed_at = CASE WHEN :status = 'COMPLETED' THEN :now END,
         cancel_reason = CASE WHEN :status = 'CANCELLED' THEN :reason END,
+        -- Met when handled at or before the due instant.
         breached = CASE WHEN :status = 'COMPLETED' THEN due_at < :now END,
         -- A dead-lettered timer keeps FAILED so the failure stays visible.
         processing_status = CASE WHEN processing_status = 'FAILED' THEN 'FAILED'

@@ -72,11 +72,6 @@ def step_time(due: datetime, step: Step) -> datetime:
     return due + timedelta(seconds=step.after_seconds)
 
 
-def is_breached(due: datetime, finished_at: datetime) -> bool:
-    """The SLA is met when the lead is handled at or before the due instant."""
-    return finished_at > due
-
-
 @dataclass(frozen=True)
 class FirePlan:
     """What processing a claimed timer at ``now`` must do."""

@@ -6,7 +6,6 @@ from models.sla import (
     Step,
     backoff_seconds,
     due_at,
-    is_breached,
     ladder,
     ladder_problem,
     plan_fire,
@@ -97,8 +96,3 @@ def test_wakeup_instant_rounds_up_to_the_bucket_and_never_earlier():
     assert wakeup_instant(at, 100) == datetime(2026, 1, 1, 12, 0, 0, 200_000, tzinfo=UTC)
     assert wakeup_instant(T0, 100) == T0
     assert wakeup_instant(at, 1000) >= at
-
-
-def test_breach_is_strictly_after_due():
-    assert not is_breached(T0, T0)
-    assert is_breached(T0, T0 + timedelta(microseconds=1))
