@@ -132,20 +132,25 @@ def _lateness(bench: Bench, prefix: str, expected: int, wait_s: float) -> dict:
     }
 
 
+def _seed_far(bench: Bench, tenant: str, n: int) -> None:
+    """n timers due from 10 minutes on, spread evenly over 7 days."""
+    seed_timers(
+        bench,
+        tenant,
+        n,
+        "now() + interval '10 minutes' + g * (interval '7 days' / %(n)s)",
+        prefix="far-",
+        params={"n": n},
+    )
+
+
 def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     expected = params["stream_rate"] * params["stream_seconds"]
     tenant, _ = bench.tenant()
 
     # Our design: far-off timers in PostgreSQL only; the scheduler's sweeps
     # bring the ones entering the horizon into Redis.
-    seed_timers(
-        bench,
-        tenant,
-        params["active_timers"],
-        "now() + interval '10 minutes' + g * (interval '7 days' / %(n)s)",
-        prefix="far-",
-        params={"n": params["active_timers"]},
-    )
+    _seed_far(bench, tenant, params["active_timers"])
     log = out_dir / "p2-ours.log"
     log.unlink(missing_ok=True)
     with running(
@@ -163,14 +168,7 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     # Naive: the same stream behind K far-off delayed messages, no sweeper.
     bench.reset()
     tenant, _ = bench.tenant()
-    seed_timers(
-        bench,
-        tenant,
-        params["naive_far_timers"],
-        "now() + interval '10 minutes' + g * (interval '7 days' / %(n)s)",
-        prefix="far-",
-        params={"n": params["naive_far_timers"]},
-    )
+    _seed_far(bench, tenant, params["naive_far_timers"])
     subprocess.run(
         [sys.executable, "-m", "bench.p2_lateness", "far", "--n", str(params["naive_far_timers"])],
         cwd=ROOT,
