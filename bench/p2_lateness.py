@@ -50,11 +50,11 @@ NAIVE_ENV = {
 def _stream(rate: int, seconds: int, window: int, prefix: str) -> None:
     """Start timers as the API does (commit, then schedule the wake-up)."""
     from models import repository as repo
-    from models.db import get_engine
+    from models.db import get_maintenance_engine
     from models.sla import DEFAULT_LADDER, due_at, utcnow
     from tasks.wakeups import schedule_wakeups
 
-    engine = get_engine()
+    engine = get_maintenance_engine()
     with engine.begin() as conn:
         tenant, _ = repo.create_tenant(conn, "stream")
     started = time.monotonic()

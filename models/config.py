@@ -7,6 +7,7 @@ start-up with a message naming the variable, rather than failing later at 3 a.m.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
 
@@ -25,6 +26,19 @@ def normalize_database_url(url: str) -> str:
     raise ConfigError(f"DATABASE_URL must be a postgres:// or postgresql:// URL, got {scheme}://")
 
 
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def _role(env: dict[str, str], name: str, default: str) -> str | None:
+    """A PostgreSQL role to act as; empty means "the role the URL logs in as"."""
+    raw = env.get(name, default).strip()
+    if raw == "":
+        return None
+    if not _ROLE.fullmatch(raw):
+        raise ConfigError(f"{name} must be a lower-case PostgreSQL role name, got {raw!r}")
+    return raw
+
+
 def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -36,6 +50,24 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+DEFAULT_RATE_LIMIT = "100/second;3000/minute"
+
+
+def _rate_limit(raw: str) -> str | None:
+    raw = raw.strip()
+    if raw.lower() in ("", "off", "none"):
+        return None
+    from limits import parse_many
+
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(
+            f"SLA_RATE_LIMIT must look like '100/second;3000/minute' or 'off', got {raw!r}"
+        ) from None
+    return raw
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,12 @@ class Settings:
     max_body_bytes: int
     # API key -> tenant, remembered per web process; 0 disables.
     api_key_cache_seconds: int
+    # Row-level security: the API acts as db_app_role, which sees one tenant per
+    # transaction; workers act as db_maintenance_role, which sees all (docs/design.md).
+    db_app_role: str | None
+    db_maintenance_role: str | None
+    # Per-tenant limit on the write endpoints, in Flask-Limiter's notation; None disables.
+    rate_limit: str | None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -90,6 +128,9 @@ class Settings:
             redis_timeout_seconds=_int(env, "SLA_REDIS_TIMEOUT_SECONDS", 2, minimum=1),
             max_body_bytes=_int(env, "SLA_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
             api_key_cache_seconds=_int(env, "SLA_API_KEY_CACHE_SECONDS", 10, minimum=0),
+            db_app_role=_role(env, "SLA_DB_APP_ROLE", "sla_app"),
+            db_maintenance_role=_role(env, "SLA_DB_MAINTENANCE_ROLE", "sla_maintenance"),
+            rate_limit=_rate_limit(env.get("SLA_RATE_LIMIT", DEFAULT_RATE_LIMIT)),
         )
         if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL must be a redis:// URL, got {settings.redis_url!r}")

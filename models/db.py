@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import select
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
+from uuid import UUID
 
 import orjson
 from psycopg.types.json import set_json_loads
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 
 from .config import Settings, get_settings
@@ -30,7 +33,17 @@ def _quiet(dbapi_connection) -> bool:
     return not poller.poll(0)
 
 
-def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
+def make_engine(settings: Settings, *, role: str | None, pool_size: int | None = None) -> Engine:
+    """An engine whose sessions act as ``role`` (None: the role the URL logs in as).
+
+    The role is set at connection start-up (``-c role=...``), before any query,
+    so every statement on these connections is subject to that role's
+    row-level security policies. Migrations use the login role, which owns
+    the tables; the service never does.
+    """
+    options = f"-c statement_timeout={settings.db_statement_timeout_ms}"
+    if role is not None:
+        options += f" -c role={role}"
     engine = create_engine(
         settings.database_url,
         pool_size=pool_size or settings.db_pool_size,
@@ -40,7 +53,7 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
         pool_recycle=1800,
         connect_args={
             "connect_timeout": settings.db_connect_timeout_seconds,
-            "options": f"-c statement_timeout={settings.db_statement_timeout_ms}",
+            "options": options,
             "application_name": "sla-timers",
         },
     )
@@ -62,4 +75,28 @@ def make_engine(settings: Settings, *, pool_size: int | None = None) -> Engine:
 
 @cache
 def get_engine() -> Engine:
-    return make_engine(get_settings())
+    """The API's engine: its role sees one tenant per transaction (``tenant_scope``)."""
+    settings = get_settings()
+    return make_engine(settings, role=settings.db_app_role)
+
+
+@cache
+def get_maintenance_engine() -> Engine:
+    """Workers' engine: sweeping and firing span all tenants, and only this role may."""
+    settings = get_settings()
+    return make_engine(settings, role=settings.db_maintenance_role)
+
+
+@contextmanager
+def tenant_scope(engine: Engine, tenant_id: UUID) -> Iterator[Connection]:
+    """A transaction that sees only ``tenant_id``'s rows.
+
+    The row-level security policies read ``app.tenant_id``; set with
+    ``is_local`` it ends with the transaction, so a pooled connection never
+    carries one tenant's scope into another's request.
+    """
+    from .repository import enter_tenant
+
+    with engine.begin() as conn:
+        enter_tenant(conn, tenant_id)
+        yield conn

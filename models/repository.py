@@ -49,22 +49,42 @@ def _hash_key(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def create_api_key(conn: Connection, tenant_id: UUID) -> str:
-    """A new key ``sla_<prefix>_<secret>``; only its hash is stored, so it is shown once."""
+_SET_TENANT = text("SELECT set_config('app.tenant_id', :tenant, true)")
+
+
+def enter_tenant(conn: Connection, tenant_id: UUID) -> None:
+    """Scope the rest of this transaction to one tenant (row-level security)."""
+    conn.execute(_SET_TENANT, {"tenant": str(tenant_id)})
+
+
+def create_api_key(conn: Connection, tenant_id: UUID) -> tuple[str, str]:
+    """(key, prefix) of a new key ``sla_<prefix>_<secret>``: 48 random bits of
+    prefix that name it in logs, 256 of secret. Only a hash is stored, so the
+    key is shown once."""
     prefix = secrets.token_hex(6)
     key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
     conn.execute(
         text("INSERT INTO api_keys (tenant_id, prefix, key_hash) VALUES (:t, :p, :h)"),
         {"t": tenant_id, "p": prefix, "h": _hash_key(key)},
     )
-    return key
+    return key, prefix
 
 
 def create_tenant(conn: Connection, name: str) -> tuple[UUID, str]:
-    tenant_id = conn.execute(
-        text("INSERT INTO tenants (name) VALUES (:name) RETURNING id"), {"name": name}
-    ).scalar_one()
-    return tenant_id, create_api_key(conn, tenant_id)
+    """A new tenant and its first API key; scopes the transaction to the new tenant."""
+    tenant_id = uuid4()
+    enter_tenant(conn, tenant_id)
+    conn.execute(
+        text("INSERT INTO tenants (id, name) VALUES (:id, :name)"), {"id": tenant_id, "name": name}
+    )
+    return tenant_id, create_api_key(conn, tenant_id)[0]
+
+
+def tenant_exists(conn: Connection, tenant_id: UUID) -> bool:
+    return (
+        conn.execute(text("SELECT 1 FROM tenants WHERE id = :t"), {"t": tenant_id}).first()
+        is not None
+    )
 
 
 def key_prefix(key: str) -> str | None:
@@ -75,7 +95,12 @@ def key_prefix(key: str) -> str | None:
 
 
 def api_key_record(conn: Connection, prefix: str) -> tuple[UUID, str] | None:
-    """(tenant_id, key_hash) of the unrevoked key with this prefix."""
+    """(tenant_id, key_hash) of the unrevoked key with this prefix.
+
+    Runs before the tenant is known: the API's role may read just the key row
+    whose prefix the transaction names in ``app.api_key_prefix``.
+    """
+    conn.execute(text("SELECT set_config('app.api_key_prefix', :p, true)"), {"p": prefix})
     row = conn.execute(
         text("SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL"),
         {"p": prefix},
@@ -96,12 +121,27 @@ def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
     return record[0]
 
 
-def revoke_api_key(conn: Connection, prefix: str) -> bool:
-    result = conn.execute(
-        text("UPDATE api_keys SET revoked_at = now() WHERE prefix = :p AND revoked_at IS NULL"),
-        {"p": prefix},
+def list_api_keys(conn: Connection, tenant_id: UUID) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        text(
+            "SELECT prefix, created_at, revoked_at FROM api_keys WHERE tenant_id = :t "
+            "ORDER BY created_at, prefix"
+        ),
+        {"t": tenant_id},
     )
-    return result.rowcount == 1
+    return [dict(r._mapping) for r in rows]
+
+
+def revoke_api_key(conn: Connection, tenant_id: UUID, prefix: str) -> dict[str, Any] | None:
+    """Revoke one of the tenant's keys (idempotent); None if it has no such key."""
+    row = conn.execute(
+        text(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) "
+            "WHERE tenant_id = :t AND prefix = :p RETURNING prefix, created_at, revoked_at"
+        ),
+        {"t": tenant_id, "p": prefix},
+    ).first()
+    return None if row is None else dict(row._mapping)
 
 
 # --------------------------------------------------------------------------- outbox
@@ -359,16 +399,21 @@ def try_start_timer(
 ) -> dict[str, Any] | None:
     """The fast path of ``start_timer``: one statement that is its own
     transaction, so a start costs one round trip instead of three (BEGIN,
-    statement, COMMIT). ``conn`` must be in AUTOCOMMIT isolation.
+    statement, COMMIT). ``conn`` must be in AUTOCOMMIT isolation. The tenant
+    scope is set in the same pipeline: the two form one implicit transaction
+    and travel together.
 
     Returns the new timer, or None when nothing was written because the start
     needs ``start_timer``: the lead has an open timer to supersede, the
     idempotency key is taken (a replay or a conflict), or the start repeats an
     existing one. The statement is atomic, so there is nothing in between.
     """
-    if not _driver(conn).autocommit:
+    driver = _driver(conn)
+    if not driver.autocommit:
         raise RuntimeError("try_start_timer needs an AUTOCOMMIT connection")
-    created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now)
+    with driver.pipeline():
+        driver.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
+        created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now)
     return next(iter(created.values()), None)
 
 

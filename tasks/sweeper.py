@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from models import repository as repo
 from models.config import get_settings
-from models.db import get_engine
+from models.db import get_maintenance_engine
 from models.sla import utcnow
 
 from .firing import FireReport
@@ -36,7 +36,7 @@ class SweepReport:
 
 def sweep_once() -> SweepReport:
     settings = get_settings()
-    engine = get_engine()
+    engine = get_maintenance_engine()
     with engine.begin() as conn:
         rescued = repo.rescue_expired_leases(conn, utcnow())
     if rescued:

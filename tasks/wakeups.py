@@ -17,7 +17,7 @@ from functools import cache
 import redis
 
 from models.config import get_settings
-from models.db import get_engine
+from models.db import get_maintenance_engine
 from models.sla import utcnow, wakeup_instant
 
 from .broker import redis_client
@@ -76,7 +76,7 @@ def fire_with_help(*, fan_out: bool = True) -> FireReport:
     so the burst drains at the speed of every worker, not one."""
     from .actors import wake_up
 
-    engine, settings = get_engine(), get_settings()
+    engine, settings = get_maintenance_engine(), get_settings()
     report = fire_due(engine, settings, max_batches=1)
     if report.claimed == settings.batch_size:
         if fan_out:

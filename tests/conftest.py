@@ -86,10 +86,14 @@ def _create_database() -> None:
 def database():
     """The migrated test database (created once per session)."""
     _create_database()
-    from models.db import get_engine
+    from models.config import get_settings
+    from models.db import make_engine
 
-    yield get_engine()
-    get_engine().dispose()
+    # The tests' own engine acts as the maintenance role, like the workers: it
+    # sees every tenant. The API's engine (sla_app) is scoped per transaction.
+    engine = make_engine(get_settings(), role=get_settings().db_maintenance_role)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -103,6 +107,7 @@ def settings():
 def engine(database):
     """A clean database and Redis for one test."""
     with database.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL ROLE NONE")  # TRUNCATE is the owner's
         conn.exec_driver_sql(
             "TRUNCATE outbox_events, sla_escalation_events, sla_timers, api_keys, tenants "
             "RESTART IDENTITY CASCADE"

@@ -44,12 +44,13 @@ def _engine_key(s: Settings) -> tuple:
         s.db_pool_timeout_seconds,
         s.db_connect_timeout_seconds,
         s.db_statement_timeout_ms,
+        s.db_app_role,
     )
 
 
 @cache
 def _engine_for(key: tuple, settings: Settings) -> Engine:
-    return make_engine(settings)
+    return make_engine(settings, role=settings.db_app_role)
 
 
 def engine_for(settings: Settings) -> Engine:

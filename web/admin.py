@@ -1,4 +1,4 @@
-"""Admin routes and CLI: creating tenants and their first API key.
+"""Admin routes and CLI: tenants and their API keys (create, list, revoke).
 
 Without SLA_ADMIN_TOKEN the HTTP admin routes answer 404, as if absent: an
 unconfigured deployment exposes no admin surface at all. The CLI needs no
@@ -7,14 +7,18 @@ token, since it already runs with the service's own database credentials.
 
 from __future__ import annotations
 
+from uuid import UUID
+
 import click
 from flask import Blueprint, current_app
 from flask.cli import AppGroup
 
 from models import repository as repo
+from models.db import tenant_scope
 
 from .operations import json_response, operation
-from .schemas import Problem, TenantCreate, TenantCreated
+from .problems import not_found
+from .schemas import ApiKey, ApiKeyCreated, ApiKeyList, Problem, TenantCreate, TenantCreated
 
 bp = Blueprint("admin", __name__)
 
@@ -37,6 +41,77 @@ def create_tenant(body: TenantCreate):
     return json_response(created, 201, {"Cache-Control": "no-store"})
 
 
+NO_TENANT = ("No such tenant, or SLA_ADMIN_TOKEN is not configured", Problem)
+NO_KEY = ("No such tenant or key, or SLA_ADMIN_TOKEN is not configured", Problem)
+
+
+def _tenant_scope(raw: str):
+    """The named tenant's scope: admin routes act through row-level security too."""
+    try:
+        tenant_id = UUID(raw)
+    except ValueError:
+        raise not_found("tenant") from None
+    return tenant_id, tenant_scope(current_app.extensions["sla"].engine, tenant_id)
+
+
+@bp.get("/v1/admin/tenants/<tenant_id>/api-keys")
+@operation(
+    "List a tenant's API keys (prefixes only)",
+    tag="admin",
+    auth="admin",
+    responses={200: ("The keys, oldest first", ApiKeyList), 404: NO_TENANT},
+)
+def list_keys(tenant_id: str):
+    tid, scope = _tenant_scope(tenant_id)
+    with scope as conn:
+        if not repo.tenant_exists(conn, tid):
+            raise not_found("tenant")
+        keys = repo.list_api_keys(conn, tid)
+    return json_response(ApiKeyList(items=[ApiKey(**k) for k in keys]))
+
+
+@bp.post("/v1/admin/tenants/<tenant_id>/api-keys")
+@operation(
+    "Issue another API key for a tenant (to rotate keys without downtime)",
+    tag="admin",
+    auth="admin",
+    responses={
+        201: ("Created; the API key is shown only in this response", ApiKeyCreated),
+        404: NO_TENANT,
+    },
+)
+def create_key(tenant_id: str):
+    tid, scope = _tenant_scope(tenant_id)
+    with scope as conn:
+        if not repo.tenant_exists(conn, tid):
+            raise not_found("tenant")
+        key, prefix = repo.create_api_key(conn, tid)
+        record = next(k for k in repo.list_api_keys(conn, tid) if k["prefix"] == prefix)
+    created = ApiKeyCreated(**record, api_key=key)
+    return json_response(created, 201, {"Cache-Control": "no-store"})
+
+
+@bp.delete("/v1/admin/tenants/<tenant_id>/api-keys/<prefix>")
+@operation(
+    "Revoke an API key",
+    tag="admin",
+    auth="admin",
+    responses={200: ("Revoked (also when it already was)", ApiKey), 404: NO_KEY},
+    description=(
+        "This process stops accepting the key at once; other API processes within "
+        "SLA_API_KEY_CACHE_SECONDS."
+    ),
+)
+def revoke_key(tenant_id: str, prefix: str):
+    tid, scope = _tenant_scope(tenant_id)
+    with scope as conn:
+        record = repo.revoke_api_key(conn, tid, prefix)
+    if record is None:
+        raise not_found("API key")
+    current_app.extensions["sla"].api_keys.forget(prefix)
+    return json_response(ApiKey(**record))
+
+
 tenants_cli = AppGroup("tenants", help="Manage tenants.")
 
 
@@ -52,3 +127,15 @@ def create_tenant_command(name: str) -> None:
     click.echo(f"tenant_id={tenant_id}")
     click.echo(f"api_key={key}")
     click.echo("Store the API key now: it cannot be shown again.", err=True)
+
+
+@tenants_cli.command("revoke-key")
+@click.argument("tenant_id", type=click.UUID)
+@click.argument("prefix")
+def revoke_key_command(tenant_id: UUID, prefix: str) -> None:
+    """Revoke the API key PREFIX of tenant TENANT_ID."""
+    with tenant_scope(current_app.extensions["sla"].engine, tenant_id) as conn:
+        record = repo.revoke_api_key(conn, tenant_id, prefix)
+    if record is None:
+        raise click.ClickException(f"tenant {tenant_id} has no API key {prefix}")
+    click.echo(f"revoked {prefix} at {record['revoked_at'].isoformat()}")

@@ -56,6 +56,9 @@ class ApiKeyCache:
         self.ttl = ttl
         self._entries: dict[str, tuple[UUID, str, float]] = {}
 
+    def forget(self, prefix: str) -> None:
+        self._entries.pop(prefix, None)
+
     def tenant_for(self, key: str, engine) -> UUID | None:
         prefix = repo.key_prefix(key)
         if prefix is None:

@@ -26,6 +26,8 @@ HEADERS = {
 PATH_PARAMS = {
     "timer_id": {"type": "string", "format": "uuid"},
     "lead_id": {"type": "string", "minLength": 1, "maxLength": 200},
+    "tenant_id": {"type": "string", "format": "uuid"},
+    "prefix": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
 }
 SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}
 

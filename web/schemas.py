@@ -301,6 +301,20 @@ class TenantCreated(ResponseModel):
     api_key: str = Field(description="Shown once; only its hash is stored.")
 
 
+class ApiKey(ResponseModel):
+    prefix: str = Field(description="Names the key in logs and admin routes; not a secret.")
+    created_at: UtcDatetime
+    revoked_at: UtcDatetime | None
+
+
+class ApiKeyCreated(ApiKey):
+    api_key: str = Field(description="Shown once; only its hash is stored.")
+
+
+class ApiKeyList(ResponseModel):
+    items: list[ApiKey]
+
+
 class Liveness(ResponseModel):
     status: Literal["ok"]
 

@@ -13,6 +13,7 @@ from uuid import UUID, uuid4
 from flask import Blueprint, current_app, g
 
 from models import repository as repo
+from models.db import tenant_scope
 from models.sla import due_at, utcnow
 from tasks.wakeups import schedule_wakeups
 
@@ -45,6 +46,11 @@ CONFLICT = ("Conflicts with the timer's state", Problem)
 
 def _engine():
     return current_app.extensions["sla"].engine
+
+
+def _tenant():
+    """A transaction that sees only the authenticated tenant's rows."""
+    return tenant_scope(_engine(), g.tenant_id)
 
 
 def _conflict(exc: repo.TimerConflict) -> ApiProblem:
@@ -137,7 +143,7 @@ def start(body: TimerCreate):
         created, timer = True, Timer.from_row(row, [])
     else:
         try:
-            with _engine().begin() as conn:
+            with _tenant() as conn:
                 row, created = repo.start_timer(conn, g.tenant_id, new, due, now)
                 timer = _created(conn, [row], created)[0]
         except repo.TimerConflict as exc:
@@ -180,7 +186,7 @@ def start_bulk(body: TimerBulkCreate):
         for i, item in enumerate(body.timers)
     ]
     try:
-        with _engine().begin() as conn:
+        with _tenant() as conn:
             rows, created = repo.start_timers(conn, g.tenant_id, starts, now)
             timers = _created(conn, rows, created)
     except repo.TimerConflict as exc:
@@ -207,7 +213,7 @@ def list_timers(query: TimerListQuery):
             raise validation_error(
                 [{"field": "cursor", "reason": "is not a cursor returned by this API"}]
             ) from None
-    with _engine().connect() as conn:
+    with _tenant() as conn:
         rows, next_cursor = repo.list_timers(
             conn,
             g.tenant_id,
@@ -228,7 +234,7 @@ def list_timers(query: TimerListQuery):
 )
 def get(timer_id: str):
     tid = _timer_id(timer_id)
-    with _engine().connect() as conn:
+    with _tenant() as conn:
         row = repo.get_timer(conn, g.tenant_id, tid)
         if row is None:
             raise not_found("timer")
@@ -238,7 +244,7 @@ def get(timer_id: str):
 def _finish(timer_id: str, verb: str, reason: str | None):
     tid = _timer_id(timer_id)
     try:
-        with _engine().begin() as conn:
+        with _tenant() as conn:
             row = repo.finish_timer(conn, g.tenant_id, tid, verb, utcnow(), reason)
             if row is None:
                 raise not_found("timer")
@@ -288,7 +294,7 @@ def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str 
 
 
 def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | None):
-    with _engine().begin() as conn:
+    with _tenant() as conn:
         rows = repo.finish_lead_timers(
             conn, g.tenant_id, lead_id, verb, utcnow(), sla_contract_id=contract, reason=reason
         )

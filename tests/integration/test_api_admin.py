@@ -155,3 +155,63 @@ def test_openapi_document_describes_every_route(app):
     timer = schemas["Timer"]["properties"]
     assert set(timer) == api_support.TIMER_FIELDS
     assert doc["paths"]["/healthz"]["get"]["security"] == []
+
+
+def test_api_keys_can_be_issued_listed_and_revoked(admin_app, settings, tenant, other_tenant):
+    client = admin_app.test_client()
+    admin = bearer(TOKEN)
+    keys = f"/v1/admin/tenants/{tenant[0]}/api-keys"
+    assert_problem(client.get(keys), 401)
+    assert_problem(client.get(keys, headers=bearer(tenant[1])), 401)  # a tenant key is not admin
+
+    issued = client.post(keys, headers=admin)
+    assert issued.status_code == 201
+    assert issued.headers["Cache-Control"] == "no-store"
+    second = issued.get_json()
+    assert second["api_key"].startswith(f"sla_{second['prefix']}_")
+    listed = client.get(keys, headers=admin).get_json()["items"]
+    assert [k["prefix"] for k in listed] == [tenant[1].split("_")[1], second["prefix"]]
+    assert all("api_key" not in k and k["revoked_at"] is None for k in listed)
+
+    # Rotation: both keys work, then the first is revoked and refused at once here.
+    first_prefix = tenant[1].split("_")[1]
+    for key in (tenant[1], second["api_key"]):
+        assert client.get("/v1/timers", headers=bearer(key)).status_code == 200
+    revoked = client.delete(f"{keys}/{first_prefix}", headers=admin)
+    assert revoked.status_code == 200 and revoked.get_json()["revoked_at"]
+    assert_problem(client.get("/v1/timers", headers=bearer(tenant[1])), 401)
+    assert client.get("/v1/timers", headers=bearer(second["api_key"])).status_code == 200
+    again = client.delete(f"{keys}/{first_prefix}", headers=admin)
+    assert again.get_json()["revoked_at"] == revoked.get_json()["revoked_at"]
+
+    # Another tenant's key cannot be revoked through this tenant's path.
+    other_prefix = other_tenant[1].split("_")[1]
+    assert_problem(client.delete(f"{keys}/{other_prefix}", headers=admin), 404)
+    assert client.get("/v1/timers", headers=bearer(other_tenant[1])).status_code == 200
+    unknown = "/v1/admin/tenants/00000000-0000-0000-0000-000000000000/api-keys"
+    assert_problem(client.get(unknown, headers=admin), 404)
+    assert_problem(client.post(unknown, headers=admin), 404)
+    assert_problem(client.get("/v1/admin/tenants/not-a-uuid/api-keys", headers=admin), 404)
+
+
+def test_keys_are_high_entropy_and_stored_only_as_hashes(engine, tenant):
+    from sqlalchemy import text
+
+    _, prefix, secret = tenant[1].split("_", 2)
+    assert len(prefix) == 12 and int(prefix, 16) >= 0
+    assert len(secret) >= 43  # 32 random bytes, base64url
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT prefix, key_hash FROM api_keys")).one()
+    assert stored.prefix == prefix
+    assert secret not in stored.key_hash and tenant[1] not in stored.key_hash
+    assert len(stored.key_hash) == 64
+
+
+def test_cli_revokes_a_key(app, tenant):
+    runner = app.test_cli_runner()
+    prefix = tenant[1].split("_")[1]
+    result = runner.invoke(args=["tenants", "revoke-key", str(tenant[0]), prefix])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"revoked {prefix} at ")
+    missing = runner.invoke(args=["tenants", "revoke-key", str(tenant[0]), "nope"])
+    assert missing.exit_code != 0 and "has no API key nope" in missing.output

@@ -334,7 +334,7 @@ def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
     headers = {"Authorization": f"Bearer {tenant[1]}"}
     assert cached.get("/v1/timers", headers=headers).status_code == 200
     with engine.begin() as conn:
-        assert repo.revoke_api_key(conn, repo.key_prefix(tenant[1]))
+        assert repo.revoke_api_key(conn, tenant[0], repo.key_prefix(tenant[1]))
     # Revocation takes effect at once without the cache, within its TTL with it.
     assert_problem(uncached.get("/v1/timers", headers=headers), 401)
     assert cached.get("/v1/timers", headers=headers).status_code == 200
@@ -347,6 +347,7 @@ def test_connections_the_database_dropped_are_replaced_unnoticed(api, engine):
     """The pool replaces a connection whose backend is gone before using it."""
     api.start(lead_id="before")
     with engine.connect() as conn:
+        conn.execute(text("SET LOCAL ROLE NONE"))  # terminating backends is the owner's
         conn.execute(
             text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
