@@ -24,6 +24,7 @@ from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
+from .ratelimit import TenantRateLimit
 from .timers import bp as timers_bp
 
 DASHBOARD_PREFIX = "/dramatiq"
@@ -35,6 +36,7 @@ class Services:
     engine: Engine
     redis: redis.Redis  # for the readiness probe only
     api_keys: ApiKeyCache
+    rate_limit: TenantRateLimit | None
 
 
 def _engine_key(s: Settings) -> tuple:
@@ -122,6 +124,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         engine_for(settings),
         redis_client(settings),
         ApiKeyCache(settings.api_key_cache_seconds),
+        TenantRateLimit(settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds)
+        if settings.rate_limit
+        else None,
     )
 
     problems.register(app)

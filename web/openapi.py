@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .operations import Operation, operation
-from .schemas import Problem
+from .schemas import Problem, Timer, TimerBatch, TimerItems, TimerPage
 
 bp = Blueprint("openapi", __name__)
 
@@ -30,6 +30,44 @@ PATH_PARAMS = {
     "prefix": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
 }
 SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}
+
+# What a response says that other operations take as parameters, as OpenAPI
+# runtime expressions. They become links: a started timer leads to its get,
+# cancel and complete operations and to its lead's, for clients and for
+# stateful testing alike.
+_ONE = {"timer_id": "/id", "lead_id": "/lead_id", "sla_contract_id": "/sla_contract_id"}
+_FIRST = {name: "/items/0" + pointer for name, pointer in _ONE.items()}
+LINK_SOURCES: dict[type[BaseModel], dict[str, str]] = {
+    model: {name: "$response.body#" + pointer for name, pointer in pointers.items()}
+    for model, pointers in [
+        (Timer, _ONE),
+        (TimerBatch, _FIRST),
+        (TimerPage, _FIRST),
+        (TimerItems, _FIRST),
+    ]
+}
+
+
+def _operation_id(path: str, method: str) -> str:
+    return method + "_" + re.sub(r"\W+", "_", path).strip("_")
+
+
+def _links(model: type[BaseModel] | None, ops: list[tuple[str, str, Operation]]) -> dict:
+    """Links from a response of ``model`` to every operation whose path parameters
+    it supplies (and the query parameters it can, e.g. lead_id for the list)."""
+    sources = LINK_SOURCES.get(model)  # type: ignore[arg-type]
+    links: dict[str, Any] = {}
+    for path, method, op in ops if sources else ():
+        in_path = re.findall(r"{(\w+)}", path)
+        if not set(in_path) <= sources.keys():
+            continue
+        in_query = [n for n in (op.query.model_fields if op.query else ()) if n in sources]
+        parameters = {f"path.{n}": sources[n] for n in in_path}
+        parameters |= {f"query.{n}": sources[n] for n in in_query}
+        if parameters:
+            op_id = _operation_id(path, method)
+            links[op_id] = {"operationId": op_id, "parameters": parameters}
+    return links
 
 
 def _operations(app: Flask) -> list[tuple[str, str, Operation]]:
@@ -50,7 +88,7 @@ def _problem(description: str) -> dict[str, Any]:
     }
 
 
-def _responses(op: Operation, refs: dict) -> dict[str, Any]:
+def _responses(op: Operation, refs: dict, ops: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for status, (description, model) in sorted(op.responses.items()):
         if model is None or model is Problem:
@@ -61,6 +99,8 @@ def _responses(op: Operation, refs: dict) -> dict[str, Any]:
                 "description": description,
                 "content": {"application/json": {"schema": schema}},
             }
+            if links := _links(model, ops):
+                out[str(status)]["links"] = links
     # The errors the plumbing itself can produce.
     if op.auth:
         out.setdefault("401", _problem("Missing or invalid bearer token"))
@@ -70,6 +110,8 @@ def _responses(op: Operation, refs: dict) -> dict[str, Any]:
         out.setdefault("415", _problem("Body not sent as application/json"))
     if op.body or op.query or op.headers:
         out.setdefault("422", _problem("Validation failed; see errors"))
+    if op.limited:
+        out.setdefault("429", _problem("The tenant's write limit is used up; see Retry-After"))
     if op.auth:
         out.setdefault("503", _problem("Database unavailable; see Retry-After"))
     out["default"] = _problem("Unexpected error")
@@ -122,12 +164,12 @@ def build_document(app: Flask) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for path, method, op in ops:
         entry: dict[str, Any] = {
-            "operationId": method + "_" + re.sub(r"\W+", "_", path).strip("_"),
+            "operationId": _operation_id(path, method),
             "summary": op.summary,
             "tags": [op.tag],
             "security": SECURITY[op.auth],
             "parameters": _parameters(path, op),
-            "responses": _responses(op, refs),
+            "responses": _responses(op, refs, ops),
         }
         if op.description:
             entry["description"] = op.description

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flask import Response, g
+from flask import Response, current_app, g
 from pydantic import BaseModel
 
 from .auth import authenticate_admin, authenticate_tenant
@@ -31,6 +31,8 @@ class Operation:
     # status -> (description, response model; a Problem model means problem+json)
     responses: dict[int, tuple[str, type[BaseModel] | None]] = field(default_factory=dict)
     description: str | None = None
+    # Counts against the tenant's write limit (SLA_RATE_LIMIT).
+    limited: bool = False
 
 
 def operation(
@@ -44,15 +46,21 @@ def operation(
     query: type[BaseModel] | None = None,
     headers: tuple[str, ...] = (),
     description: str | None = None,
+    limited: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    op = Operation(summary, tag, auth, body, body_required, query, headers, responses, description)
+    op = Operation(
+        summary, tag, auth, body, body_required, query, headers, responses, description, limited
+    )
 
     def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(view)
         def wrapper(**kwargs: Any) -> Any:
             # Authenticate first: an anonymous caller learns nothing from validation errors.
             if auth == "tenant":
-                authenticate_tenant()
+                tenant_id = authenticate_tenant()
+                rate_limit = current_app.extensions["sla"].rate_limit
+                if limited and rate_limit is not None:
+                    rate_limit.check(tenant_id)
             elif auth == "admin":
                 authenticate_admin()
             if query is not None:

@@ -116,6 +116,7 @@ def _wake_up(timers: list[Timer]) -> None:
 @bp.post("/v1/timers")
 @operation(
     "Start a timer",
+    limited=True,
     tag="timers",
     body=TimerCreate,
     headers=("Idempotency-Key", "X-Correlation-ID"),
@@ -159,6 +160,7 @@ def start(body: TimerCreate):
 @bp.post("/v1/timers/bulk")
 @operation(
     "Start up to 1000 timers in one request",
+    limited=True,
     tag="timers",
     body=TimerBulkCreate,
     headers=("Idempotency-Key", "X-Correlation-ID"),
@@ -257,6 +259,7 @@ def _finish(timer_id: str, verb: str, reason: str | None):
 @bp.post("/v1/timers/<timer_id>/cancel")
 @operation(
     "Cancel a timer",
+    limited=True,
     tag="timers",
     body=CancelRequest,
     body_required=False,
@@ -270,6 +273,7 @@ def cancel(timer_id: str, body: CancelRequest):
 @bp.post("/v1/timers/<timer_id>/complete")
 @operation(
     "Complete a timer (the lead was handled)",
+    limited=True,
     tag="timers",
     body=CompleteRequest,
     body_required=False,
@@ -305,6 +309,7 @@ def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | No
 @bp.post("/v1/leads/<path:lead_id>/cancel")
 @operation(
     "Cancel a lead's open timers",
+    limited=True,
     tag="leads",
     body=LeadCancelRequest,
     body_required=False,
@@ -319,6 +324,7 @@ def cancel_lead(lead_id: str, body: LeadCancelRequest, query: ContractQuery):
 @bp.post("/v1/leads/<path:lead_id>/complete")
 @operation(
     "Complete a lead's open timers",
+    limited=True,
     tag="leads",
     body=LeadCompleteRequest,
     body_required=False,
