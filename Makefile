@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install up test test-all lint bench bench-full stop-services clean
+.PHONY: install up test test-all lint bench bench-full chaos stop-services clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ bench: install
 bench-full: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@eval "$$($(BIN)/python .ci/services.py env)" && $(BIN)/python -m bench --profile full $(BENCH_ARGS)
+
+# Chaos (docs/reliability.md): 50,000 timers through worker kills, a Redis FLUSHALL and
+# pause and a PostgreSQL restart, on a dedicated embedded PostgreSQL and Redis (minutes).
+# Writes bench/results/chaos.json and the chaos section of docs/reliability.md.
+chaos: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m bench.chaos $(CHAOS_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,836 @@
+"""Chaos: timers fire once and never early while processes and services fail.
+
+Real worker processes (each ``dramatiq tasks --processes 1``) and periodiq
+schedulers run against real PostgreSQL and Redis. N timers with a two-step
+ladder (step 1 at due, step 2 later) are seeded due over a few minutes and
+their wake-ups scheduled as a start would. Meanwhile the driver
+
+- SIGKILLs a random worker (its whole process group) every few seconds and
+  starts a new one in its place;
+- flushes Redis once (FLUSHALL on its own Redis, FLUSHDB on a shared one);
+- restarts PostgreSQL once (``pg_ctl -m fast stop``, a few seconds down, start);
+- pauses Redis for 30 s (``CLIENT PAUSE ... ALL``).
+
+Schedulers are never restarted, and a worker is only restarted after a kill
+of the driver's: a process that exits on its own, or keeps running but stops
+polling Redis, is reported. Every fault is recorded with its wall-clock
+window. At the end the database is checked: every timer reached its final
+state, one step row per (timer, step), one outbox event per (timer, kind,
+step), nothing written before its instant, and the lateness of each step
+(execution minus due instant) inside and outside the fault windows.
+
+The PostgreSQL restart and the FLUSHALL need servers of our own: ``main()``
+starts a dedicated embedded PostgreSQL and Redis (``.ci/services.py``) under
+``.data/chaos-pg`` and ``.data/chaos-redis`` on their own ports, never the
+machine's. ``run()`` also works against shared servers (the small version in
+the test suite), with only the faults that harm nobody else: kills and
+FLUSHDB.
+
+    python -m bench.chaos --timers 50000        # or: make chaos
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .common import BIN, RESULTS, ROOT, Bench, Service, machine, percentile, seed_timers
+from .p3_recovery import _CHECK_EVENTS, _CHECK_STEPS, _CHECK_TIMERS, _PROGRESS, _ladder
+
+STEPS = 2
+EVENTS_PER_TIMER = 1 + STEPS  # sla.timer.due + one sla.escalation.triggered per step
+TICK_S = 60  # the scheduler's sweep interval
+
+# Times are seconds from the first due instant (t0); None leaves a fault out.
+FULL = {
+    "timers": 50_000,
+    "spread_s": 180.0,  # due instants evenly over this window from t0
+    "due_in_s": 20.0,  # from the seeding to t0
+    "step2_after_s": 30,
+    "workers": 4,  # worker process groups, one Dramatiq process each
+    "threads": 4,
+    "schedulers": 2,
+    "kill_every_s": 5.0,  # mean interval between worker kills, until the last due instant
+    "kill_at_s": [],  # extra one-off kills
+    "flush_at_s": 30.0,
+    "pg_restart_at_s": 75.0,
+    "pg_down_s": 5.0,
+    "pause_at_s": 120.0,
+    "pause_s": 30.0,
+    # A step due within this long after a fault ended counts as inside its window:
+    # one sweeper tick, the recovery bound of a lost wake-up.
+    "window_tail_s": float(TICK_S),
+    # Completion deadline after the last due instant: a lease, two ticks, a margin.
+    "deadline_s": 240.0,
+    # After the last timer: late writes would show as duplicates, deaf workers as deaf.
+    "settle_s": 3.0,
+    "seed": 1,
+}
+# The version in the default test suite: a few seconds, shared servers.
+SMALL = {
+    **FULL,
+    "timers": 300,
+    "spread_s": 2.0,
+    "due_in_s": 4.0,
+    "step2_after_s": 1,
+    "workers": 2,
+    "threads": 4,
+    "schedulers": 1,
+    "kill_every_s": None,
+    # Both before the first due instant, so no claimed batch dies with the worker
+    # (that would wait for its lease and the next tick, minutes, see FULL).
+    "flush_at_s": -3.0,
+    "kill_at_s": [-2.5],
+    "pg_restart_at_s": None,
+    "pause_at_s": None,
+    "window_tail_s": 5.0,
+    "deadline_s": 20.0,
+    "settle_s": 1.0,
+}
+
+READY_WORKER = "Worker process is ready for action"
+READY_SCHEDULER = "tasks.actors:sweep@sla"
+# An idle worker polls Redis every SLA_POLL_INTERVAL_MS (100 ms): one of its
+# connections has been idle for less than this unless it stopped polling.
+POLL_IDLE_S = 2
+
+_STEP_TIMES = """
+SELECT extract(epoch FROM t.due_at) + (e.escalation_config ->> 'after_seconds')::int,
+       extract(epoch FROM e.executed_at - t.due_at)
+           - (e.escalation_config ->> 'after_seconds')::int
+FROM sla_escalation_events e JOIN sla_timers t ON t.id = e.timer_id
+"""
+
+
+# --------------------------------------------------------------------------- own servers
+
+
+def _ci_services():
+    """.ci/services.py as a module (its directory is not a package)."""
+    spec = importlib.util.spec_from_file_location("ci_services", ROOT / ".ci" / "services.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class OwnServers:
+    """A dedicated embedded PostgreSQL and Redis the chaos may restart, flush and pause."""
+
+    pg_port: int = 54339
+    redis_port: int = 63809
+    pg_data: Path = ROOT / ".data" / "chaos-pg"
+    redis_dir: Path = ROOT / ".data" / "chaos-redis"
+    ci: object = field(default_factory=_ci_services, repr=False)
+
+    def start(self) -> tuple[str, str]:
+        """(DATABASE_URL, REDIS_URL) of the running servers."""
+        # No dumps: the flush and the pause are the faults, not a slow disk.
+        options = {"save": "", "appendonly": "no"}
+        redis_url = self.ci.start_redis(self.redis_dir, self.redis_port, options)
+        return self.start_pg(), redis_url
+
+    def start_pg(self) -> str:
+        return self.ci.start_pg(self.pg_data, self.pg_port)
+
+    def stop_pg(self) -> None:
+        self.ci.stop_pg(self.pg_data, mode="fast")
+
+    def stop(self) -> None:
+        self.ci.stop_pg(self.pg_data)
+        self.ci.stop_redis(self.redis_dir)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass
+class Proc:
+    """A worker or scheduler process group and when it said it was ready."""
+
+    role: str
+    slot: int
+    service: Service
+    started: float  # wall-clock epoch seconds
+    offset: int  # where this process's lines start in its log
+    ready_at: float | None = None
+    killed: bool = False
+    exited_at: float | None = None
+
+    def log_text(self) -> str:
+        with self.service.log.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode(errors="replace")
+
+
+class Chaos:
+    """The processes of one run, the faults injected into them, and what was seen."""
+
+    def __init__(self, bench: Bench, params: dict, log_dir: Path, own: OwnServers | None):
+        import redis
+
+        self.bench, self.params, self.log_dir, self.own = bench, params, log_dir, own
+        self.rng = random.Random(params["seed"])
+        self.workers: list[Proc] = []
+        self.schedulers: list[Proc] = []
+        self.retired: list[Proc] = []  # killed workers
+        self.faults: list[dict] = []
+        self.polling_samples: list[dict] = []
+        self.lock = threading.Lock()
+        # A short timeout: the driver must not hang on a paused Redis either.
+        self.redis = redis.Redis.from_url(bench.redis_url, socket_timeout=1)
+        log_dir.mkdir(parents=True, exist_ok=True)
+
+    # -- processes
+
+    def _spawn(self, role: str, slot: int) -> Proc:
+        log = self.log_dir / f"{role}-{slot}.log"
+        offset = log.stat().st_size if log.exists() else 0
+        if role == "worker":
+            args = [str(BIN / "dramatiq"), "tasks", "--processes", "1"]
+            args += ["--threads", str(self.params["threads"])]
+        else:
+            args = [str(BIN / "periodiq"), "tasks"]
+        service = Service(args, self.bench.env, log, ready=None)
+        return Proc(role, slot, service, time.time(), offset)
+
+    def start(self, timeout: float = 60) -> None:
+        """Start every worker and scheduler at once; wait until all are ready."""
+        self.workers = [self._spawn("worker", i) for i in range(self.params["workers"])]
+        self.schedulers = [self._spawn("scheduler", i) for i in range(self.params["schedulers"])]
+        deadline = time.monotonic() + timeout
+        while not all(p.ready_at for p in self.workers + self.schedulers):
+            self.watch()
+            for p in self.workers + self.schedulers:
+                if p.exited_at:
+                    raise RuntimeError(f"{p.role} {p.slot} did not start:\n{p.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("processes did not start in time")
+            time.sleep(0.05)
+
+    def watch(self) -> None:
+        """Note processes that became ready or exited."""
+        now = time.time()
+        for p in self.workers + self.schedulers:
+            if p.ready_at is None:
+                ready = READY_WORKER if p.role == "worker" else READY_SCHEDULER
+                if ready in p.log_text():
+                    p.ready_at = now
+            if p.exited_at is None and p.service.proc.poll() is not None:
+                p.exited_at = now
+
+    def kill_worker(self, slot: int | None = None) -> None:
+        """SIGKILL a worker's process group (a random ready one) and start a new one."""
+        ready = [p for p in self.workers if p.ready_at and not p.exited_at]
+        if slot is None:
+            if not ready:
+                return
+            slot = self.rng.choice(ready).slot
+        victim = self.workers[slot]
+        at = time.time()
+        victim.service.kill()
+        victim.killed, victim.exited_at = True, time.time()
+        self.retired.append(victim)
+        self.workers[slot] = self._spawn("worker", slot)
+        self.record("worker SIGKILL", at, at, f"worker {slot}, pid {victim.service.pid}")
+
+    def stop(self) -> None:
+        for p in self.workers + self.schedulers:
+            p.service.stop()
+
+    # -- faults
+
+    def record(self, kind: str, start: float, end: float, detail: str = "") -> dict:
+        fault = {"kind": kind, "start": start, "end": end, "detail": detail}
+        with self.lock:
+            self.faults.append(fault)
+        logging.getLogger("chaos").warning(
+            "%s %s (%.1f s) %s",
+            datetime.fromtimestamp(start, UTC).strftime("%H:%M:%S"),
+            kind,
+            end - start,
+            detail,
+        )
+        return fault
+
+    def flush_redis(self) -> None:
+        """FLUSHALL on our own Redis; FLUSHDB on a shared one, whose other databases
+        belong to others."""
+        at = time.time()
+        if self.own:
+            self.redis.flushall()
+            self.record("Redis FLUSHALL", at, at)
+        else:
+            self.redis.flushdb()
+            self.record("Redis FLUSHDB", at, at)
+
+    def restart_pg(self, down_s: float) -> None:
+        """Fast shutdown, ``down_s`` seconds down, start (blocks until it accepts)."""
+        assert self.own, "never restart a shared PostgreSQL"
+        started = time.time()
+        self.own.stop_pg()
+        time.sleep(down_s)
+        self.own.start_pg()
+        self.record("PostgreSQL restart", started, time.time(), f"fast stop, {down_s:g} s down")
+
+    def pause_redis(self, seconds: float) -> None:
+        """CLIENT PAUSE ALL: every client's commands wait ``seconds``."""
+        assert self.own, "never pause a shared Redis"
+        at = time.time()
+        self.redis.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
+        self.record("Redis CLIENT PAUSE", at, at + seconds, f"{seconds:g} s, ALL")
+
+    def sample_polling(self) -> None:
+        """Which running workers polled Redis in the last POLL_IDLE_S: the idle
+        time Redis reports (CLIENT LIST) for the connections of each worker
+        process. A worker alive but not polling would never fire anything."""
+        import psutil
+
+        now = time.time()
+        running = [p for p in self.workers if p.ready_at and not p.exited_at]
+        try:
+            idle = {c["addr"]: int(c["idle"]) for c in self.redis.client_list()}
+        except Exception:  # paused or flushed mid-call: no sample
+            return
+        port = int(self.bench.redis_url.split(":")[-1].split("/")[0])
+        deaf = []
+        for p in running:
+            if now - p.ready_at < POLL_IDLE_S:
+                continue  # just booted
+            try:
+                procs = psutil.Process(p.service.pid).children(recursive=True)
+                addrs = {
+                    f"{c.laddr.ip}:{c.laddr.port}"
+                    for proc in procs
+                    for c in proc.net_connections(kind="tcp")
+                    if c.raddr and c.raddr.port == port
+                }
+            except psutil.Error:  # exited meanwhile
+                continue
+            if min((idle[a] for a in addrs if a in idle), default=POLL_IDLE_S + 1) > POLL_IDLE_S:
+                deaf.append(p.service.pid)
+        self.polling_samples.append({"at": now, "running": len(running), "deaf": deaf})
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def _seed(bench: Bench, params: dict) -> tuple[datetime, list[datetime]]:
+    from tasks.wakeups import schedule_wakeups  # only once the environment is set
+
+    tenant, _ = bench.tenant()
+    n = params["timers"]
+    t0 = datetime.now(UTC) + timedelta(seconds=params["due_in_s"])
+    seed_timers(
+        bench,
+        tenant,
+        n,
+        "%(t0)s::timestamptz + make_interval(secs => (g - 1) * %(spread)s / %(n)s)",
+        steps=_ladder(params["step2_after_s"]),
+        params={"t0": t0, "spread": params["spread_s"]},
+    )
+    with bench.connect() as c:
+        instants = [r[0] for r in c.execute("SELECT DISTINCT next_fire_at FROM sla_timers")]
+    schedule_wakeups(instants)  # as the starts would have
+    return t0, instants
+
+
+def _timeline(params: dict, t0: float, last_due: float, rng: random.Random) -> list:
+    """(epoch, action, argument), sorted."""
+    events = []
+    for name, action, arg in (
+        ("flush_at_s", "flush", None),
+        ("pg_restart_at_s", "pg_restart", params["pg_down_s"]),
+        ("pause_at_s", "pause", params["pause_s"]),
+    ):
+        if params.get(name) is not None:
+            events.append((t0 + params[name], action, arg))
+    events += [(t0 + at, "kill", None) for at in params["kill_at_s"]]
+    if params.get("kill_every_s"):
+        at = t0
+        while at < last_due:
+            events.append((at, "kill", None))
+            at += rng.uniform(0.5, 1.5) * params["kill_every_s"]
+    return sorted(events, key=lambda e: e[0])
+
+
+def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None) -> dict:
+    """Seed, start the processes, inject the faults, wait, check. ``own``: servers
+    the run may restart; without, only kills and FLUSHDB are allowed."""
+    if not own and (params.get("pg_restart_at_s") is not None or params.get("pause_at_s")):
+        raise ValueError("a PostgreSQL restart or a Redis pause needs servers of our own")
+    chaos = Chaos(bench, params, log_dir, own)
+    n = params["timers"]
+    run_started = time.time()
+    threads: list[threading.Thread] = []
+    try:
+        chaos.start()
+        booted = time.time()
+        t0_dt, _ = _seed(bench, params)
+        t0 = t0_dt.timestamp()
+        last_due = t0 + params["spread_s"] + params["step2_after_s"]
+        timeline = _timeline(params, t0, last_due, chaos.rng)
+        if time.time() > min([t0, *(at for at, _, _ in timeline)]):
+            raise RuntimeError("seeding took longer than due_in_s: raise it")
+
+        deadline = last_due + params["deadline_s"]
+        complete_at = None
+        next_sample = 0.0
+        progress = _Progress(bench)
+        try:
+            while time.time() < deadline:
+                now = time.time()
+                while timeline and timeline[0][0] <= now:
+                    _, action, arg = timeline.pop(0)
+                    if action == "kill":
+                        chaos.kill_worker()
+                    elif action == "flush":
+                        chaos.flush_redis()
+                    elif action == "pause":
+                        chaos.pause_redis(arg)
+                    elif action == "pg_restart":  # in the background: kills go on
+                        t = threading.Thread(target=chaos.restart_pg, args=(arg,), daemon=True)
+                        t.start()
+                        threads.append(t)
+                chaos.watch()
+                if now >= next_sample:
+                    chaos.sample_polling()
+                    next_sample = now + 1.0
+                if not timeline and not any(t.is_alive() for t in threads) and progress.done(n):
+                    complete_at = time.time()
+                    break
+                time.sleep(0.1)
+        finally:
+            progress.close()
+            for _ in range(max(1, round(params["settle_s"]))):
+                time.sleep(1)
+                chaos.watch()
+                chaos.sample_polling()
+        processes = _processes(chaos)
+        with bench.connect() as c:
+            figures = check(c, n)
+            step_times = [(float(a), float(b)) for a, b in c.execute(_STEP_TIMES)]
+    finally:
+        for t in threads:
+            t.join(60)
+        chaos.stop()
+
+    figures.update(_lateness(step_times, chaos.faults, params["window_tail_s"]))
+    figures.update(processes)
+    figures.update(
+        {
+            "timers": n,
+            "worker_kills": sum(f["kind"] == "worker SIGKILL" for f in chaos.faults),
+            "processes_ready_s": round(booted - run_started, 2),
+            "complete_s_after_last_due": (
+                round(complete_at - last_due, 1) if complete_at is not None else None
+            ),
+            "duration_s": round(time.time() - run_started, 1),
+        }
+    )
+    faults = [
+        {
+            "kind": f["kind"],
+            "start": datetime.fromtimestamp(f["start"], UTC).isoformat(timespec="milliseconds"),
+            "end": datetime.fromtimestamp(f["end"], UTC).isoformat(timespec="milliseconds"),
+            "start_s": round(f["start"] - t0, 2),  # from the first due instant
+            "seconds": round(f["end"] - f["start"], 2),
+            "detail": f["detail"],
+        }
+        for f in chaos.faults
+    ]
+    return {
+        "params": params,
+        "t0": t0_dt.isoformat(timespec="milliseconds"),
+        "last_due": datetime.fromtimestamp(last_due, UTC).isoformat(timespec="milliseconds"),
+        "figures": figures,
+        "faults": faults,
+        "polling_samples": chaos.polling_samples,
+    }
+
+
+class _Progress:
+    """Whether every timer has both steps and its events; survives a restart."""
+
+    def __init__(self, bench: Bench):
+        self.bench, self.conn = bench, None
+
+    def done(self, n: int) -> bool:
+        try:
+            self.conn = self.conn or self.bench.connect()
+            step1, step2, due, step_events = self.conn.execute(_PROGRESS).fetchone()
+        except Exception:  # the server restarted under us: a new connection next time
+            self.close()
+            return False
+        return min(step1, step2, due) >= n and step_events >= STEPS * n
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+def check(conn, n: int) -> dict:
+    """The invariants, from the database."""
+    steps_total, steps_distinct, steps_early, steps_failed = conn.execute(_CHECK_STEPS).fetchone()
+    events_total, events_distinct_key, events_distinct_kind, events_early = conn.execute(
+        _CHECK_EVENTS
+    ).fetchone()
+    timers, missing, unfinished = conn.execute(
+        _CHECK_TIMERS, {"steps": STEPS, "events": EVENTS_PER_TIMER}
+    ).fetchone()
+    return {
+        "timers_in_db": timers,
+        "step_rows": steps_total,
+        "outbox_events": events_total,
+        # Timers short of a step row or an event, or not ESCALATED / COMPLETED.
+        "lost": max(missing, unfinished) + (n - timers),
+        "missing_steps_or_events": missing,
+        "not_final": unfinished,
+        "duplicate_step_rows": steps_total - steps_distinct,
+        "duplicate_events": events_total - min(events_distinct_key, events_distinct_kind),
+        "early": steps_early + events_early,
+        "failed_steps": steps_failed,
+    }
+
+
+def _dist(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "p50_s": round(percentile(values, 50), 3) if values else None,
+        "p99_s": round(percentile(values, 99), 3) if values else None,
+        "max_s": round(max(values), 3) if values else None,
+    }
+
+
+def _lateness(step_times: list[tuple[float, float]], faults: list[dict], tail_s: float) -> dict:
+    """Lateness of each step by where its due instant falls: inside a fault's
+    window (start to end plus ``tail_s``) or outside every one. Worker kills go
+    on all the time: they are not windows."""
+    windows = [
+        (f["kind"], f["start"], f["end"] + tail_s) for f in faults if f["kind"] != "worker SIGKILL"
+    ]
+    outside, inside = [], []
+    per_kind: dict[str, list[float]] = {kind: [] for kind, _, _ in windows}
+    for instant, late in step_times:
+        kinds = {kind for kind, start, end in windows if start <= instant <= end}
+        (inside if kinds else outside).append(late)
+        for kind in kinds:
+            per_kind[kind].append(late)
+    return {
+        "lateness_outside_windows": _dist(outside),
+        "lateness_inside_windows": _dist(inside),
+        "lateness_by_fault": {kind: _dist(v) for kind, v in per_kind.items()},
+        "lateness_all": _dist([late for _, late in step_times]),
+    }
+
+
+def _processes(chaos: Chaos) -> dict:
+    """Processes that died or went deaf without being killed."""
+    chaos.watch()
+    died = [p for p in chaos.workers if p.exited_at and not p.killed]
+    schedulers_dead = [p for p in chaos.schedulers if p.exited_at]
+    ticks = [p.log_text().count("Scheduling Actor") for p in chaos.schedulers]
+    missed = [p.log_text().count("missed the sweep tick") for p in chaos.schedulers]
+    # Per worker process, the longest run of samples (about a second apart) in
+    # which it ran but did not poll Redis, while Redis answered.
+    longest: dict[int, int] = {}
+    current: dict[int, int] = {}
+    for sample in chaos.polling_samples:
+        current = {pid: current.get(pid, 0) + 1 for pid in sample["deaf"]}
+        for pid, count in current.items():
+            longest[pid] = max(longest.get(pid, 0), count)
+    last = chaos.polling_samples[-1] if chaos.polling_samples else None
+    return {
+        "workers_exited_unkilled": len(died),
+        "schedulers_alive_at_end": len(chaos.schedulers) - len(schedulers_dead),
+        "schedulers": len(chaos.schedulers),
+        "scheduler_ticks_sent": ticks,
+        "scheduler_ticks_missed": missed,
+        # A consumer restarts a second after a connection error: a few samples
+        # are a hiccup, more a worker that stopped listening.
+        "workers_deaf_over_10_s": sum(n > 10 for n in longest.values()),
+        "longest_deaf_s": max(longest.values(), default=0),
+        "workers_polling_at_end": last["running"] - len(last["deaf"]) if last else None,
+        "workers_running_at_end": last["running"] if last else None,
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def rows(result: dict) -> list[dict]:
+    f = result["figures"]
+    out = f["lateness_outside_windows"]
+    ins = f["lateness_inside_windows"]
+    ok_procs = f["workers_exited_unkilled"] == 0 and f["schedulers_alive_at_end"] == f["schedulers"]
+
+    def late(d: dict) -> str:
+        if not d["n"]:
+            return "none"
+        return f"{d['p50_s']:.2f} / {d['p99_s']:.2f} / {d['max_s']:.2f} s ({d['n']:,} steps)"
+
+    return [
+        {
+            "figure": "timers (two steps each)",
+            "value": f"{f['timers']:,}",
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "faults injected",
+            "value": ", ".join(
+                f"{k} x{c}" if c > 1 else k
+                for k, c in Counter(x["kind"] for x in result["faults"]).items()
+            ),
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "lost (not final, or a step row / event short)",
+            "value": f["lost"],
+            "target": "0",
+            "met": f["lost"] == 0,
+        },
+        {
+            "figure": "duplicate step rows / outbox events",
+            "value": f"{f['duplicate_step_rows']} / {f['duplicate_events']}",
+            "target": "0 / 0",
+            "met": f["duplicate_step_rows"] == 0 and f["duplicate_events"] == 0,
+        },
+        {
+            "figure": "written before their instant",
+            "value": f["early"],
+            "target": "0",
+            "met": f["early"] == 0,
+        },
+        {
+            "figure": "lateness p50 / p99 / max outside fault windows",
+            "value": late(out),
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "lateness p50 / p99 / max inside fault windows",
+            "value": late(ins),
+            "target": f"≤ {TICK_S + 60} s (tick + lease)",
+            "met": ins["max_s"] is None or ins["max_s"] <= TICK_S + 60,
+        },
+        *[
+            {
+                "figure": f"  due in the window of: {kind}",
+                "value": late(d),
+                "target": "",
+                "met": None,
+            }
+            for kind, d in f["lateness_by_fault"].items()
+        ],
+        {
+            "figure": "workers exited unkilled / schedulers alive at end",
+            "value": f"{f['workers_exited_unkilled']} / "
+            f"{f['schedulers_alive_at_end']} of {f['schedulers']}",
+            "target": f"0 / {f['schedulers']} of {f['schedulers']}",
+            "met": ok_procs,
+        },
+        {
+            "figure": "workers polling Redis at end / running",
+            "value": f"{f['workers_polling_at_end']} / {f['workers_running_at_end']}",
+            "target": "all",
+            "met": f["workers_polling_at_end"] == f["workers_running_at_end"],
+        },
+        {
+            "figure": "workers running but not polling Redis for > 10 s (longest)",
+            "value": f"{f['workers_deaf_over_10_s']} ({f['longest_deaf_s']} s)",
+            "target": "0",
+            "met": f["workers_deaf_over_10_s"] == 0,
+        },
+        {
+            "figure": "scheduler ticks sent / missed (per scheduler)",
+            "value": f"{f['scheduler_ticks_sent']} / {f['scheduler_ticks_missed']}",
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "all fired, after the last due instant",
+            "value": "never"
+            if f["complete_s_after_last_due"] is None
+            else f"{f['complete_s_after_last_due']:.1f} s",
+            "target": "",
+            "met": f["complete_s_after_last_due"] is not None,
+        },
+        {"figure": "run duration", "value": f"{f['duration_s']:.0f} s", "target": "", "met": None},
+    ]
+
+
+def print_table(result: dict) -> None:
+    lines = [("figure", "value", "target", "met")]
+    for r in rows(result):
+        met = {True: "yes", False: "NO", None: ""}[r["met"]]
+        lines.append((r["figure"], str(r["value"]), r["target"], met))
+    widths = [max(len(line[i]) for line in lines) for i in range(4)]
+    for i, line in enumerate(lines):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+DOC = ROOT / "docs" / "reliability.md"
+BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
+SECTION = f"""## Chaos suite
+
+`make chaos` (or `.venv/bin/python -m bench.chaos --timers 50000`; `--help` lists the
+sizes and times) starts a dedicated embedded PostgreSQL and Redis under `.data/chaos-pg`
+and `.data/chaos-redis` (ports 54339 and 63809, never the machine's), seeds timers with a
+two-step ladder due over a few minutes, and runs several worker processes and two
+schedulers while it SIGKILLs a random worker every few seconds (and starts a new one),
+flushes Redis once (FLUSHALL), restarts PostgreSQL once (fast shutdown, a few seconds
+down, start) and pauses Redis for 30 s (`CLIENT PAUSE … ALL`). Schedulers are never
+restarted, and workers only after the driver's own kills. At the end it checks from the
+database that every timer reached its final state with one step row per (timer, step)
+and one outbox event per (timer, kind, step), none written before its instant, and
+reports the lateness (execution minus due instant) of steps due inside a fault's window
+(from its start to one sweeper tick after its end) and outside every window. Raw results:
+`bench/results/chaos.json`; process logs: `bench/results/chaos/`.
+
+A small version (300 timers, one kill, one FLUSHDB of the test's own Redis database,
+shared servers, no restart or pause) runs in the default test suite:
+`tests/acceptance/test_chaos.py`.
+
+{BEGIN}
+{END}
+"""
+
+
+def render(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"Run {m['date']} on {m['cores']} cores, {m['memory_gb']} GB, {m['platform']}; "
+        f"Python {m['python']}, PostgreSQL {m['postgresql']} and Redis {m['redis']} "
+        f"(dedicated), dramatiq {m['versions']['dramatiq']}. First due instant "
+        f"{result['t0']}, last step due {result['last_due']}.",
+        "",
+        "| figure | value | target | met |",
+        "|---|---|---|---|",
+    ]
+    for r in rows(result):
+        met = {True: "yes", False: "**no**", None: ""}[r["met"]]
+        lines.append(f"| {r['figure']} | {r['value']} | {r['target']} | {met} |")
+    lines += ["", "Faults other than the worker kills (seconds from the first due instant):", ""]
+    lines += [
+        f"- {f['start_s']:+.1f} s ({f['start']}): {f['kind']}"
+        + (f", {f['seconds']:.1f} s" if f["seconds"] else "")
+        + (f" ({f['detail']})" if f["detail"] else "")
+        for f in result["faults"]
+        if f["kind"] != "worker SIGKILL"
+    ]
+    kills = [f for f in result["faults"] if f["kind"] == "worker SIGKILL"]
+    if kills:
+        lines.append(
+            f"- {len(kills)} worker SIGKILLs from {kills[0]['start_s']:+.1f} s "
+            f"to {kills[-1]['start_s']:+.1f} s"
+        )
+    return "\n".join(lines)
+
+
+def update_doc(result: dict) -> None:
+    """Rewrite only the chaos section's generated part of docs/reliability.md."""
+    text = DOC.read_text() if DOC.exists() else "# Reliability\n"
+    if BEGIN not in text:
+        text = text.rstrip("\n") + "\n\n" + SECTION
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    DOC.write_text(f"{head}{BEGIN}\n{render(result)}\n{END}{tail}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for name, default in FULL.items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, list):
+            parser.add_argument(flag, type=float, nargs="*", default=default)
+        elif default is None or isinstance(default, float):
+            parser.add_argument(
+                flag,
+                type=_optional_float,
+                default=default,
+                help=f"default {default} ('none' leaves it out)",
+            )
+        else:
+            parser.add_argument(flag, type=int, default=default, help=f"default {default}")
+    parser.add_argument("--pg-port", type=int, default=54339)
+    parser.add_argument("--redis-port", type=int, default=63809)
+    parser.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="leave the dedicated PostgreSQL and Redis running",
+    )
+    parser.add_argument("--no-doc", action="store_true", help="do not touch docs/reliability.md")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS / "chaos.json",
+        help="where to write the results (process logs go beside it, in <name>/)",
+    )
+    args = parser.parse_args(argv)
+    params = {name: getattr(args, name) for name in FULL}
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+
+    own = OwnServers(pg_port=args.pg_port, redis_port=args.redis_port)
+    database_url, redis_url = own.start()
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SLA_BENCH_DATABASE": "chaos",
+            "SLA_BENCH_REDIS_DB": "0",
+        }
+    )
+    log_dir = args.results.with_suffix("")
+    try:
+        bench = Bench.create()
+        info = machine()
+        import redis
+
+        info["redis"] = redis.Redis.from_url(bench.redis_url).info("server")["redis_version"]
+        print(f"== chaos {params}", flush=True)
+        result = run(bench, params, log_dir, own)
+        result = {"machine": info, **result}
+    finally:
+        if not args.keep_servers:
+            own.stop()
+    out = args.results
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print()
+    print_table(result)
+    print(f"\nwrote {out}")
+    if not args.no_doc:
+        update_doc(result)
+        print(f"updated {DOC}")
+    return 0 if all(r["met"] is not False for r in rows(result)) else 1
+
+
+def _optional_float(raw: str) -> float | None:
+    return None if raw.lower() == "none" else float(raw)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

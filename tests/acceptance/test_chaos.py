@@ -1,0 +1,63 @@
+"""The chaos suite (``bench/chaos.py``, ``make chaos``), small: a few hundred
+timers, real worker and scheduler processes, one worker SIGKILL and one flush
+of the test's Redis database. The servers are shared, so no PostgreSQL restart
+or Redis pause here; the full run (``--slow``) starts servers of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import chaos
+from bench.common import Bench
+
+
+def assert_invariants(result: dict) -> None:
+    f = result["figures"]
+    assert f["timers_in_db"] == f["timers"]
+    assert f["lost"] == 0, f
+    assert (f["duplicate_step_rows"], f["duplicate_events"]) == (0, 0), f
+    assert f["early"] == 0, f
+    assert f["step_rows"] == chaos.STEPS * f["timers"]
+    assert f["outbox_events"] == chaos.EVENTS_PER_TIMER * f["timers"]
+    assert f["workers_exited_unkilled"] == 0, f
+    assert f["schedulers_alive_at_end"] == f["schedulers"], f
+    assert f["workers_deaf_over_10_s"] == 0, f
+    assert f["workers_polling_at_end"] == f["workers_running_at_end"], f
+
+
+def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_path):
+    bench = Bench(os.environ["DATABASE_URL"], os.environ["REDIS_URL"], os.environ.copy())
+    result = chaos.run(bench, dict(chaos.SMALL), tmp_path)
+
+    assert_invariants(result)
+    kinds = [fault["kind"] for fault in result["faults"]]
+    assert kinds == ["Redis FLUSHDB", "worker SIGKILL"]
+    # Both faults came before the first due instant: the new worker's boot sweep
+    # scheduled the wake-ups the flush and the kill took, so nothing waited for a tick.
+    assert result["figures"]["lateness_all"]["max_s"] < 2.0, result["figures"]
+
+
+@pytest.mark.slow
+def test_full_chaos_on_servers_of_its_own(tmp_path):
+    """`make chaos` at a tenth of the size, in its own process: kills, FLUSHALL, a
+    PostgreSQL restart and a 30 s Redis pause on a dedicated PostgreSQL and Redis."""
+    out = tmp_path / "chaos.json"
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    subprocess.run(
+        [sys.executable, "-m", "bench.chaos", "--timers", "5000", "--no-doc", "--results", out],
+        cwd=chaos.ROOT,
+        env=env,
+        check=False,
+        timeout=900,
+    )
+    result = json.loads(out.read_text())
+    assert_invariants(result)
+    assert {"Redis FLUSHALL", "PostgreSQL restart", "Redis CLIENT PAUSE"} <= {
+        fault["kind"] for fault in result["faults"]
+    }
