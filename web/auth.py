@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
 import re
 import time
 from uuid import UUID
@@ -19,6 +20,8 @@ from werkzeug.exceptions import NotFound
 from models import repository as repo
 
 from .problems import ApiProblem
+
+log = logging.getLogger(__name__)
 
 # Keys are ``sla_<hex prefix>_<urlsafe secret>``; anything else is refused
 # before it reaches the database.
@@ -89,7 +92,10 @@ def authenticate_tenant() -> UUID:
     if _KEY_SHAPE.fullmatch(token):
         services = current_app.extensions["sla"]
         tenant_id = services.api_keys.tenant_for(token, services.engine)
+    # Logs name a key by its prefix only, never by the secret.
+    g.api_key_prefix = repo.key_prefix(token) if _KEY_SHAPE.fullmatch(token) else None
     if tenant_id is None:
+        log.info("refused API key %s", g.api_key_prefix or "(not an API key)")
         raise _unauthorized("the API key is not valid", f'{challenge}, error="invalid_token"')
     g.tenant_id = tenant_id
     return tenant_id

@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy.exc
-from flask import Flask, Response, request
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,13 @@ def _db_unavailable(exc: Exception) -> Response:
 
 def _unexpected(exc: Exception) -> Response:
     error_id = uuid.uuid4().hex
-    log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
+    log.exception(
+        "unhandled error %s on %s %s (key %s)",
+        error_id,
+        request.method,
+        request.path,
+        g.get("api_key_prefix") or "-",
+    )
     return problem_response(
         500, f"an unexpected error occurred (error id {error_id})", error_id=error_id
     )

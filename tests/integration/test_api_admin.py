@@ -215,3 +215,13 @@ def test_cli_revokes_a_key(app, tenant):
     assert result.output.startswith(f"revoked {prefix} at ")
     missing = runner.invoke(args=["tenants", "revoke-key", str(tenant[0]), "nope"])
     assert missing.exit_code != 0 and "has no API key nope" in missing.output
+
+
+def test_a_refused_key_is_logged_by_its_prefix_only(app, tenant, caplog):
+    prefix = tenant[1].split("_")[1]
+    forged = f"sla_{prefix}_{'A' * 43}"
+    with caplog.at_level("INFO", logger="web.auth"):
+        response = app.test_client().get("/v1/timers", headers=bearer(forged))
+    assert_problem(response, 401)
+    assert f"refused API key {prefix}" in caplog.text
+    assert "A" * 43 not in caplog.text
