@@ -1,7 +1,8 @@
 """Request and response schemas: the single source of validation and of /openapi.json.
 
-Request models are strict (``"5"`` is not an int) and forbid unknown fields,
-so a typo is an error rather than a silently ignored option. Response models
+Request models are strict (``"5"`` and ``true`` are not ints) and forbid unknown
+fields, so a typo is an error rather than a silently ignored option. A whole
+number written as ``60.0`` is the integer 60, as JSON Schema's ``integer`` says. Response models
 whitelist what leaves the service: internal columns (tenant, fingerprint,
 claim token, lease) cannot leak because they are not declared.
 """
@@ -58,11 +59,19 @@ def _rfc3339(value: Any) -> Any:
         raise PydanticCustomError("rfc3339", "is not a valid date-time") from None
 
 
+def _whole_number(value: Any) -> Any:
+    # JSON has one number type: 60.0 is the integer the document's "integer" admits.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _to_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
+WholeInt = Annotated[int, BeforeValidator(_whole_number)]
 # Output datetimes are always UTC, whatever the database session's time zone.
 UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -81,8 +90,8 @@ class ResponseModel(BaseModel):
 
 
 class EscalationStep(RequestModel):
-    step: int = Field(ge=1, le=10_000, description="Step number, unique within the ladder.")
-    after_seconds: int = Field(
+    step: WholeInt = Field(ge=1, le=10_000, description="Step number, unique within the ladder.")
+    after_seconds: WholeInt = Field(
         ge=0, le=MAX_WINDOW_SECONDS, description="Seconds after due_at at which the step fires."
     )
     action: str = Field(min_length=1, max_length=100)
@@ -92,8 +101,8 @@ class EscalationStep(RequestModel):
 class TimerCreate(RequestModel):
     lead_id: Id
     sla_contract_id: Id = "default"
-    window_seconds: int | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS)
-    window_minutes: int | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS // 60)
+    window_seconds: WholeInt | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS)
+    window_minutes: WholeInt | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS // 60)
     started_at: Rfc3339 | None = Field(
         default=None,
         description="RFC 3339 with an offset; defaults to now. At most 366 days ahead.",
@@ -111,7 +120,12 @@ class TimerCreate(RequestModel):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "description": "Exactly one of window_seconds and window_minutes is required."
+            "description": "Exactly one of window_seconds and window_minutes is required.",
+            # The same rule for validators and generators: one of them, and not null.
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "integer"}}}
+                for name in ("window_seconds", "window_minutes")
+            ],
         }
     )
 

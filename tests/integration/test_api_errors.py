@@ -44,7 +44,7 @@ def with_(**changes):
             with_(window_seconds=..., window_minutes=10**9), "window_minutes", id="huge-minutes"
         ),
         pytest.param(with_(window_seconds="60"), "window_seconds", id="string-window"),
-        pytest.param(with_(window_seconds=60.0), "window_seconds", id="float-window"),
+        pytest.param(with_(window_seconds=60.5), "window_seconds", id="fractional-window"),
         pytest.param(with_(window_seconds=True), "window_seconds", id="bool-window"),
         pytest.param(with_(started_at="2025-01-01T00:00:00"), "started_at", id="naive-start"),
         pytest.param(with_(started_at="yesterday"), "started_at", id="garbage-start"),
