@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from .operations import Operation, operation
-from .schemas import Problem, Timer, TimerBatch, TimerItems, TimerPage
+from .schemas import Problem, Timer, TimerBatch
 
 bp = Blueprint("openapi", __name__)
 
@@ -19,9 +19,15 @@ REF = "#/components/schemas/{model}"
 PROBLEM_JSON = "application/problem+json"
 
 HEADERS = {
-    "Idempotency-Key": "Makes the start safe to retry: the same key and body return the "
-    "stored timer(s) (200); the same key with another body is a 409. 1 to 255 characters.",
-    "X-Correlation-ID": "Default correlation_id when the body has none. 1 to 200 characters.",
+    "Idempotency-Key": (
+        "Makes the start safe to retry: the same key and body return the stored "
+        "timer(s) (200); the same key with another body is a 409. 1 to 255 characters.",
+        {"type": "string", "minLength": 1, "maxLength": 255},
+    ),
+    "X-Correlation-ID": (
+        "Default correlation_id when the body has none. 1 to 200 characters.",
+        {"type": "string", "minLength": 1, "maxLength": 200},
+    ),
 }
 PATH_PARAMS = {
     "timer_id": {"type": "string", "format": "uuid"},
@@ -34,17 +40,13 @@ SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}
 # What a response says that other operations take as parameters, as OpenAPI
 # runtime expressions. They become links: a started timer leads to its get,
 # cancel and complete operations and to its lead's, for clients and for
-# stateful testing alike.
+# stateful testing alike. Only from responses that always hold a timer: a page
+# or a lead's list may be empty.
 _ONE = {"timer_id": "/id", "lead_id": "/lead_id", "sla_contract_id": "/sla_contract_id"}
 _FIRST = {name: "/items/0" + pointer for name, pointer in _ONE.items()}
 LINK_SOURCES: dict[type[BaseModel], dict[str, str]] = {
     model: {name: "$response.body#" + pointer for name, pointer in pointers.items()}
-    for model, pointers in [
-        (Timer, _ONE),
-        (TimerBatch, _FIRST),
-        (TimerPage, _FIRST),
-        (TimerItems, _FIRST),
-    ]
+    for model, pointers in [(Timer, _ONE), (TimerBatch, _FIRST)]
 }
 
 
@@ -128,8 +130,8 @@ def _parameters(path: str, op: Operation) -> list[dict[str, Any]]:
             "name": name,
             "in": "header",
             "required": False,
-            "schema": {"type": "string"},
-            "description": HEADERS[name],
+            "schema": HEADERS[name][1],
+            "description": HEADERS[name][0],
         }
         for name in op.headers
     ]
