@@ -16,7 +16,8 @@ import logging
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -32,6 +33,8 @@ from models.config import Settings, get_settings
 
 QUEUE = "sla"
 
+log = logging.getLogger(__name__)
+
 
 def redis_client(settings: Settings) -> redis.Redis:
     # Short timeouts: a Redis outage must not stall an API request that has
@@ -44,8 +47,66 @@ def redis_client(settings: Settings) -> redis.Redis:
     )
 
 
+class OutageProofConsumer(_RedisConsumer):
+    """A Redis consumer that survives Redis outages of any kind.
+
+    Dramatiq's consumer thread reconnects after a ``ConnectionError`` but not
+    after other Redis errors: a command timing out (a paused or overloaded
+    Redis, with our socket timeout) went to a handler that itself talks to
+    Redis, and the second timeout ended the thread for good, leaving a worker
+    process alive that never fetched a wake-up again. Every Redis error is a
+    lost connection here.
+
+    On that path Dramatiq forgets the delayed messages it holds in memory
+    (wake-ups, prefetched by the thousand); they stay fetched under this
+    process's id, so no other worker takes them over while it lives. A
+    ``recover`` consumer (one that replaces a failed one) first puts this
+    process's unacknowledged messages of its queue back, so the wake-ups
+    return instead of waiting for the next sweep.
+    """
+
+    recover = False
+
+    def __next__(self):
+        try:
+            if self.recover:
+                self._requeue_orphans()
+                self.recover = False
+            return super().__next__()
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def _requeue_orphans(self) -> None:
+        acks = f"{self.broker.namespace}:__acks__.{self.broker.broker_id}.{self.queue_name}"
+        orphans = self.broker.client.smembers(acks)
+        if orphans:
+            self.broker.do_requeue(self.queue_name, *(m.decode() for m in orphans))
+            log.warning(
+                "requeued %d messages of %s after a lost connection", len(orphans), self.queue_name
+            )
+
+    def ack(self, message):
+        try:
+            return super().ack(message)
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def nack(self, message):
+        try:
+            return super().nack(message)
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None
+
+    def requeue(self, messages):
+        try:
+            return super().requeue(messages)
+        except redis.RedisError as exc:
+            raise ConnectionClosed(exc) from None
+
+
 class PromptRedisBroker(RedisBroker):
-    """A Redis broker whose idle consumers poll at most every ``poll_interval_ms``.
+    """A Redis broker whose idle consumers poll at most every ``poll_interval_ms``,
+    through consumers that outlive Redis outages (``OutageProofConsumer``).
 
     Dramatiq backs an idle consumer off to its worker timeout (1 s, not settable
     from the CLI), and a delayed message is only moved to its queue between two
@@ -55,9 +116,20 @@ class PromptRedisBroker(RedisBroker):
     def __init__(self, *, poll_interval_ms: int, **kwargs):
         super().__init__(**kwargs)
         self.poll_interval_ms = poll_interval_ms
+        self._consumed: set[str] = set()
+
+    @property
+    def consumer_class(self):
+        return OutageProofConsumer
 
     def consume(self, queue_name, prefetch=1, timeout=5000):
-        return super().consume(queue_name, prefetch, min(timeout, self.poll_interval_ms))
+        consumer = super().consume(queue_name, prefetch, min(timeout, self.poll_interval_ms))
+        # A queue's consumer is only replaced after its predecessor failed.
+        # Only delayed messages are worth recovering: a failed queue consumer's
+        # messages are still with the worker threads, which ack them.
+        consumer.recover = queue_name in self._consumed and queue_name.endswith(".DQ")
+        self._consumed.add(queue_name)
+        return consumer
 
 
 class SweepOnBoot(Middleware):
@@ -68,7 +140,7 @@ class SweepOnBoot(Middleware):
         try:
             broker.get_actor("sweep").send()
         except Exception as exc:  # the minute tick still runs
-            logging.getLogger(__name__).warning("could not enqueue the boot sweep: %s", exc)
+            log.warning("could not enqueue the boot sweep: %s", exc)
 
 
 def make_broker(settings: Settings) -> RedisBroker:
