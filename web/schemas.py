@@ -71,7 +71,8 @@ def _to_utc(value: datetime) -> datetime:
 
 
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
-WholeInt = Annotated[int, BeforeValidator(_whole_number)]
+Whole = BeforeValidator(_whole_number)
+WholeInt = Annotated[int, Whole]
 # Output datetimes are always UTC, whatever the database session's time zone.
 UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -101,8 +102,10 @@ class EscalationStep(RequestModel):
 class TimerCreate(RequestModel):
     lead_id: Id
     sla_contract_id: Id = "default"
-    window_seconds: WholeInt | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS)
-    window_minutes: WholeInt | None = Field(default=None, gt=0, le=MAX_WINDOW_SECONDS // 60)
+    # The bounds go on the int itself, before the validator: given after it,
+    # pydantic's JSON Schema would say "gt" and "le", which no validator knows.
+    window_seconds: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS), Whole] | None = None
+    window_minutes: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS // 60), Whole] | None = None
     started_at: Rfc3339 | None = Field(
         default=None,
         description="RFC 3339 with an offset; defaults to now. At most 366 days ahead.",
@@ -118,16 +121,24 @@ class TimerCreate(RequestModel):
     )
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "description": "Exactly one of window_seconds and window_minutes is required.",
-            # The same rule for validators and generators: one of them, and not null.
-            "oneOf": [
-                {"required": [name], "properties": {name: {"type": "integer"}}}
-                for name in ("window_seconds", "window_minutes")
-            ],
-        }
-    )
+    @staticmethod
+    def _one_window(schema: dict[str, Any]) -> None:
+        # The rule in JSON Schema too: one window, given and not null (each
+        # branch repeats that window's bounds, so generators keep to them).
+        schema["description"] = "Exactly one of window_seconds and window_minutes is required."
+        schema["oneOf"] = [
+            {
+                "required": [name],
+                "properties": {
+                    name: next(
+                        s for s in schema["properties"][name]["anyOf"] if s["type"] == "integer"
+                    )
+                },
+            }
+            for name in ("window_seconds", "window_minutes")
+        ]
+
+    model_config = ConfigDict(json_schema_extra=_one_window)
 
     @field_validator("started_at")
     @classmethod
