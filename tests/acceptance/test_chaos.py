@@ -26,6 +26,7 @@ def assert_invariants(result: dict) -> None:
     assert f["step_rows"] == chaos.STEPS * f["timers"]
     assert f["outbox_events"] == chaos.EVENTS_PER_TIMER * f["timers"]
     assert f["workers_exited_unkilled"] == 0, f
+    assert f["worker_threads_died"] == 0, f
     assert f["schedulers_alive_at_end"] == f["schedulers"], f
     assert f["workers_deaf_over_10_s"] == 0, f
     assert f["workers_polling_at_end"] == f["workers_running_at_end"], f
@@ -40,7 +41,7 @@ def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_pat
     assert kinds == ["Redis FLUSHDB", "worker SIGKILL"]
     # Both faults came before the first due instant: the new worker's boot sweep
     # scheduled the wake-ups the flush and the kill took, so nothing waited for a tick.
-    assert result["figures"]["lateness_all"]["max_s"] < 2.0, result["figures"]
+    assert result["figures"]["lateness_all"]["max_s"] < 5.0, result["figures"]
 
 
 @pytest.mark.slow
