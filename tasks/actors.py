@@ -1,4 +1,13 @@
-"""Dramatiq actors: the wake-up (a hint to fire now) and the periodic sweep."""
+"""Dramatiq actors: the wake-up (a hint to fire now) and the periodic sweep.
+
+A PostgreSQL outage fails both, and Dramatiq's own retries (a few seconds'
+worth) would leave timers that fell due during a longer one to the next
+scheduler tick, up to a minute after the database is back. Instead, either
+actor that cannot reach the database asks for a catch-up sweep about a second
+later, deduplicated per instant in Redis: however many wake-ups fail, a
+couple of sweeps at most are pending at any time, each trying once and asking
+for the next, until one gets through and fires everything that fell due.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,12 @@ import time
 
 import dramatiq
 import dramatiq.errors
+import psycopg
 import redis
+import sqlalchemy.exc
 from periodiq import cron
 
-from .broker import QUEUE
+from .broker import QUEUE, broker
 from .sweeper import sweep_once
 from .wakeups import fire_with_help
 
@@ -19,6 +30,42 @@ log = logging.getLogger(__name__)
 # A wake-up that arrives early (it is sent early on purpose, by the wake-up
 # lead) waits for its instant rather than finding nothing due yet.
 MAX_EARLY_WAIT_S = 2.0
+
+# While the database is unreachable, catch-up sweeps run on whole multiples of this.
+OUTAGE_RETRY_MS = 1000
+OUTAGE_KEY = "sla:catch-up:{}"
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """An outage (unreachable, connection lost, pool or statement timeout), not a bug."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(
+        exc,
+        sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError | psycopg.OperationalError,
+    )
+
+
+def catch_up_after(exc: BaseException, what: str) -> bool:
+    """Ask for one sweep on the next-but-one whole ``OUTAGE_RETRY_MS`` unless one is
+    already pending for that instant. False if Redis is unreachable as well: then
+    the scheduler's next tick catches up."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    now_ms = int(time.time() * 1000)
+    eta_ms = (now_ms // OUTAGE_RETRY_MS + 2) * OUTAGE_RETRY_MS
+    try:
+        if broker.client.set(OUTAGE_KEY.format(eta_ms), 1, nx=True, px=eta_ms - now_ms + 5000):
+            sweep.send_with_options(delay=eta_ms - now_ms)
+    except (redis.RedisError, dramatiq.errors.ConnectionError) as redis_exc:
+        log.warning(
+            "%s: the database is unavailable (%s) and Redis too (%s); the next tick catches up",
+            what,
+            reason,
+            redis_exc,
+        )
+        return False
+    log.warning("%s: the database is unavailable (%s); sweeping again shortly", what, reason)
+    return True
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=500, max_backoff=5_000)
@@ -31,7 +78,12 @@ def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
             return
         if early > 0:
             time.sleep(early)
-    fire_with_help(fan_out=fan_out)
+    try:
+        fire_with_help(fan_out=fan_out)
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        catch_up_after(exc, "wake-up")
 
 
 class TickActor(dramatiq.Actor):
@@ -53,4 +105,9 @@ class TickActor(dramatiq.Actor):
 
 @dramatiq.actor(queue_name=QUEUE, periodic=cron("* * * * *"), max_retries=0, actor_class=TickActor)
 def sweep() -> None:
-    sweep_once()
+    try:
+        sweep_once()
+    except Exception as exc:
+        if not database_unavailable(exc):
+            raise
+        catch_up_after(exc, "sweep")
