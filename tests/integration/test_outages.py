@@ -310,7 +310,7 @@ def test_postgres_down_every_route_is_a_prompt_503_and_the_pool_recovers(
     # Refused: nothing waits. Blackholed: one connect, which gives up after its timeout.
     bound = MARGIN_S if mode == "refuse" else CONNECT_TIMEOUT_S + MARGIN_S
     slowest = max(elapsed for _, _, elapsed in results)
-    report(f"slowest of {len(calls)} routes with PostgreSQL down ({mode})", slowest)
+    report(f"slowest of {len(calls)} requests with PostgreSQL down ({mode})", slowest)
     for call, response, elapsed in results:
         assert response.status_code == 503, (call.name, response.get_data(as_text=True))
         assert_problem(response, 503)
