@@ -67,7 +67,10 @@ def _whole_number(value: Any) -> Any:
 
 
 def _to_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise PydanticCustomError("date_range", "is outside the range of dates") from None
 
 
 Rfc3339 = Annotated[datetime, BeforeValidator(_rfc3339), AfterValidator(_to_utc)]
