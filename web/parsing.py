@@ -2,7 +2,8 @@
 
 Anything a client can send ends as a 4xx problem here, never as a 500 further
 down: PostgreSQL rejects NUL characters in text and jsonb, psycopg cannot
-encode unpaired surrogates, and jsonb has no NaN or Infinity, so those are
+encode unpaired surrogates, jsonb has no NaN or Infinity, and the JSON encoder
+on the way to the database takes no integer beyond 64 bits, so those are
 refused up front.
 """
 
@@ -13,6 +14,7 @@ import math
 import re
 from itertools import accumulate
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 from flask import request
 from pydantic import BaseModel, ValidationError
@@ -24,6 +26,7 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_DEPTH = 32
 MAX_ERRORS = 50  # bound the answer to a body of a million bad strings
+INT64 = range(-(2**63), 2**63)
 NO_BODY = object()
 
 
@@ -63,7 +66,8 @@ def _bad_text(value: str) -> str | None:
 
 
 def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
-    """Strings the database cannot store, and nesting too deep for it, by field path."""
+    """Strings and integers the database cannot store, and nesting too deep for
+    it, by field path."""
     errors: list[dict[str, str]] = []
     stack = [(value, path, 0)]
     while stack and len(errors) <= MAX_ERRORS:
@@ -73,6 +77,8 @@ def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
         elif isinstance(item, str):
             if reason := _bad_text(item):
                 errors.append({"field": where or "body", "reason": reason})
+        elif isinstance(item, int) and item not in INT64:
+            errors.append({"field": where or "body", "reason": "is beyond the 64-bit range"})
         elif isinstance(item, dict):
             # Reversed onto the stack, so errors come out in document order.
             for key, child in reversed(item.items()):
@@ -85,9 +91,11 @@ def text_problems(value: Any, path: str = "") -> list[dict[str, str]]:
     return errors
 
 
-# A JSON string token (the text has already parsed), and what is not a bracket.
+# A JSON string token (the text has already parsed), what is not a bracket, and
+# a number too long to be sure it fits in 64 bits.
 _STRING_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_LONG_DIGITS = re.compile(r"\d{19}")
 _BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
@@ -97,12 +105,16 @@ def plain_json(text: str) -> bool:
 
     NUL characters and unpaired surrogates can only be written as ``\\u``
     escapes (json.loads refuses raw control characters, and UTF-8 cannot
-    encode a surrogate), and nesting deeper than MAX_DEPTH needs as many
-    brackets open at once outside string tokens.
+    encode a surrogate), an integer beyond 64 bits needs 19 digits in a row
+    outside string tokens, and nesting deeper than MAX_DEPTH needs as many
+    brackets open at once outside them.
     """
     if "\\u" in text:
         return False
-    brackets = _NOT_BRACKET.sub("", _STRING_TOKEN.sub("", text))
+    outside_strings = _STRING_TOKEN.sub("", text)
+    if _LONG_DIGITS.search(outside_strings):
+        return False
+    brackets = _NOT_BRACKET.sub("", outside_strings)
     if brackets.count("[") + brackets.count("{") <= MAX_DEPTH:
         return True
     return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))) <= MAX_DEPTH
@@ -186,7 +198,49 @@ def parse_body(model: type[M], *, required: bool = True) -> tuple[M, dict[str, A
     return validate(model, data, plain=plain), data
 
 
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _raw_path() -> bytes:
+    """The percent-decoded path as sent. Servers set RAW_URI or REQUEST_URI to
+    the request line's target; PATH_INFO is already decoded by werkzeug's own."""
+    environ = request.environ
+    target = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if target is None:
+        return environ.get("PATH_INFO", "").encode("latin-1", "replace")  # WSGI: bytes
+    return unquote_to_bytes(target.partition("?")[0].encode("latin-1", "replace"))
+
+
+def url_problems() -> list[dict[str, str]]:
+    """Path and query parameters that are not UTF-8 once percent-decoded, and
+    query parameters given twice. Werkzeug turns bad bytes into U+FFFD, which
+    could name another lead, and keeps the first of repeated parameters."""
+    errors = []
+    if not _utf8(_raw_path()):
+        names = [k for k, v in (request.view_args or {}).items() if "\ufffd" in str(v)]
+        errors += [{"field": n, "reason": "is not valid UTF-8"} for n in names or ["path"]]
+    query = request.query_string.decode("latin-1")
+    for name, value in parse_qsl(query, keep_blank_values=True, encoding="latin-1"):
+        if not (_utf8(name.encode("latin-1")) and _utf8(value.encode("latin-1"))):
+            field = name.encode("latin-1").decode("utf-8", "replace")
+            errors.append({"field": field, "reason": "is not valid UTF-8"})
+    errors += [
+        {"field": name, "reason": "is given more than once"}
+        for name, values in request.args.lists()
+        if len(values) > 1
+    ]
+    return errors
+
+
 def parse_query(model: type[M]) -> M:
+    """The query string (and the path parameters beside it) as ``model``."""
+    if errors := url_problems():
+        raise validation_error(errors[:MAX_ERRORS])
     return validate(model, request.args.to_dict())
 
 

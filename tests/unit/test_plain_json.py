@@ -23,6 +23,8 @@ def nested(depth: int) -> str:
         '{"a": "\\\\u0000"}',  # an escaped backslash: plain_json is merely cautious
         nested(MAX_DEPTH + 2),
         '{"a": [' + "[" * (MAX_DEPTH + 1) + "]" * (MAX_DEPTH + 1) + "]}",
+        '{"n": 9223372036854775808}',
+        '{"n": [-12345678901234567890123]}',
     ],
 )
 def test_texts_that_may_hold_problems_are_walked(text):
@@ -37,6 +39,7 @@ def test_texts_that_may_hold_problems_are_walked(text):
         '{"timers": [' + ", ".join(['{"a": {"b": [1]}}'] * 200) + "]}",
         nested(MAX_DEPTH - 1),
         '{"emoji": "\u00e9\U0001f600"}',
+        '{"n": 922337203685477580, "m": -922337203685477580, "s": "12345678901234567890"}',
     ],
 )
 def test_plain_texts(text):
@@ -47,7 +50,8 @@ def test_plain_texts(text):
 def _random_value(rng: random.Random, depth: int):
     kind = rng.random()
     if depth > 40 or kind < 0.45:
-        return rng.choice(["x", "a\u0000b", "\ud800", 'q"[{', "\\u", "\u00e9", 1, 2.5, None, True])
+        leaves = ["x", "a\u0000b", "\ud800", 'q"[{', "\\u", "\u00e9", 1, 2.5, None, True]
+        return rng.choice([*leaves, 2**63, -(2**64)])
     if kind < 0.75:
         return [_random_value(rng, depth + 1) for _ in range(rng.randrange(3))]
     keys = ["k", "k\u0000", "[", "\\"]
