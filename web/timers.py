@@ -132,7 +132,8 @@ def _wake_up(timers: list[Timer]) -> None:
 )
 def start(body: TimerCreate):
     key = header("Idempotency-Key", max_length=255)
-    correlation = None if body.correlation_id else header("X-Correlation-ID", max_length=200)
+    # Checked even when the body's correlation_id wins: a bad header is still bad input.
+    correlation = header("X-Correlation-ID", max_length=200)
     now = utcnow()
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     new, due = _new_timer(body, now, correlation, key, fingerprint)

@@ -476,3 +476,19 @@ def test_a_repeated_query_parameter_is_422(api, refused):
         "sla_contract_id",
         "more than once",
     )
+
+
+# --------------------------------------------------------------------------- headers
+
+
+@pytest.mark.parametrize("path", ["/v1/timers", "/v1/timers/bulk"])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("X-Correlation-ID", ""), ("X-Correlation-ID", "c" * 201), ("Idempotency-Key", "k" * 256)],
+)
+def test_a_bad_header_is_422_even_when_the_body_makes_it_moot(api, refused, path, name, value):
+    """The body's correlation_id wins over the header, yet the header is checked
+    (schemathesis found an empty one accepted)."""
+    item = with_(correlation_id="from-body")
+    body = item if path == "/v1/timers" else {"timers": [item]}
+    refused(lambda: api.post(path, body, headers={name: value}), 422, name)
