@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -72,6 +73,9 @@ FULL = {
     # A step due within this long after a fault ended counts as inside its window:
     # one sweeper tick, the recovery bound of a lost wake-up.
     "window_tail_s": float(TICK_S),
+    # ... and so does one due this long before it began: a wake-up is on its way
+    # through Redis and the worker up to MAX_EARLY_WAIT_S (2 s) before its instant.
+    "window_lead_s": 2.0,
     # Completion deadline after the last due instant: a lease, two ticks, a margin.
     "deadline_s": 240.0,
     # After the last timer: late writes would show as duplicates, deaf workers as deaf.
@@ -428,7 +432,9 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
             t.join(60)
         chaos.stop()
 
-    figures.update(_lateness(step_times, chaos.faults, params["window_tail_s"]))
+    figures.update(
+        _lateness(step_times, chaos.faults, params["window_lead_s"], params["window_tail_s"])
+    )
     figures.update(processes)
     from models.config import get_settings  # the workers' environment is ours
 
@@ -524,13 +530,15 @@ def _dist(values: list[float]) -> dict:
 
 
 def _lateness(
-    step_times: list[tuple[int, float, float]], faults: list[dict], tail_s: float
+    step_times: list[tuple[int, float, float]], faults: list[dict], lead_s: float, tail_s: float
 ) -> dict:
     """Lateness of each step by where its due instant falls: inside a fault's
-    window (start to end plus ``tail_s``) or outside every one. Worker kills go
-    on all the time: they are not windows."""
+    window (``lead_s`` before its start to ``tail_s`` after its end) or outside
+    every one. Worker kills go on all the time: they are not windows."""
     windows = [
-        (f["kind"], f["start"], f["end"] + tail_s) for f in faults if f["kind"] != "worker SIGKILL"
+        (f["kind"], f["start"] - lead_s, f["end"] + tail_s)
+        for f in faults
+        if f["kind"] != "worker SIGKILL"
     ]
     outside, inside = [], []
     per_kind: dict[str, list[float]] = {kind: [] for kind, _, _ in windows}
@@ -719,23 +727,65 @@ DOC = ROOT / "docs" / "reliability.md"
 BEGIN, END = "<!-- chaos:begin -->", "<!-- chaos:end -->"
 SECTION = f"""## Chaos suite
 
-`make chaos` (or `.venv/bin/python -m bench.chaos --timers 50000`; `--help` lists the
-sizes and times) starts a dedicated embedded PostgreSQL and Redis under `.data/chaos-pg`
-and `.data/chaos-redis` (ports 54339 and 63809, never the machine's), seeds timers with a
-two-step ladder due over a few minutes, and runs several worker processes and two
-schedulers while it SIGKILLs a random worker every few seconds (and starts a new one),
-flushes Redis once (FLUSHALL), restarts PostgreSQL once (fast shutdown, a few seconds
-down, start) and pauses Redis for 30 s (`CLIENT PAUSE … ALL`). Schedulers are never
-restarted, and workers only after the driver's own kills. At the end it checks from the
-database that every timer reached its final state with one step row per (timer, step)
-and one outbox event per (timer, kind, step), none written before its instant, and
-reports the lateness (execution minus due instant) of steps due inside a fault's window
-(from its start to one sweeper tick after its end) and outside every window. Raw results:
-`bench/results/chaos.json`; process logs: `bench/results/chaos/`.
+`make chaos` starts a dedicated embedded PostgreSQL and Redis under `.data/chaos-pg` and
+`.data/chaos-redis` (ports 54339 and 63809; never the machine's servers, which are shared),
+seeds 50,000 timers with a two-step ladder (step 1 at due, step 2 30 s later) due evenly
+over five minutes, schedules their wake-ups as starts would, and runs four worker processes
+(`dramatiq tasks --processes 1`, each in its own process group) and two schedulers
+(`periodiq tasks`). Meanwhile it SIGKILLs a random worker every 5 s on average and starts
+a new one in its place, flushes Redis once (FLUSHALL, 30 s after the first due instant),
+restarts PostgreSQL once (`pg_ctl -m fast stop`, 5 s down, start; at 120 s) and pauses
+Redis for 30 s (`CLIENT PAUSE 30000 ALL`, at 210 s). Schedulers are never restarted, and
+workers only after the driver's own kills: a process that exits on its own, a thread that
+dies in one, or a worker that runs without polling Redis is reported.
 
-A small version (300 timers, one kill, one FLUSHDB of the test's own Redis database,
-shared servers, no restart or pause) runs in the default test suite:
-`tests/acceptance/test_chaos.py`.
+At the end it checks from the database that every timer reached its final state
+(ESCALATED, processing COMPLETED) with one step row per (timer, step) and one outbox event
+per (timer, kind, step), none written before its instant, and reports the lateness of
+every step: its execution time minus its due instant. A step is inside a fault's window
+when it falls due from 2 s before the fault began (a wake-up is on its way through Redis
+and the worker up to 2 s ahead of its instant) to one sweeper tick (60 s) after it ended;
+the kills go on throughout and have no window.
+
+```sh
+make chaos                                  # about 7 minutes on 2 cores
+make chaos CHAOS_ARGS='--timers 5000 --no-doc --results /tmp/chaos.json'
+.venv/bin/python -m bench.chaos --help      # every size and time; 'none' leaves a fault out
+```
+
+It writes `bench/results/chaos.json` (machine, parameters, every fault with its wall-clock
+start and end, figures, lateness per 10 s of due instants), the process logs and the plot
+under `bench/results/chaos/`, and the part of this section between the markers below.
+`--keep-servers` leaves the servers running for a look at the database
+(`psql -h 127.0.0.1 -p 54339 -U postgres chaos`). A small version (300 timers, one kill
+and one FLUSHDB of the test's own Redis database, no restart or pause, about 10 s) runs in
+the default test suite: `tests/acceptance/test_chaos.py`; `--slow` adds a run of
+`bench.chaos` with 5,000 timers and every fault.
+
+### Reading the figures
+
+- A worker prefetches delayed wake-ups by the thousand, so a killed worker takes the ones
+  it held, and their dedupe keys keep the sweeper from sending them again. The steps they
+  were for fire at the next sweep: the boot sweep of the next worker to start (within
+  seconds here, as a kill comes every 5 s) or else the scheduler's tick (at most 60 s).
+  This is most of the lateness outside the windows.
+- A worker killed between claiming a batch and committing it leaves those rows PROCESSING
+  until their lease expires (`SLA_LEASE_SECONDS`, 60 s); the next tick's sweep returns and
+  fires them. These few steps are the maximum, bounded by lease + tick (120 s).
+- Steps due during the Redis pause fire as it ends (lateness falls from 30 s to 0 across
+  it); steps due during the PostgreSQL restart, within seconds of its end.
+
+### Found by it
+
+- **Workers stopped fetching wake-ups after Redis timed out.** During the pause a Redis
+  command timed out (`SLA_REDIS_TIMEOUT_SECONDS`); Dramatiq's delay-queue consumer thread
+  handles errors other than `ConnectionError` by requeueing its held messages over Redis,
+  which timed out too and ended the thread. The worker process kept running, polling its
+  other queue, and never fetched a wake-up again; with every worker in that state timers
+  would only fire at the scheduler's ticks. The broker's consumers now treat every Redis
+  error as a lost connection (Dramatiq then reconnects), and a replacing delay-queue
+  consumer first puts back the wake-ups its predecessor held
+  (`tasks/broker.py`, `OutageProofConsumer`; `tests/integration/test_broker.py`).
 
 {BEGIN}
 {END}
@@ -753,7 +803,7 @@ def plot(result: dict, step_times: list[tuple[int, float, float]], path: Path) -
     import matplotlib.pyplot as plt
 
     t0 = datetime.fromisoformat(result["t0"]).timestamp()
-    tail = result["params"]["window_tail_s"]
+    lead, tail = result["params"]["window_lead_s"], result["params"]["window_tail_s"]
     fig, ax = plt.subplots(figsize=(9, 4.5))
     colors = {
         "Redis FLUSHALL": "tab:red",
@@ -767,6 +817,7 @@ def plot(result: dict, step_times: list[tuple[int, float, float]], path: Path) -
             start, end = f["start_s"], f["start_s"] + max(f["seconds"], 0.5)
             ax.axvspan(start, end, color=colors[f["kind"]], alpha=0.3, label=f["kind"])
             # The rest of its window: a step due here still counts as inside.
+            ax.axvspan(start - lead, start, color=colors[f["kind"]], alpha=0.08)
             ax.axvspan(end, end + tail, color=colors[f["kind"]], alpha=0.08)
     ax.vlines(
         kills,
@@ -798,7 +849,9 @@ def render(result: dict) -> str:
     lines = [
         f"Run {m['date']} on {m['cores']} cores, {m['memory_gb']} GB, {m['platform']}; "
         f"Python {m['python']}, PostgreSQL {m['postgresql']} and Redis {m['redis']} "
-        f"(dedicated), dramatiq {m['versions']['dramatiq']}. First due instant "
+        f"(dedicated), dramatiq {m['versions']['dramatiq']}; code at {m['commit']}"
+        + (f" to {m['commit_at_end']}" if m["commit_at_end"] != m["commit"] else "")
+        + ". First due instant "
         f"{result['t0']}, last step due {result['last_due']}.",
         "",
         "| figure | value | target | met |",
@@ -849,13 +902,15 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         if isinstance(default, list):
             parser.add_argument(flag, type=float, nargs="*", default=default)
-        elif default is None or isinstance(default, float):
+        elif name in ("kill_every_s", "flush_at_s", "pg_restart_at_s", "pause_at_s"):
             parser.add_argument(
                 flag,
                 type=_optional_float,
                 default=default,
                 help=f"default {default} ('none' leaves it out)",
             )
+        elif isinstance(default, float):
+            parser.add_argument(flag, type=float, default=default, help=f"default {default}")
         else:
             parser.add_argument(flag, type=int, default=default, help=f"default {default}")
     parser.add_argument("--pg-port", type=int, default=54339)
@@ -895,9 +950,11 @@ def main(argv: list[str] | None = None) -> int:
         server.flushall()  # ours: whatever a previous run left
         info = machine()
         info["redis"] = server.info("server")["redis_version"]
+        info["commit"] = _commit()
         print(f"== chaos {params}", flush=True)
         result = run(bench, params, log_dir, own)
         result = {"machine": info, **result}
+        info["commit_at_end"] = _commit()  # restarted workers import the code of the moment
         step_times = result.pop("step_times")
     finally:
         if not args.keep_servers:
@@ -921,6 +978,18 @@ def main(argv: list[str] | None = None) -> int:
         update_doc(result)
         print(f"updated {DOC}")
     return 0 if all(r["met"] is not False for r in rows(result)) else 1
+
+
+def _commit() -> str:
+    """HEAD, and whether the code the processes import differs from it."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "tasks", "models")
+    return git("rev-parse", "--short", "HEAD") + (" (tasks/ or models/ modified)" if dirty else "")
 
 
 def _optional_float(raw: str) -> float | None:
