@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -157,11 +158,13 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     entries = json.loads(har.read_text())["log"]["entries"]
     statuses = [e["response"]["status"] for e in entries]
     server_side = [s for s in statuses if s >= 500]
+    scenarios = re.search(r"Scenarios:\s+(\d+)", output)
     print(
         f"\nschemathesis: {len(entries)} requests "
         f"({summary['test_cases']['generated']} generated test cases), "
         f"{len(server_side)} 5xx, {len(summary['failures'])} failure kinds, "
-        f"{len(summary['errors'])} errors, stateful {summary['phases']['stateful']['status']}, "
+        f"{len(summary['errors'])} errors, stateful {summary['phases']['stateful']['status']} "
+        f"({scenarios[1] if scenarios else '?'} scenarios), "
         f"seed {summary['seed']}, {summary['running_time']:.0f} s"
     )
 
