@@ -32,6 +32,7 @@ FLUSHDB.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib.util
 import json
 import logging
@@ -42,6 +43,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -156,6 +158,20 @@ class OwnServers:
     def stop(self) -> None:
         self.ci.stop_pg(self.pg_data)
         self.ci.stop_redis(self.redis_dir)
+
+    @contextmanager
+    def exclusive(self):
+        """Hold these servers for one run: another run on the same data directories
+        (``make chaos`` beside the slow test) would restart and stop them under it."""
+        lock = self.pg_data.parent / f"chaos-{self.pg_port}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with lock.open("w") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"another chaos run holds {lock}; waiting for it", flush=True)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            yield
 
 
 # --------------------------------------------------------------------------- processes
@@ -287,7 +303,13 @@ class Chaos:
         started = time.time()
         self.own.stop_pg()
         time.sleep(down_s)
-        self.own.start_pg()
+        for attempt in range(10):  # a start that fails (port not yet free) is retried
+            try:
+                self.own.start_pg()
+                break
+            except (SystemExit, subprocess.CalledProcessError) as exc:
+                logging.getLogger("chaos").warning("PostgreSQL start %d failed: %s", attempt, exc)
+                time.sleep(1)
         self.record("PostgreSQL restart", started, time.time(), f"fast stop, {down_s:g} s down")
 
     def pause_redis(self, seconds: float) -> None:
@@ -946,35 +968,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
     own = OwnServers(pg_port=args.pg_port, redis_port=args.redis_port)
-    database_url, redis_url = own.start()
-    os.environ.update(
-        {
-            "DATABASE_URL": database_url,
-            "REDIS_URL": redis_url,
-            "SLA_BENCH_DATABASE": "chaos",
-            "SLA_BENCH_REDIS_DB": "0",
-        }
-    )
+    with own.exclusive():
+        result, step_times = _run_on(own, params, args)
     log_dir = args.results.with_suffix("")
-    try:
-        import redis
-
-        bench = Bench.create()
-        server = redis.Redis.from_url(bench.redis_url)
-        server.flushall()  # ours: whatever a previous run left
-        info = machine()
-        info["redis"] = server.info("server")["redis_version"]
-        info["commit"] = _commit()
-        print(f"== chaos {params}", flush=True)
-        result = run(bench, params, log_dir, own)
-        result = {"machine": info, **result}
-        # Restarted workers import the code of the moment: did it change?
-        info["commit_at_end"] = _commit()
-        info["service_code_changed"] = _service_code_changed(info["commit"], info["commit_at_end"])
-        step_times = result.pop("step_times")
-    finally:
-        if not args.keep_servers:
-            own.stop()
     out = args.results
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -994,6 +990,37 @@ def main(argv: list[str] | None = None) -> int:
         update_doc(result)
         print(f"updated {DOC}")
     return 0 if all(r["met"] is not False for r in rows(result)) else 1
+
+
+def _run_on(own: OwnServers, params: dict, args) -> tuple[dict, list]:
+    database_url, redis_url = own.start()
+    os.environ.update(
+        {
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "SLA_BENCH_DATABASE": "chaos",
+            "SLA_BENCH_REDIS_DB": "0",
+        }
+    )
+    try:
+        import redis
+
+        bench = Bench.create()
+        server = redis.Redis.from_url(bench.redis_url)
+        server.flushall()  # ours: whatever a previous run left
+        info = machine()
+        info["redis"] = server.info("server")["redis_version"]
+        info["commit"] = _commit()
+        print(f"== chaos {params}", flush=True)
+        result = run(bench, params, args.results.with_suffix(""), own)
+        result = {"machine": info, **result}
+        # Restarted workers import the code of the moment: did it change?
+        info["commit_at_end"] = _commit()
+        info["service_code_changed"] = _service_code_changed(info["commit"], info["commit_at_end"])
+        return result, result.pop("step_times")
+    finally:
+        if not args.keep_servers:
+            own.stop()
 
 
 def _commit() -> str:
