@@ -55,6 +55,15 @@ def make_engine(settings: Settings, *, role: str | None, pool_size: int | None =
             "connect_timeout": settings.db_connect_timeout_seconds,
             "options": options,
             "application_name": "sla-timers",
+            # A partition can leave a connection open but silent, and a client
+            # waiting for an answer has no timeout of its own. Keepalives notice
+            # a silent peer within ~25 s and tcp_user_timeout unacknowledged
+            # sends within 30 s, so such a request still ends (in a 503).
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
         },
     )
 
