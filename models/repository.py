@@ -281,8 +281,11 @@ def _insert_timers(
     tenant_id: UUID,
     starts: Sequence[tuple[UUID, NewTimer, datetime]],
     now: datetime,
+    *,
+    scope: bool = False,
 ) -> dict[UUID, dict[str, Any]]:
-    """Lock the pairs and insert what ``_START_TIMERS`` does not skip."""
+    """Lock the pairs and insert what ``_START_TIMERS`` does not skip; with
+    ``scope``, first scope the (implicit, autocommit) transaction to the tenant."""
     timers, started = [], []
     for timer_id, new, due in starts:
         timer = {
@@ -311,9 +314,22 @@ def _insert_timers(
             )
         )
     params = {"tenant": tenant_id, "now": now, "timers": _json(timers), "events": _json(started)}
-    cursor = _driver(conn).cursor(row_factory=dict_row)
-    rows = cursor.execute(_START_TIMERS, params).fetchall()
+    if not scope:
+        cursor = _driver(conn).cursor(row_factory=dict_row)
+        rows = cursor.execute(_START_TIMERS, params).fetchall()
+    else:
+        # Both statements in one simple query: one round trip, and one implicit
+        # transaction, so the tenant setting holds for the insert and ends with it.
+        cursor = psycopg.ClientCursor(_driver(conn), row_factory=dict_row)
+        cursor.execute(_SCOPED_START_TIMERS, {**params, "tenant_text": str(tenant_id)})
+        cursor.nextset()
+        rows = cursor.fetchall()
     return {r["id"]: r for r in rows}
+
+
+_SCOPED_START_TIMERS = (
+    "SELECT set_config('app.tenant_id', %(tenant_text)s, true);\n" + _START_TIMERS
+)
 
 
 def _stored_by_key(
@@ -400,20 +416,16 @@ def try_start_timer(
     """The fast path of ``start_timer``: one statement that is its own
     transaction, so a start costs one round trip instead of three (BEGIN,
     statement, COMMIT). ``conn`` must be in AUTOCOMMIT isolation. The tenant
-    scope is set in the same pipeline: the two form one implicit transaction
-    and travel together.
+    scope is set by a statement sent in the same message.
 
     Returns the new timer, or None when nothing was written because the start
     needs ``start_timer``: the lead has an open timer to supersede, the
     idempotency key is taken (a replay or a conflict), or the start repeats an
     existing one. The statement is atomic, so there is nothing in between.
     """
-    driver = _driver(conn)
-    if not driver.autocommit:
+    if not _driver(conn).autocommit:
         raise RuntimeError("try_start_timer needs an AUTOCOMMIT connection")
-    with driver.pipeline():
-        driver.execute("SELECT set_config('app.tenant_id', %s, true)", (str(tenant_id),))
-        created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now)
+    created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now, scope=True)
     return next(iter(created.values()), None)
 
 
