@@ -319,16 +319,31 @@ def _insert_timers(
         rows = cursor.execute(_START_TIMERS, params).fetchall()
     else:
         # Both statements in one simple query: one round trip, and one implicit
-        # transaction, so the tenant setting holds for the insert and ends with it.
-        cursor = psycopg.ClientCursor(_driver(conn), row_factory=dict_row)
-        cursor.execute(_SCOPED_START_TIMERS, {**params, "tenant_text": str(tenant_id)})
+        # transaction, so the tenant setting holds for the insert and ends with
+        # it. A simple query cannot use psycopg's prepared statements, so the
+        # start is prepared once per connection by hand: planning it costs more
+        # than running it.
+        driver, info = _driver(conn), conn.connection.info
+        if not info.get(_PREPARED_START):
+            driver.execute(_PREPARE_START)
+            info[_PREPARED_START] = True
+        cursor = psycopg.ClientCursor(driver, row_factory=dict_row)
+        cursor.execute(_SCOPED_START, {**params, "tenant_text": str(tenant_id)})
         cursor.nextset()
         rows = cursor.fetchall()
     return {r["id"]: r for r in rows}
 
 
-_SCOPED_START_TIMERS = (
-    "SELECT set_config('app.tenant_id', %(tenant_text)s, true);\n" + _START_TIMERS
+_PREPARED_START = "sla_start_timers"
+_PREPARE_START = f"PREPARE {_PREPARED_START} (uuid, timestamptz, text, text) AS" + (
+    _START_TIMERS.replace("%(tenant)s", "$1")
+    .replace("%(now)s", "$2")
+    .replace("%(timers)s", "$3")
+    .replace("%(events)s", "$4")
+)
+_SCOPED_START = (
+    "SELECT set_config('app.tenant_id', %(tenant_text)s, true);"
+    f" EXECUTE {_PREPARED_START} (%(tenant)s, %(now)s, %(timers)s, %(events)s)"
 )
 
 
