@@ -323,12 +323,22 @@ def _insert_timers(
         # it. A simple query cannot use psycopg's prepared statements, so the
         # start is prepared once per connection by hand: planning it costs more
         # than running it.
+        # psycopg may DEALLOCATE ALL (after a failed transaction, say): then
+        # prepare again; nothing of the failed message was committed.
         driver, info = _driver(conn), conn.connection.info
-        if not info.get(_PREPARED_START):
-            driver.execute(_PREPARE_START)
-            info[_PREPARED_START] = True
         cursor = psycopg.ClientCursor(driver, row_factory=dict_row)
-        cursor.execute(_SCOPED_START, {**params, "tenant_text": str(tenant_id)})
+        scoped = {**params, "tenant_text": str(tenant_id)}
+        for attempt in (1, 2):
+            if not info.get(_PREPARED_START):
+                driver.execute(_PREPARE_START)
+                info[_PREPARED_START] = True
+            try:
+                cursor.execute(_SCOPED_START, scoped)
+                break
+            except psycopg.errors.InvalidSqlStatementName:
+                info[_PREPARED_START] = False
+                if attempt == 2:
+                    raise
         cursor.nextset()
         rows = cursor.fetchall()
     return {r["id"]: r for r in rows}

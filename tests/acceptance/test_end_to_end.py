@@ -104,12 +104,14 @@ def test_the_scheduler_registers_the_sweep(engine, tmp_path):
 
 def test_timers_survive_a_killed_worker_and_a_flushed_redis(engine, tmp_path, client):
     worker = start_worker(tmp_path)
-    for i in range(30):
-        response = client.post("/v1/timers", json={"lead_id": f"lead-{i}", "window_seconds": 2})
-        assert response.status_code == 201
-    # The worker now holds the delayed wake-ups in memory; it dies, Redis is wiped.
-    time.sleep(0.5)
-    worker.kill()
+    try:
+        for i in range(30):
+            body = {"lead_id": f"lead-{i}", "window_seconds": 2}
+            assert client.post("/v1/timers", json=body).status_code == 201
+        # The worker now holds the delayed wake-ups in memory; it dies, Redis is wiped.
+        time.sleep(0.5)
+    finally:
+        worker.kill()  # also when a start failed: a stray worker would fire later tests' timers
     redis_conn().flushdb()
     time.sleep(2)
     assert counts(engine)[0] == 0  # nobody fired them

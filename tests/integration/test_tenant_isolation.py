@@ -197,3 +197,20 @@ def test_a_scoped_connection_is_not_reused_with_the_old_tenant(app, tenant, othe
             assert conn.execute(text("SELECT name FROM tenants")).scalar() == "globex"
     finally:
         engine.dispose()
+
+
+def test_a_single_start_survives_its_prepared_statement_being_dropped(engine, settings, tenant):
+    """The fast path prepares its statement once per connection; a DEALLOCATE
+    ALL (psycopg issues one after some failures) costs a re-prepare, not a 500."""
+    import dataclasses
+
+    from web import create_app
+
+    app = create_app(dataclasses.replace(settings, db_pool_size=1))
+    client = api_support.Api(app.test_client(), tenant[1])
+    client.start(lead_id="first")
+    with app.extensions["sla"].engine.connect() as conn:  # the one pooled connection
+        conn.exec_driver_sql("DEALLOCATE ALL")
+    client.start(lead_id="second")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sla_timers")).scalar() == 2
