@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -114,6 +115,16 @@ def engine(database):
         )
     redis_conn().flushdb()
     return database
+
+
+def wait_until(predicate, timeout: float, what: str, *, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
 def redis_conn():

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.common import Service
-from tests.conftest import redis_conn
+from tests.conftest import redis_conn, wait_until
 
 BIN = Path(sys.executable).parent
 
@@ -51,15 +51,6 @@ def client(engine, tenant):
     c = app.test_client()
     c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant[1]}"
     return c
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def counts(engine):

@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 
 from bench.common import Service
+from tests.conftest import wait_until
 from tests.outage_proxy import OutageProxy
 
 BIN = Path(sys.executable).parent
@@ -96,16 +97,6 @@ def fired(engine, ids: list[str]) -> tuple[int, int, int]:
         ).one()
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
-    """Seconds until ``predicate()`` held."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if predicate():
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 def alive(*services: Service) -> bool:
     return all(s.proc.poll() is None for s in services)
 
@@ -122,9 +113,11 @@ def outage_while_timers_fall_due(
     assert fired(engine, ids)[0] == 0  # nothing could fire: the database was away
     pg_proxy.up()
 
-    recovered = wait_until(
+    back = time.monotonic()
+    wait_until(
         lambda: fired(engine, ids)[0] == len(ids), fire_within_s, "the outage's timers to fire"
     )
+    recovered = time.monotonic() - back
     print(f"\n[outage bound] processes, {mode} {outage_s:.0f} s: fired {recovered:.1f} s after")
     assert alive(*processes), "a worker or the scheduler died in the outage"
     time.sleep(0.5)  # a duplicate would show up now

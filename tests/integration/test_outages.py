@@ -32,7 +32,7 @@ import pytest
 from sqlalchemy import text
 
 from models.config import Settings, normalize_database_url
-from tests.conftest import redis_conn
+from tests.conftest import redis_conn, wait_until
 from tests.integration.api_support import assert_problem
 from tests.outage_proxy import OutageProxy
 
@@ -372,15 +372,6 @@ def row_locked(engine, timer_id) -> Iterator[None]:
             conn.rollback()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 def test_a_bulk_start_cut_off_mid_transaction_writes_nothing(engine, tenant, pg_proxy, pg_app):
     """The connection dies while the bulk start's transaction holds inserted rows:
     503 at once, and the rows are never committed."""
@@ -399,7 +390,7 @@ def test_a_bulk_start_cut_off_mid_transaction_writes_nothing(engine, tenant, pg_
             target=lambda: result.update(response=api.post("/v1/timers/bulk", body))
         )
         worker.start()
-        blocked = wait_for(lambda: _blocked_backends(engine), 10, "the bulk start to block")
+        blocked = wait_until(lambda: _blocked_backends(engine), 10, "the bulk start to block")
         t0 = time.monotonic()
         pg_proxy.down("refuse")
         worker.join(CONNECT_TIMEOUT_S + MARGIN_S)
@@ -409,7 +400,7 @@ def test_a_bulk_start_cut_off_mid_transaction_writes_nothing(engine, tenant, pg_
     assert_problem(result["response"], 503)
     assert elapsed < MARGIN_S
     # Its backend learns of the cut once the lock is free, and rolls back.
-    wait_for(lambda: not set(blocked) & set(_pids(engine)), 10, "the cut backend to end")
+    wait_until(lambda: not set(blocked) & set(_pids(engine)), 10, "the cut backend to end")
     assert rows_for_leads(engine, tenant[0], ["mid-1", "mid-2"]) == 0
     assert timer_state(engine, old["id"]) == ("ACTIVE", 0, 1)
 
@@ -520,7 +511,7 @@ def test_wake_ups_that_miss_the_database_queue_one_catch_up_sweep(engine, monkey
         )
 
     monkeypatch.setattr(actors, "fire_with_help", unreachable)
-    wait_for(lambda: time.time() % 1 < 0.5, 2, "the first half of a second")
+    wait_until(lambda: time.time() % 1 < 0.5, 2, "the first half of a second")
     for _ in range(5):
         actors.wake_up.fn()  # returns: the failure is handed to a catch-up sweep
     queued = [json.loads(m) for m in redis_conn().hvals(f"dramatiq:{QUEUE}.DQ.msgs")]
