@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 
 from .config import Settings, get_settings
+from .repository import enter_tenant
 
 # The firing path reads a JSON ladder per claimed timer: parse it with orjson.
 set_json_loads(orjson.loads)
@@ -104,8 +105,6 @@ def tenant_scope(engine: Engine, tenant_id: UUID) -> Iterator[Connection]:
     ``is_local`` it ends with the transaction, so a pooled connection never
     carries one tenant's scope into another's request.
     """
-    from .repository import enter_tenant
-
     with engine.begin() as conn:
         enter_tenant(conn, tenant_id)
         yield conn
