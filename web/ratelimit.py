@@ -1,7 +1,8 @@
 """Per-tenant rate limit on the write endpoints, counted in Redis.
 
-Redis keys (``limits``' layout): ``LIMITS:LIMITER/sla-writes/<tenant>/<amount>/<multiples>/<unit>``,
-sliding-window counters shared by every API process. One tenant's burst cannot
+Redis keys (the ``limits`` library's layout):
+``LIMITS:{LIMITER/sla-writes/<tenant>/<amount>/<multiples>/<unit>}``, sliding-window
+counters shared by every API process. One tenant's burst cannot
 starve the others, and a client over the limit gets 429 with Retry-After.
 
 The limit is a guard, not part of the promise: when Redis fails, writes are let
