@@ -57,17 +57,20 @@ def enter_tenant(conn: Connection, tenant_id: UUID) -> None:
     conn.execute(_SET_TENANT, {"tenant": str(tenant_id)})
 
 
-def create_api_key(conn: Connection, tenant_id: UUID) -> tuple[str, str]:
-    """(key, prefix) of a new key ``sla_<prefix>_<secret>``: 48 random bits of
-    prefix that name it in logs, 256 of secret. Only a hash is stored, so the
-    key is shown once."""
+def create_api_key(conn: Connection, tenant_id: UUID) -> tuple[str, dict[str, Any]]:
+    """A new key ``sla_<prefix>_<secret>`` (48 random bits of prefix that name it
+    in logs, 256 of secret) and its record. Only a hash is stored, so the key is
+    shown once."""
     prefix = secrets.token_hex(6)
     key = f"{API_KEY_PREFIX}_{prefix}_{secrets.token_urlsafe(32)}"
-    conn.execute(
-        text("INSERT INTO api_keys (tenant_id, prefix, key_hash) VALUES (:t, :p, :h)"),
+    record = conn.execute(
+        text(
+            "INSERT INTO api_keys (tenant_id, prefix, key_hash) VALUES (:t, :p, :h) "
+            "RETURNING prefix, created_at, revoked_at"
+        ),
         {"t": tenant_id, "p": prefix, "h": _hash_key(key)},
-    )
-    return key, prefix
+    ).one()
+    return key, dict(record._mapping)
 
 
 def create_tenant(conn: Connection, name: str) -> tuple[UUID, str]:

@@ -50,7 +50,7 @@ def catch_up_after(exc: BaseException, what: str) -> bool:
     """Ask for one sweep on the next-but-one whole ``OUTAGE_RETRY_MS`` unless one is
     already pending for that instant. False if Redis is unreachable as well: then
     the scheduler's next tick catches up."""
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    reason = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)])[0]
     now_ms = int(time.time() * 1000)
     eta_ms = (now_ms // OUTAGE_RETRY_MS + 2) * OUTAGE_RETRY_MS
     try:

@@ -85,8 +85,7 @@ def create_key(tenant_id: str):
     with scope as conn:
         if not repo.tenant_exists(conn, tid):
             raise not_found("tenant")
-        key, prefix = repo.create_api_key(conn, tid)
-        record = next(k for k in repo.list_api_keys(conn, tid) if k["prefix"] == prefix)
+        key, record = repo.create_api_key(conn, tid)
     created = ApiKeyCreated(**record, api_key=key)
     return json_response(created, 201, {"Cache-Control": "no-store"})
 

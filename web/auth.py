@@ -89,11 +89,12 @@ def authenticate_tenant() -> UUID:
     if token is None:
         raise _unauthorized("an API key is required: Authorization: Bearer <key>", challenge)
     tenant_id = None
+    # Logs name a key by its prefix only, never by the secret.
+    g.api_key_prefix = None
     if _KEY_SHAPE.fullmatch(token):
+        g.api_key_prefix = repo.key_prefix(token)
         services = current_app.extensions["sla"]
         tenant_id = services.api_keys.tenant_for(token, services.engine)
-    # Logs name a key by its prefix only, never by the secret.
-    g.api_key_prefix = repo.key_prefix(token) if _KEY_SHAPE.fullmatch(token) else None
     if tenant_id is None:
         log.info("refused API key %s", g.api_key_prefix or "(not an API key)")
         raise _unauthorized("the API key is not valid", f'{challenge}, error="invalid_token"')
