@@ -48,6 +48,7 @@ EVENT_TYPES = (
     "sla.timer.cancelled",
     "sla.timer.completed",
     "sla.timer.failed",
+    "sla.timer.retried",
 )
 
 
@@ -109,6 +110,9 @@ sla_timers = Table(
     Column("claim_token", UUID(as_uuid=True)),
     Column("lease_expires_at", DateTime(timezone=True)),
     Column("attempts", Integer, nullable=False, server_default="0"),
+    # How many times a dead letter was re-armed (POST /v1/timers/{id}/retry); part of
+    # the keys of the failed and retried events, so each dead letter gets its own.
+    Column("retries", Integer, nullable=False, server_default="0"),
     Column("last_attempt_at", DateTime(timezone=True)),
     Column("next_attempt_at", DateTime(timezone=True)),
     Column("last_error", Text),
