@@ -23,6 +23,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests import attempt_log
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -45,7 +47,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slow", action="store_true", help="also run long chaos and fuzz tests")
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def _needs_services(path: Path) -> bool:
+    """Whether collecting ``path`` needs the services: anything but the unit tier
+    and the directories above it."""
+    unit = ROOT / "tests" / "unit"
+    return not (path.is_relative_to(unit) or unit.is_relative_to(path))
+
+
+def _resolve_services() -> None:
+    """Point the environment at the services and the test database, once. Runs
+    before the first module outside tests/unit is imported (some of them build
+    a broker at import), so ``pytest tests/unit`` starts and connects to nothing."""
+    if os.environ.get("SLA_TEST_SERVER_URL"):
+        return
+    if os.environ.get("SLA_TEST_NO_SERVICES"):
+        raise RuntimeError("SLA_TEST_NO_SERVICES is set, yet a test needs the services")
     if not (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")):
         os.environ.update(_embedded_services())
     server = make_url(os.environ["DATABASE_URL"].replace("postgres://", "postgresql://", 1)).set(
@@ -54,9 +70,18 @@ def pytest_configure(config: pytest.Config) -> None:
     test_db = os.environ.get("SLA_TEST_DATABASE", "sla_test")
     os.environ["SLA_TEST_SERVER_URL"] = server.render_as_string(hide_password=False)
     os.environ["DATABASE_URL"] = server.set(database=test_db).render_as_string(hide_password=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
     # Quick retries and small batches, so failure paths and batching show in small tests.
     os.environ.setdefault("SLA_BACKOFF_BASE_SECONDS", "1")
     os.environ.setdefault("SLA_BACKOFF_MAX_SECONDS", "4")
+
+
+def pytest_collectstart(collector: pytest.Collector) -> None:
+    path = getattr(collector, "path", None)
+    if path is not None and _needs_services(Path(path)):
+        _resolve_services()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,7 +110,9 @@ def _create_database() -> None:
 
 @pytest.fixture(scope="session")
 def database():
-    """The migrated test database (created once per session)."""
+    """The migrated test database (created once per session), with the insert
+    attempt log (tests/attempt_log.py) installed by the tables' owner."""
+    _resolve_services()
     _create_database()
     from models.config import get_settings
     from models.db import make_engine
@@ -93,12 +120,16 @@ def database():
     # The tests' own engine acts as the maintenance role, like the workers: it
     # sees every tenant. The API's engine (sla_app) is scoped per transaction.
     engine = make_engine(get_settings(), role=get_settings().db_maintenance_role)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL ROLE NONE")
+        attempt_log.install(conn)
     yield engine
     engine.dispose()
 
 
 @pytest.fixture(scope="session")
 def settings():
+    _resolve_services()
     from models.config import get_settings
 
     return get_settings()
@@ -113,6 +144,7 @@ def engine(database):
             "TRUNCATE outbox_events, sla_escalation_events, sla_timers, api_keys, tenants "
             "RESTART IDENTITY CASCADE"
         )
+        attempt_log.reset(conn)
     redis_conn().flushdb()
     return database
 
