@@ -84,13 +84,20 @@ def pytest_collectstart(collector: pytest.Collector) -> None:
         _resolve_services()
 
 
+# pytest-timeout's limit for slow-marked tests (the default, 120 s, is in pyproject.toml).
+SLOW_TIMEOUT_S = 1200
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--slow"):
-        return
+    run_slow = config.getoption("--slow")
     skip = pytest.mark.skip(reason="slow: run with --slow")
     for item in items:
-        if "slow" in item.keywords:
+        if "slow" not in item.keywords:
+            continue
+        if not run_slow:
             item.add_marker(skip)
+        elif item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
 def _create_database() -> None:
