@@ -17,7 +17,7 @@ import hmac
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -846,21 +846,30 @@ def rescue_expired_leases(conn: Connection, now: datetime) -> int:
     ).rowcount
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def upcoming_fire_times(
-    conn: Connection, start: datetime, end: datetime, limit: int = 10_000
+    conn: Connection, start: datetime, end: datetime, bucket_ms: int
 ) -> list[datetime]:
-    """Distinct instants in [start, end) at which PENDING timers need firing."""
-    return list(
-        conn.execute(
-            text(
-                """
-                SELECT DISTINCT next_fire_at FROM sla_timers
-                WHERE processing_status = 'PENDING'
-                  AND next_fire_at >= :start AND next_fire_at < :end
-                ORDER BY next_fire_at
-                LIMIT :limit
-                """
-            ),
-            {"start": start, "end": end, "limit": limit},
-        ).scalars()
-    )
+    """The wake-up instants of PENDING timers due in [start, end): each due
+    instant rounded up to ``bucket_ms`` (as ``models.sla.wakeup_instant`` does),
+    one per bucket, however many timers share it."""
+    # Bucketing here, not in Python, bounds the result by the horizon's length
+    # (horizon / bucket rows) instead of the number of timers in it, so the
+    # whole horizon is covered without a LIMIT whatever the rate. extract()
+    # is exact (numeric), so the rounding matches wakeup_instant's.
+    rows = conn.execute(
+        text(
+            """
+            SELECT DISTINCT
+                   ceil(extract(epoch FROM next_fire_at) * 1000 / :bucket)::bigint * :bucket
+            FROM sla_timers
+            WHERE processing_status = 'PENDING'
+              AND next_fire_at >= :start AND next_fire_at < :end
+            ORDER BY 1
+            """
+        ),
+        {"start": start, "end": end, "bucket": bucket_ms},
+    ).scalars()
+    return [_EPOCH + timedelta(milliseconds=ms) for ms in rows]

@@ -16,8 +16,10 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import Engine
+
 from models import repository as repo
-from models.config import get_settings
+from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.sla import utcnow
 
@@ -34,21 +36,36 @@ class SweepReport:
     wakeups: int
 
 
-def sweep_once() -> SweepReport:
-    settings = get_settings()
-    engine = get_maintenance_engine()
+def rescue_lost_work(engine: Engine) -> int:
+    """Step 1: return rows whose lease expired to PENDING."""
     with engine.begin() as conn:
         rescued = repo.rescue_expired_leases(conn, utcnow())
     if rescued:
         log.warning("rescued %d timers whose worker was lost", rescued)
-    fired = fire_with_help()
+    return rescued
+
+
+def schedule_horizon(engine: Engine, settings: Settings) -> int:
+    """Step 3: a wake-up for every bucket of the horizon that holds a PENDING
+    timer (those already sent are deduplicated in Redis); how many were sent."""
     now = utcnow()
     with engine.begin() as conn:
         upcoming = repo.upcoming_fire_times(
-            conn, now, now + timedelta(seconds=settings.wakeup_horizon_seconds)
+            conn,
+            now,
+            now + timedelta(seconds=settings.wakeup_horizon_seconds),
+            settings.wakeup_bucket_ms,
         )
+    return schedule_wakeups(upcoming, now=now)
+
+
+def sweep_once() -> SweepReport:
+    settings = get_settings()
+    engine = get_maintenance_engine()
+    rescued = rescue_lost_work(engine)
+    fired = fire_with_help()
     # Includes the later steps and retries the firing above just stored.
-    wakeups = schedule_wakeups(upcoming, now=now)
+    wakeups = schedule_horizon(engine, settings)
     log.info(
         "sweep: rescued=%d claimed=%d steps=%d failures=%d wakeups=%d",
         rescued,

@@ -14,6 +14,7 @@ from tasks.actors import wake_up
 from tasks.broker import QUEUE
 from tasks.sweeper import sweep_once
 from tasks.wakeups import schedule_wakeups
+from tests import attempt_log
 from tests.conftest import redis_conn
 from tests.factories import overdue, start_timer
 
@@ -56,6 +57,10 @@ def test_duplicate_wake_ups_fire_each_step_once(engine, tenant):
         ).scalar_one()
     assert steps == 1
     assert status_of(engine, timer["id"]) == ("ESCALATED", "COMPLETED")
+    # The row is unique anyway: what shows a second firing is a second attempt.
+    with engine.connect() as conn:
+        assert attempt_log.attempts(conn) == 1
+        assert attempt_log.duplicate_attempts(conn) == []
 
 
 def test_a_timer_whose_wake_up_was_lost_is_fired_by_the_sweeper(engine, tenant):
@@ -137,3 +142,48 @@ def test_a_scheduler_tick_survives_redis_being_down(monkeypatch):
     # Any other sender still learns that the message was not sent.
     with pytest.raises(redis.ConnectionError):
         sweep.send()
+
+
+def _wake_up_etas() -> list[int]:
+    """The eta (epoch ms) each wake-up on the delay queue carries."""
+    import json
+
+    messages = redis_conn().hvals(f"{DELAY_QUEUE}.msgs")
+    return sorted(json.loads(m)["args"][0] for m in messages)
+
+
+def test_every_bucket_of_the_horizon_gets_a_wake_up_beyond_ten_thousand_instants(
+    engine, settings, tenant
+):
+    # 12,000 distinct instants, 20 ms apart, over the next 4 minutes: more than
+    # the 10,000 instants the sweep once read before bucketing them.
+    from models.sla import wakeup_instant
+
+    with engine.begin() as conn:
+        dues = conn.execute(
+            text(
+                """
+                INSERT INTO sla_timers (
+                    id, tenant_id, lead_id, sla_contract_id, started_at, due_at,
+                    window_seconds, correlation_id, escalation_steps, next_fire_at)
+                SELECT gen_random_uuid(), :tenant, 'lead-' || g, 'default',
+                       d - interval '600 seconds', d, 600, 'c-' || g, CAST(:steps AS jsonb), d
+                FROM generate_series(1, 12000) AS g,
+                     LATERAL (SELECT now() + interval '20 seconds'
+                                     + g * interval '20 milliseconds' AS d) AS due
+                RETURNING due_at
+                """
+            ),
+            {
+                "tenant": tenant[0],
+                "steps": '[{"step": 1, "after_seconds": 0, "action": "notify"}]',
+            },
+        ).scalars()
+        buckets = {
+            int(wakeup_instant(d, settings.wakeup_bucket_ms).timestamp() * 1000) for d in dues
+        }
+    assert len(buckets) > 4000
+    report = sweep_once()
+    assert report.wakeups == len(buckets)
+    # One message per bucket, each carrying its bucket's instant, the last included.
+    assert _wake_up_etas() == sorted(buckets)
