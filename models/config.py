@@ -82,6 +82,11 @@ class Settings:
     wakeup_lead_ms: int
     poll_interval_ms: int
     fire_parallelism: int
+    # The scheduler fires from PostgreSQL while Redis is unreachable (tasks/scheduler.py):
+    # it pings Redis this often (a ping unanswered in twice this long counts as down) ...
+    redis_check_ms: int
+    # ... and meanwhile looks for due timers at least this often.
+    direct_poll_ms: int
     lease_seconds: int
     max_attempts: int
     backoff_base_seconds: int
@@ -117,6 +122,8 @@ class Settings:
             wakeup_lead_ms=_int(env, "SLA_WAKEUP_LEAD_MS", 250, minimum=0),
             poll_interval_ms=_int(env, "SLA_POLL_INTERVAL_MS", 100, minimum=10),
             fire_parallelism=_int(env, "SLA_FIRE_PARALLELISM", 4, minimum=1),
+            redis_check_ms=_int(env, "SLA_REDIS_CHECK_MS", 250, minimum=10),
+            direct_poll_ms=_int(env, "SLA_DIRECT_POLL_MS", 250, minimum=10),
             lease_seconds=_int(env, "SLA_LEASE_SECONDS", 60, minimum=1),
             max_attempts=_int(env, "SLA_MAX_ATTEMPTS", 3, minimum=1),
             backoff_base_seconds=_int(env, "SLA_BACKOFF_BASE_SECONDS", 5, minimum=0),
