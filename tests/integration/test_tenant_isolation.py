@@ -88,6 +88,104 @@ def test_the_api_role_cannot_write_into_another_tenant(
             conn.execute(text("DELETE FROM sla_timers"))
 
 
+def test_the_api_role_cannot_move_its_rows_to_another_tenant(
+    app, two_tenants_with_history, tenant, other_tenant, engine
+):
+    mine, _ = two_tenants_with_history
+    app_engine = app.extensions["sla"].engine
+    moves = {
+        "sla_timers": "id = :id",
+        "sla_escalation_events": "timer_id = :id",
+        "api_keys": "true",
+    }
+    for table, where in moves.items():
+        with pytest.raises(ProgrammingError, match="row-level security"):  # noqa: SIM117
+            with tenant_scope(app_engine, tenant[0]) as conn:
+                conn.execute(
+                    text(f"UPDATE {table} SET tenant_id = :b WHERE {where}"),
+                    {"b": other_tenant[0], "id": mine["id"]},
+                )
+    with engine.connect() as conn:
+        for table in moves:
+            owners = conn.execute(text(f"SELECT DISTINCT tenant_id FROM {table}")).scalars()
+            assert set(owners) == {tenant[0], other_tenant[0]}, table
+
+
+_INSERT_FOR = {
+    "sla_timers": """
+        INSERT INTO sla_timers (id, tenant_id, lead_id, sla_contract_id, started_at, due_at,
+                                window_seconds, correlation_id, escalation_steps, next_fire_at)
+        VALUES (gen_random_uuid(), :t, 'intruder', 'default', now(), now(), 60, 'c',
+                '[]'::jsonb, now())
+    """,
+    "sla_escalation_events": """
+        INSERT INTO sla_escalation_events (tenant_id, lead_id, timer_id, escalation_step,
+            executed_at, outcome, escalation_config, correlation_id, idempotency_key)
+        VALUES (:t, 'intruder', :timer, 99, now(), 'SUCCESS', '{}'::jsonb, 'c', 'intruder')
+    """,
+    "outbox_events": """
+        INSERT INTO outbox_events (tenant_id, timer_id, event_type, payload, correlation_id,
+                                   idempotency_key)
+        VALUES (:t, :timer, 'sla.timer.started', '{}'::jsonb, 'c', 'intruder')
+    """,
+}
+
+
+@pytest.mark.parametrize("table", sorted(_INSERT_FOR))
+def test_the_api_role_cannot_insert_for_another_tenant(
+    app, two_tenants_with_history, tenant, other_tenant, engine, table
+):
+    _, theirs = two_tenants_with_history
+    app_engine = app.extensions["sla"].engine
+    params = {"t": other_tenant[0], "timer": theirs["id"]}
+    with pytest.raises(ProgrammingError, match="row-level security"):  # noqa: SIM117
+        with tenant_scope(app_engine, tenant[0]) as conn:
+            conn.execute(text(_INSERT_FOR[table]), params)
+    # The same statement for its own tenant is allowed: the policy refused, nothing else.
+    mine = {"t": tenant[0], "timer": two_tenants_with_history[0]["id"]}
+    with tenant_scope(app_engine, tenant[0]) as conn:
+        assert conn.execute(text(_INSERT_FOR[table]), mine).rowcount == 1
+
+
+@pytest.mark.parametrize("table", TENANT_TABLES)
+def test_the_api_role_cannot_truncate(app, two_tenants_with_history, tenant, engine, table):
+    with pytest.raises(ProgrammingError, match="permission denied"):  # noqa: SIM117
+        with tenant_scope(app.extensions["sla"].engine, tenant[0]) as conn:
+            conn.execute(text(f"TRUNCATE {table} CASCADE"))
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT count(*) FROM {table}")).scalar() > 0
+
+
+def test_a_key_prefix_opens_that_one_key_row_and_nothing_else(
+    app, two_tenants_with_history, tenant, other_tenant, engine
+):
+    with engine.begin() as conn:  # more keys, of both tenants, that must stay hidden
+        repo.create_api_key(conn, tenant[0])
+        repo.create_api_key(conn, other_tenant[0])
+    prefix = repo.key_prefix(tenant[1])
+    app_engine = app.extensions["sla"].engine
+    with app_engine.begin() as conn:
+        conn.execute(text("SELECT set_config('app.api_key_prefix', :p, true)"), {"p": prefix})
+        keys = conn.execute(text("SELECT tenant_id, prefix FROM api_keys")).all()
+        assert keys == [(tenant[0], prefix)]
+        counts = _counts(conn)
+        assert {t: c for t, c in counts.items() if t != "api_keys"} == {
+            t: {} for t in TENANT_TABLES if t != "api_keys"
+        }
+        # Reading is all the prefix allows: the row cannot be changed through it.
+        revoked = conn.execute(
+            text("UPDATE api_keys SET revoked_at = now(), key_hash = 'x' WHERE prefix = :p"),
+            {"p": prefix},
+        )
+        assert revoked.rowcount == 0
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT revoked_at, key_hash <> 'x' FROM api_keys WHERE prefix = :p"),
+            {"p": prefix},
+        ).one()
+    assert tuple(row) == (None, True)
+
+
 def test_the_api_role_is_not_the_owner_and_cannot_bypass(app, engine):
     with app.extensions["sla"].engine.connect() as conn:
         role = conn.execute(
@@ -141,15 +239,21 @@ def _tenant_routes(app) -> list[tuple[str, str]]:
     return routes
 
 
-def _timers_of(engine, tenant_id) -> list:
+def _rows_of(engine, tenant_id) -> dict[str, list]:
+    """Every row a tenant owns, every column, per table: what another tenant's
+    requests must leave exactly as it was."""
+    out = {}
     with engine.connect() as conn:
-        return conn.execute(
-            text(
-                "SELECT id, status, updated_at, cancelled_at, completed_at FROM sla_timers "
-                "WHERE tenant_id = :t ORDER BY id"
-            ),
-            {"t": tenant_id},
-        ).all()
+        for table in TENANT_TABLES:
+            column = _tenant_column(table)
+            out[table] = [
+                tuple(r)
+                for r in conn.execute(
+                    text(f"SELECT * FROM {table} WHERE {column} = :t ORDER BY id"),
+                    {"t": tenant_id},
+                ).all()
+            ]
+    return out
 
 
 def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
@@ -158,7 +262,8 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
     _, theirs = two_tenants_with_history
     routes = _tenant_routes(app)
     assert len(routes) >= 8
-    before = _timers_of(engine, other_tenant[0])
+    before = _rows_of(engine, other_tenant[0])
+    assert all(before[table] for table in TENANT_TABLES)  # something to compare
 
     values = {"<timer_id>": theirs["id"], "<path:lead_id>": "lead-b"}
     for method, rule in routes:
@@ -183,7 +288,7 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
         else:  # a start: it creates this tenant's own timer, never touches theirs
             assert response.status_code == 201, (rule, response.get_json())
 
-    assert _timers_of(engine, other_tenant[0]) == before
+    assert _rows_of(engine, other_tenant[0]) == before
 
 
 def test_a_scoped_connection_is_not_reused_with_the_old_tenant(app, tenant, other_tenant):
