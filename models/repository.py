@@ -174,7 +174,8 @@ def insert_events(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
 class NewTimer:
     lead_id: str
     sla_contract_id: str
-    started_at: datetime
+    # None: the start statement dates the timer with the database's clock.
+    started_at: datetime | None
     window_seconds: int
     escalation_steps: list[dict[str, Any]]
     correlation_id: str
@@ -199,6 +200,12 @@ _OPEN = "status IN ({})".format(", ".join(f"'{s}'" for s in OPEN_STATUSES))
 # safe because nothing here depends on the statement's snapshot (taken before
 # the lock): unique checks see every committed row, and in READ COMMITTED a
 # conflict with a row committed after the snapshot is still a DO NOTHING.
+#
+# The database's clock dates what the request does not: a start without
+# started_at, hence its due_at and first fire time, and the bookkeeping
+# (created_at, the started event). A web host's clock may be skewed, and a
+# timer dated by a clock running behind would fire early. statement_timestamp()
+# is one instant for the whole statement, so a bulk start shares it.
 _START_TIMERS = """
     WITH locked AS MATERIALIZED (
         SELECT count(pg_advisory_xact_lock(k)) AS n FROM (
@@ -213,13 +220,18 @@ _START_TIMERS = """
             id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
             correlation_id, idempotency_key, request_fingerprint, escalation_steps, metadata,
             next_fire_at, created_at, updated_at)
-        SELECT n.id, %(tenant)s, n.lead_id, n.sla_contract_id, n.started_at, n.due_at,
+        SELECT n.id, %(tenant)s, n.lead_id, n.sla_contract_id, started.at, due.at,
                n.window_seconds, n.correlation_id, n.idempotency_key, n.request_fingerprint,
-               n.escalation_steps, n.metadata, n.due_at, %(now)s, %(now)s
+               n.escalation_steps, n.metadata, due.at, statement_timestamp(),
+               statement_timestamp()
         FROM locked, jsonb_to_recordset(%(timers)s::jsonb) AS n(
             id uuid, lead_id text, sla_contract_id text, started_at timestamptz,
             due_at timestamptz, window_seconds int, correlation_id text, idempotency_key text,
             request_fingerprint text, escalation_steps jsonb, metadata jsonb)
+        CROSS JOIN LATERAL (SELECT coalesce(n.started_at, statement_timestamp()) AS at) AS started
+        CROSS JOIN LATERAL (
+            SELECT coalesce(n.due_at, started.at + make_interval(secs => n.window_seconds)) AS at
+        ) AS due
         ON CONFLICT DO NOTHING
         RETURNING *
     ),
@@ -227,11 +239,15 @@ _START_TIMERS = """
         INSERT INTO outbox_events
             (tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key,
              created_at)
-        SELECT e.tenant_id, e.timer_id, e.event_type, e.payload, e.correlation_id,
-               e.idempotency_key, e.created_at
+        -- The event tells the times the row holds, which only this statement knows.
+        SELECT e.tenant_id, e.timer_id, e.event_type,
+               e.payload || jsonb_build_object('started_at', inserted.started_at,
+                                               'due_at', inserted.due_at,
+                                               'occurred_at', inserted.created_at),
+               e.correlation_id, e.idempotency_key, inserted.created_at
         FROM jsonb_to_recordset(%(events)s::jsonb) AS e(
             tenant_id uuid, timer_id uuid, event_type text, payload jsonb,
-            correlation_id text, idempotency_key text, created_at timestamptz)
+            correlation_id text, idempotency_key text)
         JOIN inserted ON inserted.id = e.timer_id
         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     )
@@ -246,6 +262,8 @@ _TIMERS_BY_KEYS = text(
 # firing path and the lead routes lock them. Each pair is one probe of the
 # open-timer index (LIMIT 1: it holds at most one), whatever the statistics
 # say; a plain join can turn into a scan of every open timer of the tenant.
+# A timer that a cancel or complete closes meanwhile is not returned: the
+# locking read re-checks the row once the closing transaction commits.
 _OPEN_FOR_PAIRS = text(
     f"""
     WITH found AS MATERIALIZED (
@@ -282,13 +300,14 @@ def _driver(conn: Connection) -> psycopg.Connection:
 def _insert_timers(
     conn: Connection,
     tenant_id: UUID,
-    starts: Sequence[tuple[UUID, NewTimer, datetime]],
+    starts: Sequence[tuple[UUID, NewTimer, datetime | None]],
     now: datetime,
     *,
     scope: bool = False,
 ) -> dict[UUID, dict[str, Any]]:
     """Lock the pairs and insert what ``_START_TIMERS`` does not skip; with
-    ``scope``, first scope the (implicit, autocommit) transaction to the tenant."""
+    ``scope``, first scope the (implicit, autocommit) transaction to the tenant.
+    The stored rows and their started events carry the statement's times."""
     timers, started = [], []
     for timer_id, new, due in starts:
         timer = {
@@ -310,13 +329,13 @@ def _insert_timers(
             events.timer_event(
                 timer,
                 events.STARTED,
-                now,
+                now,  # the statement puts the stored times in its place
                 window_seconds=new.window_seconds,
                 escalation_steps=new.escalation_steps,
                 metadata=new.metadata,
             )
         )
-    params = {"tenant": tenant_id, "now": now, "timers": _json(timers), "events": _json(started)}
+    params = {"tenant": tenant_id, "timers": _json(timers), "events": _json(started)}
     if not scope:
         cursor = _driver(conn).cursor(row_factory=dict_row)
         rows = cursor.execute(_START_TIMERS, params).fetchall()
@@ -348,15 +367,14 @@ def _insert_timers(
 
 
 _PREPARED_START = "sla_start_timers"
-_PREPARE_START = f"PREPARE {_PREPARED_START} (uuid, timestamptz, text, text) AS" + (
+_PREPARE_START = f"PREPARE {_PREPARED_START} (uuid, text, text) AS" + (
     _START_TIMERS.replace("%(tenant)s", "$1")
-    .replace("%(now)s", "$2")
-    .replace("%(timers)s", "$3")
-    .replace("%(events)s", "$4")
+    .replace("%(timers)s", "$2")
+    .replace("%(events)s", "$3")
 )
 _SCOPED_START = (
     "SELECT set_config('app.tenant_id', %(tenant_text)s, true);"
-    f" EXECUTE {_PREPARED_START} (%(tenant)s, %(now)s, %(timers)s, %(events)s)"
+    f" EXECUTE {_PREPARED_START} (%(tenant)s, %(timers)s, %(events)s)"
 )
 
 
@@ -369,14 +387,22 @@ def _stored_by_key(
     return {r["idempotency_key"]: dict(r) for r in rows}
 
 
+# How many times a start supersedes and inserts again the timers its insert
+# skipped. One more round is all a race with a close can need (see below); the
+# bound only guarantees an end.
+_START_ROUNDS = 3
+
+
 def start_timers(
     conn: Connection,
     tenant_id: UUID,
-    starts: Sequence[tuple[NewTimer, datetime]],
+    starts: Sequence[tuple[NewTimer, datetime | None]],
     now: datetime,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Start timers, given as (timer, due_at) with distinct (lead, contract)
-    pairs; returns (timers in the given order, created).
+    pairs; returns (timers in the given order, created). A timer without
+    ``started_at`` (its due_at None) is dated by the database's clock; ``now``
+    dates the supersede of an open timer, as the close routes date theirs.
 
     Either every timer is created, or every one is an idempotent replay (each
     carries an idempotency key stored with the same request fingerprint) and
@@ -410,26 +436,34 @@ def start_timers(
             raise TimerConflict(KEY_REUSED)
         return replayed, False  # type: ignore[return-value]
 
-    previous = (
-        conn.execute(
-            _OPEN_FOR_PAIRS,
-            {
-                "tenant": tenant_id,
-                "leads": [new.lead_id for _, new, _ in skipped],
-                "contracts": [new.sla_contract_id for _, new, _ in skipped],
-            },
+    # Supersede the open timers of the skipped pairs, then insert those again.
+    # The pairs' advisory locks are ours until commit, so no other start can
+    # open a timer for them; but a cancel or complete (which do not take the
+    # lock) may close one between the insert and the lookup, leaving nothing to
+    # supersede: inserting again then succeeds. A round that finds no open
+    # timer and inserts nothing means the start repeats an existing one (the
+    # transaction is rolled back, superseded timers included).
+    for _ in range(_START_ROUNDS):
+        previous = (
+            conn.execute(
+                _OPEN_FOR_PAIRS,
+                {
+                    "tenant": tenant_id,
+                    "leads": [new.lead_id for _, new, _ in skipped],
+                    "contracts": [new.sla_contract_id for _, new, _ in skipped],
+                },
+            )
+            .mappings()
+            .all()
         )
-        .mappings()
-        .all()
-    )
-    # A skipped timer whose lead and contract has no open timer repeats an existing start.
-    if len(previous) == len(skipped):
         close_timers(conn, previous, "cancel", now, reason="superseded")
-        created |= _insert_timers(conn, tenant_id, skipped, now)
-    if len(created) < len(work):
-        keys = [
-            new.idempotency_key for i, new, _ in work if i not in created and new.idempotency_key
-        ]
+        inserted = _insert_timers(conn, tenant_id, skipped, now)
+        created |= inserted
+        skipped = [w for w in skipped if w[0] not in created]
+        if not skipped or not (previous or inserted):
+            break
+    if skipped:
+        keys = [new.idempotency_key for _, new, _ in skipped if new.idempotency_key]
         if _stored_by_key(conn, tenant_id, keys):  # taken meanwhile, by a start of other leads
             raise TimerConflict(KEY_REUSED)
         raise DuplicateStart(
@@ -439,7 +473,7 @@ def start_timers(
 
 
 def try_start_timer(
-    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime, now: datetime
+    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime | None, now: datetime
 ) -> dict[str, Any] | None:
     """The fast path of ``start_timer``: one statement that is its own
     transaction, so a start costs one round trip instead of three (BEGIN,
@@ -458,7 +492,7 @@ def try_start_timer(
 
 
 def start_timer(
-    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime, now: datetime
+    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime | None, now: datetime
 ) -> tuple[dict[str, Any], bool]:
     """Start a timer; returns (timer, created). A replay of the same idempotency key
     and body returns the stored timer; the same key with another body is a conflict.
@@ -469,9 +503,10 @@ def start_timer(
     try:
         rows, created = start_timers(conn, tenant_id, [(new, due)], now)
     except DuplicateStart:
+        started = new.started_at.isoformat() if new.started_at else "the same instant"
         raise DuplicateStart(
             f"a timer for lead {new.lead_id!r} and contract {new.sla_contract_id!r} "
-            f"started at {new.started_at.isoformat()} already exists"
+            f"started at {started} already exists"
         ) from None
     return rows[0], created
 

@@ -77,12 +77,14 @@ def _fingerprint(body: dict[str, Any]) -> str:
 
 def _new_timer(
     body: TimerCreate,
-    now: datetime,
     correlation_header: str | None,
     key: str | None,
     fingerprint: str | None,
-) -> tuple[repo.NewTimer, datetime]:
-    started = body.started_at or now
+) -> tuple[repo.NewTimer, datetime | None]:
+    # Without started_at, the database's clock dates the start (and so its
+    # due_at): this host's clock may be skewed, and one running behind would
+    # make timers fire early.
+    started = body.started_at
     new = repo.NewTimer(
         lead_id=body.lead_id,
         sla_contract_id=body.sla_contract_id,
@@ -94,7 +96,7 @@ def _new_timer(
         idempotency_key=key,
         request_fingerprint=fingerprint,
     )
-    return new, due_at(started, body.window)
+    return new, None if started is None else due_at(started, body.window)
 
 
 def _created(conn, rows: list[dict[str, Any]], created: bool) -> list[Timer]:
@@ -136,7 +138,7 @@ def start(body: TimerCreate):
     correlation = header("X-Correlation-ID", max_length=200)
     now = utcnow()
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
-    new, due = _new_timer(body, now, correlation, key, fingerprint)
+    new, due = _new_timer(body, correlation, key, fingerprint)
     # Most starts are a single statement of their own; the rest (supersede,
     # replay, conflicts) take the transactional path from the beginning.
     with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -185,7 +187,7 @@ def start_bulk(body: TimerBulkCreate):
     now = utcnow()
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     starts = [
-        _new_timer(item, now, correlation, None if key is None else f"{key}:{i}", fingerprint)
+        _new_timer(item, correlation, None if key is None else f"{key}:{i}", fingerprint)
         for i, item in enumerate(body.timers)
     ]
     try:
