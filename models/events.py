@@ -1,8 +1,11 @@
 """Outbox events: their idempotency keys and payloads (pure).
 
-Each key names one event per (timer, kind[, step]); the unique index on
+Each key names one event per (timer, kind[, n]); the unique index on
 ``(tenant_id, idempotency_key)`` turns a second write of the same event into a
-no-op, whatever path or race produced it.
+no-op, whatever path or race produced it. ``n`` is the step for step events
+and, for failed and retried events, the timer's ``retries`` (how many times a
+dead letter was re-armed): a timer can be dead-lettered, retried and
+dead-lettered again, and each of these gets its own event.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ ESCALATION_TRIGGERED = "sla.escalation.triggered"
 CANCELLED = "sla.timer.cancelled"
 COMPLETED = "sla.timer.completed"
 FAILED = "sla.timer.failed"
+RETRIED = "sla.timer.retried"
 
 _KIND = {
     STARTED: "started",
@@ -26,12 +30,15 @@ _KIND = {
     CANCELLED: "cancelled",
     COMPLETED: "completed",
     FAILED: "failed",
+    RETRIED: "retried",
 }
+# Numbered by the timer's retries counter, not fixed for the timer's life.
+PER_RETRY = (FAILED, RETRIED)
 
 
-def event_key(timer_id: UUID | str, event_type: str, step: int | None = None) -> str:
+def event_key(timer_id: UUID | str, event_type: str, n: int | None = None) -> str:
     key = f"{timer_id}:{_KIND[event_type]}"
-    return key if step is None else f"{key}:{step}"
+    return key if n is None else f"{key}:{n}"
 
 
 def timer_event(
@@ -45,7 +52,10 @@ def timer_event(
     """An outbox row for ``timer`` (a mapping with the sla_timers columns).
 
     Values stay Python objects (UUIDs, datetimes): the repository serializes
-    whole batches at once."""
+    whole batches at once. Failed and retried events are numbered by
+    ``timer["retries"]``."""
+    if event_type in PER_RETRY:
+        step = timer["retries"]
     payload = {
         "type": event_type,
         "timer_id": timer["id"],

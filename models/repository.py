@@ -726,40 +726,88 @@ def list_timers(
 
 # --------------------------------------------------------------------------- firing path
 
+# The database's clock decides what is due, when a lease ends and what the fire
+# records: hosts' clocks may be skewed, the database's is the one all share.
+# ``now()`` (the transaction's start) rather than ``clock_timestamp()``: it is
+# stable within a statement, so ``next_fire_at <= …`` stays an index condition.
+# Tests pass an instant in ``:now`` instead; production passes NULL.
+_DB_NOW = "coalesce(CAST(:now AS timestamptz), now())"
+
 _CLAIM_DUE = text(
-    """
+    f"""
     UPDATE sla_timers t SET
         processing_status = 'PROCESSING',
         claim_token = :token,
-        lease_expires_at = :now + make_interval(secs => :lease),
-        last_attempt_at = :now
+        lease_expires_at = {_DB_NOW} + make_interval(secs => :lease),
+        last_attempt_at = {_DB_NOW}
     FROM (
         SELECT id FROM sla_timers
-        WHERE processing_status = 'PENDING' AND next_fire_at <= :now
+        WHERE processing_status = 'PENDING' AND next_fire_at <= {_DB_NOW}
         ORDER BY next_fire_at
         LIMIT :limit
         FOR UPDATE SKIP LOCKED
     ) due
     WHERE t.id = due.id
     RETURNING t.id, t.tenant_id, t.lead_id, t.sla_contract_id, t.status, t.started_at,
-              t.due_at, t.escalation_steps, t.steps_done, t.attempts, t.last_error,
-              t.correlation_id
+              t.due_at, t.escalation_steps, t.steps_done, t.attempts, t.retries, t.last_error,
+              t.correlation_id, t.last_attempt_at AS claimed_at
     """
 )
 
 
 def claim_due(
-    conn: Connection, token: UUID, now: datetime, limit: int, lease_seconds: int
+    conn: Connection, token: UUID, now: datetime | None, limit: int, lease_seconds: int
 ) -> list[dict[str, Any]]:
     """Mark up to ``limit`` due timers PROCESSING under ``token``, skipping rows
-    another claimer holds, and return what planning them needs. Commit right
-    after, so the lease is visible to all."""
+    another claimer holds, and return what planning them needs, with
+    ``claimed_at``, the database's time of the claim. Commit right after, so
+    the lease is visible to all. ``now`` overrides the database's clock (tests;
+    production passes None)."""
     return [
         dict(r)
         for r in conn.execute(
             _CLAIM_DUE, {"token": token, "now": now, "limit": limit, "lease": lease_seconds}
         ).mappings()
     ]
+
+
+def lock_claimed(conn: Connection, token: UUID, ids: Sequence[UUID]) -> set[UUID]:
+    """Lock the claimed rows that still carry ``token`` and return their ids.
+
+    Run first in the transaction that fires them, before any action: a timer
+    cancelled, completed or rescued since the claim has lost the token and is
+    left alone. Holding the lock is what renews the lease: the rescue skips
+    locked rows, so it cannot take them while the transaction works."""
+    return set(
+        conn.execute(
+            text(
+                """
+                SELECT id FROM sla_timers
+                WHERE id = ANY(:ids) AND claim_token = :token
+                ORDER BY id  -- the order cancels lock in too: no deadlock
+                FOR UPDATE
+                """
+            ),
+            {"ids": list(ids), "token": token},
+        ).scalars()
+    )
+
+
+def release_claimed(conn: Connection, token: UUID, ids: Sequence[UUID]) -> int:
+    """Give claimed rows back (PENDING, next_fire_at unchanged) without counting
+    an attempt: their processing was not tried, or failed for a reason that was
+    not theirs (a transient database error)."""
+    return conn.execute(
+        text(
+            """
+            UPDATE sla_timers SET
+                processing_status = 'PENDING', claim_token = NULL, lease_expires_at = NULL,
+                updated_at = now()
+            WHERE id = ANY(:ids) AND claim_token = :token
+            """
+        ),
+        {"ids": list(ids), "token": token},
+    ).rowcount
 
 
 # One statement applies a whole planned batch. ``ours`` locks the claimed rows
@@ -859,26 +907,132 @@ def apply_fired(
     return set(result.scalars())
 
 
-def rescue_expired_leases(conn: Connection, now: datetime) -> int:
-    """Return rows whose claimer vanished (killed mid-batch) to PENDING."""
-    return conn.execute(
-        text(
-            """
-            UPDATE sla_timers SET
-                processing_status = 'PENDING', claim_token = NULL, lease_expires_at = NULL,
-                last_error = 'lease expired: the worker processing this timer was lost',
-                updated_at = :now
-            WHERE id IN (
-                -- A claimed row keeps its (past) next_fire_at: the index finds it.
-                SELECT id FROM sla_timers
-                WHERE next_fire_at <= :now
-                  AND processing_status = 'PROCESSING' AND lease_expires_at < :now
-                FOR UPDATE SKIP LOCKED
+LEASE_EXPIRED = "lease expired: the worker processing this timer was lost"
+
+# A rescue is an attempt: a timer whose processing keeps killing its worker, or
+# outlasting its lease, is dead-lettered like one that keeps raising, with its
+# sla.timer.failed event in the same statement. Rows whose claimer still holds
+# their lock (a long batch at work) are skipped, not taken from it.
+_RESCUE_EXPIRED = text(
+    f"""
+    WITH expired AS (
+        -- A claimed row keeps its (past) next_fire_at: the index finds it.
+        SELECT id FROM sla_timers
+        WHERE next_fire_at <= {_DB_NOW}
+          AND processing_status = 'PROCESSING' AND lease_expires_at < {_DB_NOW}
+        ORDER BY id
+        FOR UPDATE SKIP LOCKED
+    ),
+    rescued AS (
+        UPDATE sla_timers t SET
+            attempts = t.attempts + 1,
+            processing_status = CASE WHEN t.attempts + 1 >= :max_attempts
+                                     THEN 'FAILED' ELSE 'PENDING' END,
+            next_fire_at = CASE WHEN t.attempts + 1 >= :max_attempts
+                                THEN NULL ELSE t.next_fire_at END,
+            next_attempt_at = NULL,
+            claim_token = NULL, lease_expires_at = NULL,
+            last_error = :error,
+            updated_at = {_DB_NOW}
+        FROM expired
+        WHERE t.id = expired.id
+        RETURNING t.*
+    ),
+    failed AS (
+        -- The payload of models.events.timer_event(timer, FAILED, …).
+        INSERT INTO outbox_events
+            (tenant_id, timer_id, event_type, payload, correlation_id, idempotency_key,
+             created_at)
+        SELECT tenant_id, id, 'sla.timer.failed',
+               jsonb_build_object(
+                   'type', 'sla.timer.failed', 'timer_id', id, 'lead_id', lead_id,
+                   'sla_contract_id', sla_contract_id, 'started_at', started_at,
+                   'due_at', due_at, 'correlation_id', correlation_id,
+                   'occurred_at', updated_at, 'attempts', attempts, 'error', last_error),
+               correlation_id, id::text || ':failed:' || retries, updated_at
+        FROM rescued
+        WHERE processing_status = 'FAILED'
+        ORDER BY id
+        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    )
+    SELECT count(*) AS rescued, count(*) FILTER (WHERE processing_status = 'FAILED') AS failed
+    FROM rescued
+    """
+)
+
+
+def rescue_expired_leases(
+    conn: Connection, max_attempts: int, *, now: datetime | None = None
+) -> int:
+    """Return rows whose claimer vanished (killed mid-batch) to PENDING,
+    counting an attempt; dead-letter those that reach ``max_attempts``. Returns
+    how many were rescued (dead letters included). ``now`` overrides the
+    database's clock (tests)."""
+    row = conn.execute(
+        _RESCUE_EXPIRED, {"now": now, "max_attempts": max_attempts, "error": LEASE_EXPIRED}
+    ).one()
+    return row.rescued
+
+
+def retry_timer(
+    conn: Connection, tenant_id: UUID, timer_id: UUID
+) -> tuple[dict[str, Any], bool] | None:
+    """Re-arm a dead-lettered timer: (timer, retried now?), or None if the
+    tenant has no such timer.
+
+    A FAILED open timer goes back to PENDING, due now by the database's clock,
+    with its attempts reset and ``retries`` + 1; ``last_error`` keeps the reason
+    of the dead letter until the next attempt's outcome replaces it, and
+    ``sla.timer.retried`` is written. Asking again before it fails again changes
+    nothing (False): it was retried already. Anything else is a conflict."""
+    row = (
+        conn.execute(
+            text("SELECT * FROM sla_timers WHERE tenant_id = :tenant AND id = :id FOR UPDATE"),
+            {"tenant": tenant_id, "id": timer_id},
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    if row["processing_status"] == "FAILED" and row["status"] in ("ACTIVE", "DUE"):
+        retried = dict(
+            conn.execute(
+                text(
+                    """
+                    UPDATE sla_timers SET
+                        processing_status = 'PENDING', attempts = 0, retries = retries + 1,
+                        next_fire_at = now(), next_attempt_at = NULL,
+                        claim_token = NULL, lease_expires_at = NULL, updated_at = now()
+                    WHERE id = :id
+                    RETURNING *
+                    """
+                ),
+                {"id": timer_id},
             )
-            """
-        ),
-        {"now": now},
-    ).rowcount
+            .mappings()
+            .one()
+        )
+        insert_events(
+            conn,
+            [
+                events.timer_event(
+                    retried,
+                    events.RETRIED,
+                    retried["updated_at"],
+                    retries=retried["retries"],
+                    previous_error=row["last_error"],
+                )
+            ],
+        )
+        return retried, True
+    if row["retries"] > 0 and row["processing_status"] != "FAILED":
+        return dict(row), False
+    if row["processing_status"] == "FAILED":
+        raise TimerConflict(
+            f"timer is {row['status'].lower()} and cannot be retried: only an open timer can"
+        )
+    raise TimerConflict("timer has not failed: only a dead-lettered (FAILED) timer can be retried")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

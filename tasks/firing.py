@@ -3,38 +3,88 @@
 Per batch:
 
 1. claim up to ``batch_size`` due PENDING timers (one statement, SKIP LOCKED),
-   marking them PROCESSING under a fresh claim token with a lease; commit;
-2. plan each timer (pure) and run in-process actions, then write the whole
-   batch in one statement (due events, step rows with their events, the
-   timers' new state) that only touches rows still carrying our token; commit.
+   marking them PROCESSING under a fresh claim token with a lease; commit.
+   The database's clock decides what is due and when the lease ends, and its
+   time of the claim is the batch's "now" (what has come due, ``executed_at``,
+   the events' ``created_at``);
+2. plan each timer (pure);
+3. in one transaction:
+   - timers with a registered in-process action among their due steps
+     ("action timers") are locked first and their token checked, before any
+     action runs; a timer that lost its claim runs nothing;
+   - the other timers are written in one statement (due events, step rows with
+     their events, new states) that only touches rows still carrying our
+     token: the fast path of a burst, one round trip for the whole batch;
+   - then each action timer, under its own savepoint: its actions (each given
+     the transaction's connection and the step's idempotency key), then its
+     writes. A step that succeeded is recorded even if a later one raises; the
+     failure counts an attempt and the retry resumes at the failed step.
+   commit.
 
 Exactly-once steps rest on the database: a step row is unique per (timer,
 step) and its event is written only when the row is. Duplicate wake-ups,
 concurrent sweepers and re-claims after a lease expiry can at worst do
-nothing. A worker killed between 1 and 2 leaves rows PROCESSING; the sweeper
-returns them to PENDING once their lease expires.
+nothing. An action runs again only if the transaction that records its step
+is lost after it ran (the process or its connection dies inside the step).
+
+Failures:
+
+- a statement that fails in SQL (a poisoned row) is retried timer by timer
+  inside the same transaction, under savepoints, so the other rows are written
+  once and no action runs twice; the row that fails counts an attempt;
+- a transient error (deadlock, serialization failure, lock or statement
+  timeout) is retried in place a few times; if it persists the claim is given
+  back PENDING without counting an attempt;
+- losing the database (a connection invalidated) leaves the rows PROCESSING:
+  the sweeper's rescue returns them once their lease has expired, counting an
+  attempt. While the transaction holds the rows' locks the rescue cannot take
+  them, which is what renews a long batch's lease; a hung action is bounded by
+  ``idle_in_transaction_session_timeout`` (the lease) and by Dramatiq's time
+  limit, whose ``TimeLimitExceeded`` (a ``BaseException``) is recorded as the
+  timer's failure and ends the routine after the batch is written.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID, uuid4
 
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from models import events
 from models import repository as repo
 from models.config import Settings
-from models.sla import backoff_seconds, ladder, plan_fire, utcnow
+from models.sla import FirePlan, Step, backoff_seconds, ladder, plan_fire
 
-from .escalation import run_step
+from .escalation import StepContext, has_action, run_step
 
 log = logging.getLogger(__name__)
+
+# SQLSTATEs that say "try again", not "this row is bad": deadlock_detected,
+# serialization_failure, lock_not_available (lock_timeout), query_canceled
+# (statement_timeout). They never count as a timer's attempt.
+TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03", "57014"})
+# In-place retries of a statement that failed transiently, with these pauses.
+TRANSIENT_PAUSES_S = (0.05, 0.2, 0.5)
+# A timer given back after a persistent transient error is fired again this soon.
+RELEASED_RETRY = timedelta(seconds=1)
+
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, DBAPIError)
+        and not exc.connection_invalidated
+        and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
+    )
 
 
 @dataclass
@@ -45,6 +95,14 @@ class FireReport:
     steps: int = 0
     failures: int = 0
     dead_lettered: int = 0
+    # Claims given back without an attempt (transient errors, an interrupted batch).
+    released: int = 0
+    # Calls of registered in-process actions.
+    actions: int = 0
+    # Batches whose statement failed in SQL and were written timer by timer.
+    fallbacks: int = 0
+    # A time limit (or shutdown) interrupted the routine after writing its batch.
+    interrupted: bool = False
     # Instants at which processed timers need firing again (later steps, retries).
     next_fire_times: set[datetime] = field(default_factory=set)
 
@@ -55,31 +113,71 @@ class _BatchWrites:
     steps: list[dict[str, Any]] = field(default_factory=list)
     step_events: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
-    failures: int = 0
-    dead_lettered: int = 0
+    # The claimed rows, by id: what the one-by-one fallback needs to record a
+    # failure (not written).
+    timers: dict[UUID, Mapping[str, Any]] = field(default_factory=dict)
+
+    def add(self, other: _BatchWrites) -> None:
+        self.events += other.events
+        self.steps += other.steps
+        self.step_events += other.step_events
+        self.updates += other.updates
+        self.timers |= other.timers
+
+    def of(self, timer_id: UUID) -> _BatchWrites:
+        """This batch's writes for one timer."""
+        return _BatchWrites(
+            events=[e for e in self.events if e["timer_id"] == timer_id],
+            steps=[s for s in self.steps if s["timer_id"] == timer_id],
+            step_events=[e for e in self.step_events if e["timer_id"] == timer_id],
+            updates=[u for u in self.updates if u["id"] == timer_id],
+            timers={timer_id: self.timers[timer_id]},
+        )
+
+
+@dataclass
+class _Planned:
+    """One claimed timer: its plan, or why it could not be planned."""
+
+    timer: Mapping[str, Any]
+    plan: FirePlan | None = None
+    error: Exception | None = None
+
+    @property
+    def runs_actions(self) -> bool:
+        return self.plan is not None and any(has_action(s.action) for s in self.plan.steps)
 
 
 def fire_due(
     engine: Engine,
     settings: Settings,
     *,
-    now: Callable[[], datetime] = utcnow,
+    now: Callable[[], datetime] | None = None,
     max_batches: int | None = None,
     report: FireReport | None = None,
 ) -> FireReport:
     """Fire every due timer, batch after batch, until none is left (or for
-    ``max_batches``), adding to ``report`` when given."""
+    ``max_batches``), adding to ``report`` when given. The database's clock
+    decides what is due; ``now`` overrides it (tests only)."""
     report = report or FireReport()
     while max_batches is None or report.batches < max_batches:
-        at = now()
         token = uuid4()
-        with engine.begin() as conn:
-            timers = repo.claim_due(conn, token, at, settings.batch_size, settings.lease_seconds)
+        instant = None if now is None else now()
+        timers = _retrying(
+            engine,
+            lambda conn, instant=instant, token=token: repo.claim_due(
+                conn, token, instant, settings.batch_size, settings.lease_seconds
+            ),
+        )
         if not timers:
             break
         report.batches += 1
         report.claimed += len(timers)
-        fire_claimed(engine, settings, timers, token, at, report)
+        released = report.released
+        fire_claimed(engine, settings, timers, token, timers[0]["claimed_at"], report)
+        # Given back rows are due again at once: leave them to the wake-up below.
+        if report.interrupted or report.released > released:
+            break
         if len(timers) < settings.batch_size:
             break
     return report
@@ -93,50 +191,265 @@ def fire_claimed(
     at: datetime,
     report: FireReport,
 ) -> None:
-    """Plan and write timers claimed under ``token`` (as ``claim_due`` returned them)."""
+    """Plan and write timers claimed under ``token`` (as ``claim_due`` returned
+    them) at ``at``, the database's time of the claim."""
+    planned = [_plan(timer, at) for timer in timers]
+    interrupt: BaseException | None = None
     try:
         with engine.begin() as conn:
-            _write(conn, token, at, plan_batch(timers, at, settings), report)
+            interrupt = _fire_in(conn, token, at, planned, settings, report)
+    except DBAPIError as exc:
+        if not is_transient(exc):
+            raise  # an outage (or a bug): the lease rescue returns these rows later
+        # Retried in place already: give the claim back, no attempt counted.
+        log.warning("batch of %d gave up on a transient error (%s): released", len(timers), exc)
+        released = _retrying(
+            engine, lambda conn: repo.release_claimed(conn, token, [t["id"] for t in timers])
+        )
+        report.released += released
+        report.next_fire_times.add(at + RELEASED_RETRY)
+        return
+    if interrupt is not None:
+        report.interrupted = True
+        if not isinstance(interrupt, TimeLimitExceeded):
+            raise interrupt  # shutdown, KeyboardInterrupt: recorded, now let it end the process
+
+
+def _fire_in(
+    conn: Connection,
+    token: UUID,
+    at: datetime,
+    planned: list[_Planned],
+    settings: Settings,
+    report: FireReport,
+) -> BaseException | None:
+    """The apply transaction; returns a BaseException an action raised (after
+    recording it) for the caller to raise once the batch is committed."""
+    acting = [p for p in planned if p.runs_actions]
+    ours: set[UUID] = set()
+    if acting:
+        # Bound an action that hangs: the database ends a transaction idle for
+        # a lease, the rows' locks go, and the rescue counts the attempt.
+        conn.exec_driver_sql(
+            f"SET LOCAL idle_in_transaction_session_timeout = {settings.lease_seconds * 1000}"
+        )
+        ours = _in_place(
+            conn, lambda: repo.lock_claimed(conn, token, [p.timer["id"] for p in acting])
+        )
+
+    plain = _BatchWrites()
+    for p in planned:
+        if not p.runs_actions:
+            plain.add(_writes_for(p, [], None, at, settings))
+    _apply(conn, token, at, plain, settings, report)
+
+    interrupt: BaseException | None = None
+    released: list[UUID] = []
+    for p in acting:
+        timer = p.timer
+        if timer["id"] not in ours:
+            continue  # cancelled, completed or rescued since the claim: run nothing
+        if interrupt is not None:
+            released.append(timer["id"])  # not tried: give it back, no attempt counted
+            continue
+        interrupt = _fire_acting(conn, token, at, p, settings, report)
+    if released:
+        report.released += _in_place(conn, lambda: repo.release_claimed(conn, token, released))
+        report.next_fire_times.add(at + RELEASED_RETRY)
+    return interrupt
+
+
+def _fire_acting(
+    conn: Connection,
+    token: UUID,
+    at: datetime,
+    p: _Planned,
+    settings: Settings,
+    report: FireReport,
+) -> BaseException | None:
+    """Run one locked timer's actions and write it, under one savepoint: what
+    its actions wrote through the connection commits with its step rows or not
+    at all."""
+    timer, plan = p.timer, p.plan
+    assert plan is not None
+    outcomes: list[tuple[Step, str, str | None]] = []
+    failure: BaseException | None = None
+    savepoint = conn.begin_nested()
+    try:
+        for step in plan.steps:
+            key = events.event_key(timer["id"], events.ESCALATION_TRIGGERED, step.step)
+            ctx = StepContext(conn=conn, timer=timer, step=step, idempotency_key=key)
+            try:
+                report.actions += has_action(step.action)
+                outcome = run_step(ctx)
+            except BaseException as exc:  # time limits and shutdowns included
+                if isinstance(exc, DBAPIError) and (
+                    exc.connection_invalidated or is_transient(exc)
+                ):
+                    raise  # an outage, or a transient error: not this timer's attempt
+                log.warning("timer %s step %d failed: %r", timer["id"], step.step, exc)
+                failure = exc
+                break
+            outcomes.append((step, *outcome))
+        _apply_one(conn, token, at, _writes_for(p, outcomes, failure, at, settings), report)
     except DBAPIError as exc:
         if exc.connection_invalidated:
-            raise  # The database is gone: the lease rescue returns these rows later.
-        if len(timers) == 1:
-            with engine.begin() as conn:
-                writes = _BatchWrites()
-                _plan_failure(timers[0], exc, at, settings, writes)
-                _write(conn, token, at, writes, report)
-            return
-        # Isolate the row that breaks the batch instead of failing all of them.
-        log.warning("batch of %d failed (%s); retrying timers one by one", len(timers), exc)
-        for timer in timers:
-            fire_claimed(engine, settings, [timer], token, at, report)
+            raise
+        savepoint.rollback()
+        if is_transient(exc):
+            # Persisted through the in-place retries: give this timer back.
+            log.warning("timer %s gave up on a transient error (%s): released", timer["id"], exc)
+            report.released += _in_place(
+                conn, lambda: repo.release_claimed(conn, token, [timer["id"]])
+            )
+            report.next_fire_times.add(at + RELEASED_RETRY)
+            return None
+        # Its writes fail in SQL: record the failure (an attempt) without them.
+        log.warning("timer %s could not be written (%s); recording the failure", timer["id"], exc)
+        failed = _BatchWrites(timers={timer["id"]: timer})
+        _plan_failure(timer, exc, at, settings, failed)
+        _apply(conn, token, at, failed, settings, report)
+        return None
+    savepoint.commit()
+    if failure is not None and not isinstance(failure, Exception):
+        return failure
+    return None
 
 
-def plan_batch(
-    timers: Iterable[Mapping[str, Any]], at: datetime, settings: Settings
-) -> _BatchWrites:
-    """Everything a batch must write, computed without I/O (actions aside)."""
-    writes = _BatchWrites()
-    for timer in timers:
+def _retrying(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """``work`` in a transaction of its own, retried after transient errors."""
+    for pause in (*TRANSIENT_PAUSES_S, None):
         try:
-            _plan_timer(timer, at, writes)
-        except Exception as exc:  # any failure is retried, then dead-lettered
-            log.warning("timer %s failed: %s", timer["id"], exc)
-            _plan_failure(timer, exc, at, settings, writes)
-    return writes
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            if pause is None or not is_transient(exc):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
-def _plan_timer(timer: Mapping[str, Any], at: datetime, writes: _BatchWrites) -> None:
-    steps = ladder(timer["escalation_steps"])
-    plan = plan_fire(
-        status=timer["status"],
-        due=timer["due_at"],
-        steps=steps,
-        steps_done=timer["steps_done"],
-        now=at,
+def _in_place(conn: Connection, statement: Callable[[], T]) -> T:
+    """``statement`` under a savepoint, retried in place after transient errors
+    (the rest of the transaction, and its locks, stay)."""
+    for pause in (*TRANSIENT_PAUSES_S, None):
+        try:
+            with conn.begin_nested():
+                return statement()
+        except DBAPIError as exc:
+            if pause is None or not is_transient(exc):
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
+def _apply(
+    conn: Connection,
+    token: UUID,
+    at: datetime,
+    writes: _BatchWrites,
+    settings: Settings,
+    report: FireReport,
+) -> None:
+    """Write timers in one statement; if it fails in SQL, timer by timer, so the
+    row that breaks the batch fails alone (and the others are written once)."""
+    if not writes.updates:
+        return
+    try:
+        _apply_one(conn, token, at, writes, report)
+        return
+    except DBAPIError as exc:
+        if exc.connection_invalidated or is_transient(exc) or len(writes.updates) == 1:
+            raise
+        log.warning(
+            "batch of %d failed (%s); writing its timers one by one", len(writes.updates), exc
+        )
+        report.fallbacks += 1
+    for timer_id, timer in writes.timers.items():
+        try:
+            _apply_one(conn, token, at, writes.of(timer_id), report)
+        except DBAPIError as exc:
+            if exc.connection_invalidated or is_transient(exc):
+                raise
+            log.warning("timer %s could not be written (%s); recording the failure", timer_id, exc)
+            failed = _BatchWrites()
+            _plan_failure(timer, exc, at, settings, failed)
+            try:
+                _apply_one(conn, token, at, failed, report)
+            except DBAPIError as again:
+                if again.connection_invalidated or is_transient(again):
+                    raise
+                # Not even its failure can be written: the lease rescue counts it.
+                log.error("timer %s: its failure could not be written either: %s", timer_id, again)
+
+
+def _apply_one(
+    conn: Connection, token: UUID, at: datetime, writes: _BatchWrites, report: FireReport
+) -> set[UUID]:
+    applied = _in_place(
+        conn,
+        lambda: repo.apply_fired(
+            conn,
+            token,
+            events=writes.events,
+            steps=writes.steps,
+            step_events=writes.step_events,
+            updates=writes.updates,
+            now=at,
+        ),
     )
-    # Run every action first: an exception leaves nothing of this timer in ``writes``.
-    outcomes = [(step, *run_step(timer, step)) for step in plan.steps]
+    _count(writes, applied, report)
+    return applied
+
+
+def _count(writes: _BatchWrites, applied: set[UUID], report: FireReport) -> None:
+    # Count only what was written: a timer cancelled since its claim was not.
+    report.became_due += sum(
+        e["event_type"] == events.DUE and e["timer_id"] in applied for e in writes.events
+    )
+    report.steps += sum(s["timer_id"] in applied for s in writes.steps)
+    report.failures += sum(u["attempts"] > 0 and u["id"] in applied for u in writes.updates)
+    report.dead_lettered += sum(
+        u["processing_status"] == "FAILED" and u["id"] in applied for u in writes.updates
+    )
+    report.next_fire_times.update(
+        u["next_fire_at"] for u in writes.updates if u["id"] in applied and u["next_fire_at"]
+    )
+
+
+def _plan(timer: Mapping[str, Any], at: datetime) -> _Planned:
+    try:
+        steps = ladder(timer["escalation_steps"])
+        plan = plan_fire(
+            status=timer["status"],
+            due=timer["due_at"],
+            steps=steps,
+            steps_done=timer["steps_done"],
+            now=at,
+        )
+    except Exception as exc:  # a malformed snapshot: retried, then dead-lettered
+        log.warning("timer %s cannot be planned: %s", timer["id"], exc)
+        return _Planned(timer, error=exc)
+    return _Planned(timer, plan)
+
+
+def _writes_for(
+    p: _Planned,
+    outcomes: Sequence[tuple[Step, str, str | None]],
+    failure: BaseException | None,
+    at: datetime,
+    settings: Settings,
+) -> _BatchWrites:
+    """What one timer's fire writes. ``outcomes`` are its run steps' outcomes
+    (for a timer without actions: none, and every due step is a SUCCESS);
+    ``failure`` what stopped its steps, if anything."""
+    timer, plan = p.timer, p.plan
+    writes = _BatchWrites(timers={timer["id"]: timer})
+    if plan is None:
+        _plan_failure(timer, p.error or RuntimeError("no plan"), at, settings, writes)
+        return writes
+    if not outcomes and failure is None:
+        outcomes = [(step, "SUCCESS", None) for step in plan.steps]
     if plan.became_due:
         writes.events.append(events.timer_event(timer, events.DUE, at))
     for step, outcome, error in outcomes:
@@ -166,18 +479,24 @@ def _plan_timer(timer: Mapping[str, Any], at: datetime, writes: _BatchWrites) ->
         )
         event["step"] = step.step
         writes.step_events.append(event)
-    writes.updates.append(
-        {
-            "id": timer["id"],
-            "status": plan.status,
-            "steps_done": plan.steps_done,
-            "next_fire_at": plan.next_fire_at,
-            "processing_status": "PENDING" if plan.next_fire_at else "COMPLETED",
-            "attempts": 0,
-            "last_error": timer.get("last_error"),
-            "next_attempt_at": None,
-        }
-    )
+    if failure is None:
+        writes.updates.append(
+            {
+                "id": timer["id"],
+                "status": plan.status,
+                "steps_done": plan.steps_done,
+                "next_fire_at": plan.next_fire_at,
+                "processing_status": "PENDING" if plan.next_fire_at else "COMPLETED",
+                "attempts": 0,
+                "last_error": timer.get("last_error"),
+                "next_attempt_at": None,
+            }
+        )
+    else:
+        # The steps before the failure are recorded; the retry resumes at it.
+        progressed = {**timer, "status": "DUE", "steps_done": timer["steps_done"] + len(outcomes)}
+        _plan_failure(progressed, failure, at, settings, writes)
+    return writes
 
 
 def _plan_failure(
@@ -188,7 +507,6 @@ def _plan_failure(
     writes: _BatchWrites,
 ) -> None:
     attempts = timer["attempts"] + 1
-    writes.failures += 1
     error = f"{type(exc).__name__}: {exc}"[:2000]
     update = {
         "id": timer["id"],
@@ -200,7 +518,6 @@ def _plan_failure(
     if attempts >= settings.max_attempts:
         # Dead letter: stop trying, say so, keep the row for inspection.
         update |= {"processing_status": "FAILED", "next_fire_at": None, "next_attempt_at": None}
-        writes.dead_lettered += 1
         writes.events.append(
             events.timer_event(timer, events.FAILED, at, attempts=attempts, error=error)
         )
@@ -216,27 +533,3 @@ def _plan_failure(
             "next_attempt_at": retry_at,
         }
     writes.updates.append(update)
-
-
-def _write(
-    conn: Connection, token: UUID, at: datetime, writes: _BatchWrites, report: FireReport
-) -> None:
-    applied = repo.apply_fired(
-        conn,
-        token,
-        events=writes.events,
-        steps=writes.steps,
-        step_events=writes.step_events,
-        updates=writes.updates,
-        now=at,
-    )
-    # Count only what was written: a timer cancelled since its claim was not.
-    report.became_due += sum(
-        e["event_type"] == events.DUE and e["timer_id"] in applied for e in writes.events
-    )
-    report.steps += sum(s["timer_id"] in applied for s in writes.steps)
-    report.failures += writes.failures
-    report.dead_lettered += writes.dead_lettered
-    report.next_fire_times.update(
-        u["next_fire_at"] for u in writes.updates if u["id"] in applied and u["next_fire_at"]
-    )
