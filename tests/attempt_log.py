@@ -19,7 +19,8 @@ Usage (with a psycopg or SQLAlchemy connection acting as the tables' owner)::
 
 The trigger function is SECURITY DEFINER (owned by whoever installs it, the
 tables' owner), so inserts made as ``sla_app`` or ``sla_maintenance`` log
-without grants on the side table and without row-level security on it.
+whatever their grants; both roles may also read the log. The side table has no
+row-level security: it spans tenants.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     seen_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     backend_pid int NOT NULL DEFAULT pg_backend_pid()
 );
+
+-- The trigger writes as its owner; the service's roles may read the log (tests
+-- read it through the maintenance engine) and write it directly.
+GRANT SELECT, INSERT ON {TABLE} TO sla_app, sla_maintenance;
+GRANT USAGE ON SEQUENCE {TABLE}_id_seq TO sla_app, sla_maintenance;
 
 CREATE OR REPLACE FUNCTION test_log_insert_attempt() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
