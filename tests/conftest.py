@@ -55,9 +55,7 @@ def _needs_services(path: Path) -> bool:
 
 
 def _resolve_services() -> None:
-    """Point the environment at the services and the test database, once. Runs
-    before the first module outside tests/unit is imported (some of them build
-    a broker at import), so ``pytest tests/unit`` starts and connects to nothing."""
+    """Point the environment at the services and the test database, once."""
     if os.environ.get("SLA_TEST_SERVER_URL"):
         return
     if os.environ.get("SLA_TEST_NO_SERVICES"):
@@ -70,6 +68,26 @@ def _resolve_services() -> None:
     test_db = os.environ.get("SLA_TEST_DATABASE", "sla_test")
     os.environ["SLA_TEST_SERVER_URL"] = server.render_as_string(hide_password=False)
     os.environ["DATABASE_URL"] = server.set(database=test_db).render_as_string(hide_password=False)
+
+
+def _args_need_services(args: list[str]) -> bool:
+    """Whether the command line names anything outside tests/unit (no path: the
+    whole suite). Options and their values are not existing paths."""
+    paths = [Path(a.split("::")[0]) for a in args if not a.startswith("-")]
+    paths = [p.resolve() for p in paths if p.exists()]
+    return not paths or any(_needs_services(p) for p in paths)
+
+
+# Now, before any other conftest is imported: importing the service's modules
+# builds a broker and caches the settings, which must already name the test
+# database. With both URLs given this is only environment, no I/O; the embedded
+# services are started only when the run goes beyond tests/unit (here, or at
+# the latest when such a test is collected), so ``pytest tests/unit`` starts
+# and connects to nothing.
+if (os.environ.get("DATABASE_URL") and os.environ.get("REDIS_URL")) or _args_need_services(
+    sys.argv[1:]
+):
+    _resolve_services()
 
 
 def pytest_configure(config: pytest.Config) -> None:
