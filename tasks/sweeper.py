@@ -37,9 +37,10 @@ class SweepReport:
 
 
 def rescue_lost_work(engine: Engine) -> int:
-    """Step 1: return rows whose lease expired to PENDING."""
+    """Step 1: return rows whose lease expired to PENDING (an attempt each; the
+    last one dead-letters), by the database's clock."""
     with engine.begin() as conn:
-        rescued = repo.rescue_expired_leases(conn, utcnow())
+        rescued = repo.rescue_expired_leases(conn, get_settings().max_attempts)
     if rescued:
         log.warning("rescued %d timers whose worker was lost", rescued)
     return rescued
