@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ def _json(rows: Any) -> str:
 # --------------------------------------------------------------------------- tenants & keys
 
 API_KEY_PREFIX = "sla"
+# What names a key (sla_<prefix>_<secret>): 48 random bits in lowercase hex.
+KEY_PREFIX_PATTERN = "^[0-9a-f]{12}$"
+_KEY_PREFIX = re.compile(KEY_PREFIX_PATTERN)
 
 
 def _hash_key(secret: str) -> str:
@@ -90,9 +94,14 @@ def tenant_exists(conn: Connection, tenant_id: UUID) -> bool:
     )
 
 
+def is_key_prefix(prefix: str) -> bool:
+    """Whether ``prefix`` has the form of a key's prefix (it may still name no key)."""
+    return _KEY_PREFIX.fullmatch(prefix) is not None
+
+
 def key_prefix(key: str) -> str | None:
     parts = key.split("_", 2)
-    if len(parts) != 3 or parts[0] != API_KEY_PREFIX:
+    if len(parts) != 3 or parts[0] != API_KEY_PREFIX or not is_key_prefix(parts[1]):
         return None
     return parts[1]
 

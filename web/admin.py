@@ -17,7 +17,7 @@ from models import repository as repo
 from models.db import tenant_scope
 
 from .operations import json_response, operation
-from .problems import not_found
+from .problems import not_found, validation_error
 from .schemas import ApiKey, ApiKeyCreated, ApiKeyList, Problem, TenantCreate, TenantCreated
 
 bp = Blueprint("admin", __name__)
@@ -43,6 +43,7 @@ def create_tenant(body: TenantCreate):
 
 NO_TENANT = ("No such tenant, or SLA_ADMIN_TOKEN is not configured", Problem)
 NO_KEY = ("No such tenant or key, or SLA_ADMIN_TOKEN is not configured", Problem)
+PREFIX_REASON = "must be the 12 lowercase hexadecimal characters after sla_ in the key"
 
 
 def _tenant_scope(raw: str):
@@ -95,13 +96,19 @@ def create_key(tenant_id: str):
     "Revoke an API key",
     tag="admin",
     auth="admin",
-    responses={200: ("Revoked (also when it already was)", ApiKey), 404: NO_KEY},
+    responses={
+        200: ("Revoked (also when it already was)", ApiKey),
+        404: NO_KEY,
+        422: ("The prefix is not 12 lowercase hexadecimal characters", Problem),
+    },
     description=(
         "This process stops accepting the key at once; other API processes within "
         "SLA_API_KEY_CACHE_SECONDS."
     ),
 )
 def revoke_key(tenant_id: str, prefix: str):
+    if not repo.is_key_prefix(prefix):  # e.g. a NUL, which the database cannot even compare
+        raise validation_error([{"field": "prefix", "reason": PREFIX_REASON}])
     tid, scope = _tenant_scope(tenant_id)
     with scope as conn:
         record = repo.revoke_api_key(conn, tid, prefix)

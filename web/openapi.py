@@ -10,6 +10,8 @@ from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from models import repository as repo
+
 from .operations import Operation, operation
 from .schemas import Problem, Timer, TimerBatch
 
@@ -30,10 +32,20 @@ HEADERS = {
     ),
 }
 PATH_PARAMS = {
-    "timer_id": {"type": "string", "format": "uuid"},
-    "lead_id": {"type": "string", "minLength": 1, "maxLength": 200},
-    "tenant_id": {"type": "string", "format": "uuid"},
-    "prefix": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+    "timer_id": (
+        "The timer's id. Anything but a UUID names no timer: 404.",
+        {"type": "string", "format": "uuid"},
+    ),
+    "lead_id": ("1 to 200 characters.", {"type": "string", "minLength": 1, "maxLength": 200}),
+    "tenant_id": (
+        "The tenant's id. Anything but a UUID names no tenant: 404.",
+        {"type": "string", "format": "uuid"},
+    ),
+    "prefix": (
+        "The key's prefix, the 12 hexadecimal characters after sla_ (sla_<prefix>_<secret>);"
+        " anything else is a 422.",
+        {"type": "string", "pattern": repo.KEY_PREFIX_PATTERN},
+    ),
 }
 SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}
 
@@ -122,7 +134,13 @@ def _responses(op: Operation, refs: dict, ops: list) -> dict[str, Any]:
 
 def _parameters(path: str, op: Operation) -> list[dict[str, Any]]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": PATH_PARAMS[name]}
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": PATH_PARAMS[name][1],
+            "description": PATH_PARAMS[name][0],
+        }
         for name in re.findall(r"{(\w+)}", path)
     ]
     params += [

@@ -57,8 +57,12 @@ def _conflict(exc: repo.TimerConflict) -> ApiProblem:
     return ApiProblem(409, str(exc), type_=problem_type("conflict"))
 
 
-def _timer_id(raw: str) -> UUID:
-    # A malformed id cannot name a timer: 404, like any unknown id.
+def _timer_id(raw: UUID | str) -> UUID:
+    # Routes take <uuid:timer_id>: a malformed id matches no route and is a
+    # 404 problem, like any unknown id, and /v1/timers/bulk is never read as
+    # an id (GET answers 405, and OPTIONS names only POST).
+    if isinstance(raw, UUID):
+        return raw
     try:
         return UUID(raw)
     except ValueError:
@@ -231,13 +235,13 @@ def list_timers(query: TimerListQuery):
     return json_response(TimerPage(items=items, next_cursor=next_cursor))
 
 
-@bp.get("/v1/timers/<timer_id>")
+@bp.get("/v1/timers/<uuid:timer_id>")
 @operation(
     "Get a timer and its recorded escalation steps",
     tag="timers",
     responses={200: ("The timer", Timer), 404: NOT_FOUND},
 )
-def get(timer_id: str):
+def get(timer_id: UUID):
     tid = _timer_id(timer_id)
     with _tenant() as conn:
         row = repo.get_timer(conn, g.tenant_id, tid)
@@ -246,7 +250,7 @@ def get(timer_id: str):
         return json_response(_with_escalations(conn, [row])[0])
 
 
-def _finish(timer_id: str, verb: str, reason: str | None):
+def _finish(timer_id: UUID, verb: str, reason: str | None):
     tid = _timer_id(timer_id)
     try:
         with _tenant() as conn:
@@ -259,7 +263,7 @@ def _finish(timer_id: str, verb: str, reason: str | None):
     return json_response(timer)
 
 
-@bp.post("/v1/timers/<timer_id>/cancel")
+@bp.post("/v1/timers/<uuid:timer_id>/cancel")
 @operation(
     "Cancel a timer",
     limited=True,
@@ -269,11 +273,11 @@ def _finish(timer_id: str, verb: str, reason: str | None):
     responses={200: ("Cancelled (or already was)", Timer), 404: NOT_FOUND, 409: CONFLICT},
     description="Idempotent. Steps not yet fired are recorded SKIPPED.",
 )
-def cancel(timer_id: str, body: CancelRequest):
+def cancel(timer_id: UUID, body: CancelRequest):
     return _finish(timer_id, "cancel", body.reason)
 
 
-@bp.post("/v1/timers/<timer_id>/complete")
+@bp.post("/v1/timers/<uuid:timer_id>/complete")
 @operation(
     "Complete a timer (the lead was handled)",
     limited=True,
@@ -283,7 +287,7 @@ def cancel(timer_id: str, body: CancelRequest):
     responses={200: ("Completed (or already was)", Timer), 404: NOT_FOUND, 409: CONFLICT},
     description="Idempotent. Records breached = completed after due_at.",
 )
-def complete(timer_id: str, body: CompleteRequest):
+def complete(timer_id: UUID, body: CompleteRequest):
     return _finish(timer_id, "complete", None)
 
 

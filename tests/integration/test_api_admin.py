@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import re
 
 import pytest
 
@@ -127,7 +128,7 @@ def test_openapi_document_describes_every_route(app):
 
     documented = {(p, m.upper()) for p, ops in doc["paths"].items() for m in ops}
     for rule in app.url_map.iter_rules():
-        path = rule.rule.replace("<path:lead_id>", "{lead_id}").replace("<", "{").replace(">", "}")
+        path = re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule)  # <uuid:timer_id> -> {timer_id}
         for method in rule.methods - {"HEAD", "OPTIONS"}:
             assert (path, method) in documented
 
@@ -192,6 +193,45 @@ def test_api_keys_can_be_issued_listed_and_revoked(admin_app, settings, tenant, 
     assert_problem(client.get(unknown, headers=admin), 404)
     assert_problem(client.post(unknown, headers=admin), 404)
     assert_problem(client.get("/v1/admin/tenants/not-a-uuid/api-keys", headers=admin), 404)
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "%00",
+        "%00" * 12,
+        "ABCDEF012345",
+        "abcdef01234",
+        "abcdef0123456",
+        "sla_abcdef012345",
+        "%C3%A9",
+    ],
+)
+def test_a_malformed_key_prefix_is_422_naming_it(admin_app, tenant, prefix):
+    client = admin_app.test_client()
+    response = client.delete(
+        f"/v1/admin/tenants/{tenant[0]}/api-keys/{prefix}", headers=bearer(TOKEN)
+    )
+    problem = assert_problem(response, 422, "prefix")
+    assert "12 lowercase hexadecimal" in problem["errors"][0]["reason"]
+    # Nothing was revoked: the tenant's key still works.
+    assert client.get("/v1/timers", headers=bearer(tenant[1])).status_code == 200
+
+
+def test_a_well_formed_unknown_prefix_is_404(admin_app, tenant):
+    client = admin_app.test_client()
+    response = client.delete(
+        f"/v1/admin/tenants/{tenant[0]}/api-keys/0123456789ab", headers=bearer(TOKEN)
+    )
+    assert_problem(response, 404)
+
+
+def test_openapi_documents_the_prefix_pattern(admin_app):
+    doc = admin_app.test_client().get("/openapi.json").get_json()
+    revoke = doc["paths"]["/v1/admin/tenants/{tenant_id}/api-keys/{prefix}"]["delete"]
+    (prefix,) = [p for p in revoke["parameters"] if p["name"] == "prefix"]
+    assert prefix["in"] == "path" and prefix["schema"]["pattern"] == "^[0-9a-f]{12}$"
+    assert "422" in revoke["responses"]
 
 
 def test_keys_are_high_entropy_and_stored_only_as_hashes(engine, tenant):

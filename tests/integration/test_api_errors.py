@@ -232,11 +232,26 @@ def test_bad_list_query_is_422(api, query, field):
     assert_problem(api.get(f"/v1/timers?{query}"), 422, field)
 
 
+@pytest.mark.parametrize("timer_id", ["not-a-uuid", "%00", "bulk"])
 @pytest.mark.parametrize("suffix", ["", "/cancel", "/complete"])
-def test_non_uuid_timer_id_is_404(api, suffix):
-    path = f"/v1/timers/not-a-uuid{suffix}"
+def test_non_uuid_timer_id_is_404(api, suffix, timer_id):
+    if (timer_id, suffix) == ("bulk", ""):
+        return  # POST /v1/timers/bulk is the bulk start
+    path = f"/v1/timers/{timer_id}{suffix}"
     response = api.post(path) if suffix else api.get(path)
     assert_problem(response, 404)
+
+
+def test_the_bulk_path_is_not_read_as_a_timer_id(api):
+    # GET /v1/timers/bulk used to be the lookup of the timer "bulk" (404).
+    response = api.get("/v1/timers/bulk")
+    assert_problem(response, 405)
+    assert set(response.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    options = api.client.options("/v1/timers/bulk")
+    assert set(options.headers["Allow"].split(", ")) == {"POST", "OPTIONS"}
+    # A timer id in any case still names the timer.
+    timer = api.start(lead_id="lead-upper")
+    assert api.get(f"/v1/timers/{timer['id'].upper()}").get_json()["id"] == timer["id"]
 
 
 @pytest.mark.parametrize(

@@ -284,7 +284,7 @@ def test_every_database_route_is_in_the_outage_sweep(pg_app, tenant):
     calls = db_calls(pg_app, tenant_key=tenant[1], values={})
     names = {c.name for c in calls}
     # A sanity floor: the sweep found the routes it is meant to find.
-    assert {"POST /v1/timers", "POST /v1/timers/bulk", "GET /v1/timers/<timer_id>"} <= names
+    assert {"POST /v1/timers", "POST /v1/timers/bulk", "GET /v1/timers/<uuid:timer_id>"} <= names
     assert not any(PROBE in n or any(f in n for f in DB_FREE) for n in names)
 
 
@@ -297,6 +297,7 @@ def test_postgres_down_every_route_is_a_prompt_503_and_the_pool_recovers(
     timer = api.post("/v1/timers", {"lead_id": "existing", "window_seconds": 600}).get_json()
     assert api.get(f"/v1/timers/{timer['id']}").status_code == 200
     values = {"timer_id": timer["id"], "lead_id": "existing", "tenant_id": str(tenant[0])}
+    values["prefix"] = "0123456789ab"  # well formed, so the route reaches the database
     calls = db_calls(pg_app, tenant_key=tenant[1], values=values)
     # A key this process has not cached yet needs the database to authenticate: 503, not 401.
     calls.append(Call("GET /v1/timers (uncached key)", "GET", "/v1/timers", other_tenant[1]))

@@ -265,7 +265,7 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
     before = _rows_of(engine, other_tenant[0])
     assert all(before[table] for table in TENANT_TABLES)  # something to compare
 
-    values = {"<timer_id>": theirs["id"], "<path:lead_id>": "lead-b"}
+    values = {"<uuid:timer_id>": theirs["id"], "<path:lead_id>": "lead-b"}
     for method, rule in routes:
         path = rule
         for name, value in values.items():
@@ -277,7 +277,7 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
         elif rule == "/v1/timers/bulk":
             body = {"timers": [{"lead_id": "own-bulk", "window_seconds": 60}]}
         response = api.client.open(path, method=method, json=body, headers=api._headers(None, None))
-        if "<timer_id>" in rule:
+        if "<uuid:timer_id>" in rule:
             assert_problem(response, 404)
         elif "<path:lead_id>" in rule:
             # Leads are the tenant's own names: the other tenant's "lead-b" is
