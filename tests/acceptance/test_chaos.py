@@ -15,6 +15,7 @@ import pytest
 
 from bench import chaos
 from bench.common import Bench
+from tests import attempt_log
 
 
 def assert_invariants(result: dict) -> None:
@@ -32,11 +33,25 @@ def assert_invariants(result: dict) -> None:
     assert f["workers_polling_at_end"] == f["workers_running_at_end"], f
 
 
+# The faults come 3 s before the first due instant: the seeding (and, on a loaded
+# machine, the processes' start) must fit in the rest of this.
+DUE_IN_S = 8.0
+
+
 def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_path):
     bench = Bench(os.environ["DATABASE_URL"], os.environ["REDIS_URL"], os.environ.copy())
-    result = chaos.run(bench, dict(chaos.SMALL), tmp_path)
+    result = chaos.run(bench, {**chaos.SMALL, "due_in_s": DUE_IN_S}, tmp_path)
 
     assert_invariants(result)
+    # The rows are unique whatever happens: the insert attempts (tests/attempt_log.py)
+    # show whether anything was tried twice, and when the database first saw each step.
+    n = result["figures"]["timers"]
+    with engine.connect() as conn:
+        assert attempt_log.duplicate_attempts(conn) == []
+        assert attempt_log.attempts(conn) == chaos.STEPS * n
+        assert attempt_log.attempts(conn, "outbox_events") == chaos.EVENTS_PER_TIMER * n
+        assert len(attempt_log.step_times(conn)) == chaos.STEPS * n
+        assert attempt_log.early_steps(conn) == []
     kinds = [fault["kind"] for fault in result["faults"]]
     assert kinds == ["Redis FLUSHDB", "worker SIGKILL"]
     # Both faults came before the first due instant: the new worker's boot sweep
