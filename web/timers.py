@@ -291,6 +291,44 @@ def complete(timer_id: UUID, body: CompleteRequest):
     return _finish(timer_id, "complete", None)
 
 
+@bp.post("/v1/timers/<uuid:timer_id>/retry")
+@operation(
+    "Retry a dead-lettered timer",
+    limited=True,
+    tag="timers",
+    responses={
+        200: ("Re-armed (or already was, and has not failed since)", Timer),
+        404: NOT_FOUND,
+        409: ("The timer is not dead-lettered (FAILED), or is closed", Problem),
+    },
+    description=(
+        "Re-arms a timer whose processing was dead-lettered (processing_status FAILED): "
+        "attempts back to 0, PENDING, fired again now, from the step that failed. "
+        "last_error keeps the dead letter's reason until the next attempt replaces it. "
+        "Writes sla.timer.retried. Idempotent: asking again before the timer fails "
+        "again answers 200 with no second event; once it has failed again, a retry "
+        "re-arms it again."
+    ),
+)
+def retry(timer_id: UUID):
+    tid = _timer_id(timer_id)
+    try:
+        with _tenant() as conn:
+            found = repo.retry_timer(conn, g.tenant_id, tid)
+            if found is None:
+                raise not_found("timer")
+            row, retried = found
+            timer = _with_escalations(conn, [row])[0]
+    except repo.TimerConflict as exc:
+        raise _conflict(exc) from None
+    if retried:
+        try:
+            schedule_wakeups([row["next_fire_at"]])
+        except Exception:  # the sweep fires it anyway
+            log.exception("scheduling the wake-up of retried timer %s failed", tid)
+    return json_response(timer)
+
+
 def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str | None):
     problems = text_problems({"lead_id": lead_id})
     if not 1 <= len(lead_id) <= 200:
