@@ -142,10 +142,8 @@ class _Planned:
     timer: Mapping[str, Any]
     plan: FirePlan | None = None
     error: Exception | None = None
-
-    @property
-    def runs_actions(self) -> bool:
-        return self.plan is not None and any(has_action(s.action) for s in self.plan.steps)
+    # A registered in-process action among its due steps: locked before it runs.
+    runs_actions: bool = False
 
 
 def fire_due(
@@ -308,7 +306,13 @@ def _fire_acting(
         log.warning("timer %s could not be written (%s); recording the failure", timer["id"], exc)
         failed = _BatchWrites(timers={timer["id"]: timer})
         _plan_failure(timer, exc, at, settings, failed)
-        _apply(conn, token, at, failed, settings, report)
+        try:
+            _apply_one(conn, token, at, failed, report)
+        except DBAPIError as again:
+            if again.connection_invalidated or is_transient(again):
+                raise
+            # Not even its failure can be written: the lease rescue counts it.
+            log.error("timer %s: its failure could not be written either: %s", timer["id"], again)
         return None
     savepoint.commit()
     if failure is not None and not isinstance(failure, Exception):
@@ -359,7 +363,7 @@ def _apply(
         _apply_one(conn, token, at, writes, report)
         return
     except DBAPIError as exc:
-        if exc.connection_invalidated or is_transient(exc) or len(writes.updates) == 1:
+        if exc.connection_invalidated or is_transient(exc):
             raise
         log.warning(
             "batch of %d failed (%s); writing its timers one by one", len(writes.updates), exc
@@ -430,7 +434,7 @@ def _plan(timer: Mapping[str, Any], at: datetime) -> _Planned:
     except Exception as exc:  # a malformed snapshot: retried, then dead-lettered
         log.warning("timer %s cannot be planned: %s", timer["id"], exc)
         return _Planned(timer, error=exc)
-    return _Planned(timer, plan)
+    return _Planned(timer, plan, runs_actions=any(has_action(s.action) for s in plan.steps))
 
 
 def _writes_for(

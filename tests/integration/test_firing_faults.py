@@ -261,6 +261,15 @@ def test_one_row_failing_in_sql_falls_back_and_the_others_fire_once(
             assert len(event_keys(engine, t["id"])) == 3
 
 
+def test_a_poisoned_timer_alone_in_its_batch_counts_an_attempt(engine, settings, tenant, poison):
+    timer = start_timer(engine, tenant[0], started_at=overdue())
+    poison(timer["id"])
+    report = fire_due(engine, settings)
+    assert (report.claimed, report.failures) == (1, 1)
+    r = row(engine, timer["id"])
+    assert (r["attempts"], r["processing_status"], r["claim_token"]) == (1, "PENDING", None)
+
+
 def test_a_batch_that_falls_back_runs_no_action_twice(engine, settings, tenant, counting, poison):
     acting = [start_timer(engine, tenant[0], started_at=overdue(), steps=COUNT) for _ in range(3)]
     plain = [start_timer(engine, tenant[0], started_at=overdue()) for _ in range(3)]
