@@ -2,11 +2,18 @@
 routes, the ``tenants`` CLI and the (admin-only) Dramatiq dashboard.
 
 Run it with ``flask --app web run`` or ``gunicorn 'web:create_app()'``.
+
+``create_app`` refuses to start (``TenantIsolationOff``, one line naming the
+cause and the fix) when the web engine's effective database role would see
+every tenant. If the database does not answer at start, the app starts
+anyway, answers 503s, and checks on the pool's first connection instead
+(``models.db.WebRoleGuard``).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from functools import cache
 
@@ -15,13 +22,13 @@ from flask import Flask
 from sqlalchemy import Engine
 
 from models.config import Settings, get_settings
-from models.db import get_engine, make_engine
-from tasks.broker import redis_client
+from models.db import TenantIsolationOff, get_engine, make_engine, web_role_guard
 
 from . import problems
 from .admin import bp as admin_bp
 from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
+from .health import REDIS_PROBE_TIMEOUT_MS, SchemaHeads, schema_heads
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .ratelimit import TenantRateLimit
@@ -29,14 +36,17 @@ from .timers import bp as timers_bp
 
 DASHBOARD_PREFIX = "/dramatiq"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Services:
     settings: Settings
     engine: Engine
-    redis: redis.Redis  # for the readiness probe only
+    probe_redis: redis.Redis  # readiness only: timeouts a probe can afford
     api_keys: ApiKeyCache
     rate_limit: TenantRateLimit | None
+    schema_heads: SchemaHeads  # the code's alembic head, read once
 
 
 def _engine_key(s: Settings) -> tuple:
@@ -113,23 +123,58 @@ def _mount_dashboard(app: Flask, token: str) -> None:
     )
 
 
+def _probe_redis(settings: Settings) -> redis.Redis:
+    timeout = min(settings.redis_timeout_seconds, REDIS_PROBE_TIMEOUT_MS / 1000)
+    return redis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def _check_web_role(engine: Engine, settings: Settings) -> None:
+    """Refuse to start under a role that sees every tenant; defer if the database is down."""
+    try:
+        web_role_guard(engine, settings).verify()
+    except problems.DB_UNAVAILABLE as exc:
+        log.warning(
+            "database unreachable at start (%s): the web role is checked on its first connection",
+            exc,
+        )
+
+
+def _isolation_off(exc: TenantIsolationOff):
+    # Found on the first connection after a start without the database: the
+    # process stays up but serves nothing (and /readyz says why).
+    return problems.problem_response(
+        503,
+        str(exc),
+        type_=problems.problem_type("tenant-isolation-off"),
+        headers={"Retry-After": str(problems.RETRY_AFTER_SECONDS)},
+    )
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
+    engine = engine_for(settings)
+    _check_web_role(engine, settings)
     app = Flask(__name__, static_folder=None)
     # Werkzeug answers 413 past this, also for chunked bodies without a length.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["sla"] = Services(
         settings,
-        engine_for(settings),
-        redis_client(settings),
-        ApiKeyCache(settings.api_key_cache_seconds),
+        engine,
+        _probe_redis(settings),
+        ApiKeyCache(
+            settings.api_key_cache_seconds, settings.redis_url, settings.redis_timeout_seconds
+        ),
         TenantRateLimit(settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds)
         if settings.rate_limit
         else None,
+        schema_heads(),
     )
 
     problems.register(app)
+    app.register_error_handler(TenantIsolationOff, _isolation_off)
     for blueprint in (timers_bp, admin_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(tenants_cli)

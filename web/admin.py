@@ -102,8 +102,9 @@ def create_key(tenant_id: str):
         422: ("The prefix is not 12 lowercase hexadecimal characters", Problem),
     },
     description=(
-        "This process stops accepting the key at once; other API processes within "
-        "SLA_API_KEY_CACHE_SECONDS."
+        "This process stops accepting the key at once, other API processes within a "
+        "second (the revocation is broadcast through Redis); while Redis is unreachable, "
+        "within SLA_API_KEY_CACHE_SECONDS."
     ),
 )
 def revoke_key(tenant_id: str, prefix: str):
@@ -114,7 +115,7 @@ def revoke_key(tenant_id: str, prefix: str):
         record = repo.revoke_api_key(conn, tid, prefix)
     if record is None:
         raise not_found("API key")
-    current_app.extensions["sla"].api_keys.forget(prefix)
+    current_app.extensions["sla"].api_keys.revoked(prefix)
     return json_response(ApiKey(**record))
 
 
@@ -144,4 +145,5 @@ def revoke_key_command(tenant_id: UUID, prefix: str) -> None:
         record = repo.revoke_api_key(conn, tenant_id, prefix)
     if record is None:
         raise click.ClickException(f"tenant {tenant_id} has no API key {prefix}")
+    current_app.extensions["sla"].api_keys.revoked(prefix)  # tell the web processes
     click.echo(f"revoked {prefix} at {record['revoked_at'].isoformat()}")

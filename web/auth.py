@@ -10,10 +10,14 @@ import base64
 import binascii
 import hmac
 import logging
+import os
+import random
 import re
+import threading
 import time
 from uuid import UUID
 
+import redis
 from flask import current_app, g, request
 from werkzeug.exceptions import NotFound
 
@@ -43,24 +47,84 @@ def bearer_token() -> str | None:
     return bearer_token_of(request.headers.get("Authorization", ""))
 
 
+# Revocations are broadcast here; the message is the key's prefix (12 hex
+# digits). Pub/sub ignores the Redis database number, so deployments sharing
+# a server share the channel: a stranger's message costs a cache miss at most.
+REVOKED_CHANNEL = "sla:api-keys:revoked"
+
+
 class ApiKeyCache:
     """API key prefix -> (tenant, key hash), kept ``ttl`` seconds per process, so
     a request does not cost a database round trip to authenticate.
 
     The presented key is still hashed and compared in constant time with the
     stored hash on every request; only the lookup is cached, and only for keys
-    that exist. The price: a revoked key keeps working in a process that saw it
-    for up to ``ttl`` seconds (SLA_API_KEY_CACHE_SECONDS; 0 disables the cache).
+    that exist. A revocation is published on ``REVOKED_CHANNEL`` and every web
+    process drops the key as it hears it (within a second); a process that
+    cannot hear it (Redis down) drops it when the entry expires, after at most
+    ``ttl`` seconds (SLA_API_KEY_CACHE_SECONDS; 0 disables the cache).
     """
 
     MAX_ENTRIES = 10_000
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, redis_url: str | None = None, redis_timeout: float = 2) -> None:
         self.ttl = ttl
         self._entries: dict[str, tuple[UUID, str, float]] = {}
+        # Bumped by every forget: a lookup that began before a revocation was
+        # heard must not cache what it read.
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._redis_url = redis_url
+        self._redis_timeout = redis_timeout
+        self._publisher = (
+            None
+            if redis_url is None
+            else redis.Redis.from_url(
+                redis_url, socket_timeout=redis_timeout, socket_connect_timeout=redis_timeout
+            )
+        )
+        self.listener: RevocationListener | None = None
 
     def forget(self, prefix: str) -> None:
-        self._entries.pop(prefix, None)
+        with self._lock:
+            self._entries.pop(prefix, None)
+            self._generation += 1
+
+    def forget_all(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self._generation += 1
+
+    def revoked(self, prefix: str) -> None:
+        """Drop a key revoked in the database here, and tell the other processes."""
+        self.forget(prefix)
+        if self._publisher is None:
+            return
+        try:
+            self._publisher.publish(REVOKED_CHANNEL, prefix)
+        except redis.RedisError as exc:
+            log.warning(
+                "revocation of API key %s not broadcast (%s): other web processes drop it "
+                "within SLA_API_KEY_CACHE_SECONDS",
+                prefix,
+                exc,
+            )
+
+    def _listen(self) -> None:
+        """Start this process's listener on first use (threads do not survive a fork)."""
+        if self._redis_url is None or self.ttl <= 0:
+            return
+        listener = self.listener
+        if listener is not None and listener.pid == os.getpid():
+            return
+        with self._lock:
+            if self.listener is None or self.listener.pid != os.getpid():
+                self.listener = RevocationListener(self, self._redis_url, self._redis_timeout)
+                self.listener.start()
+
+    def close(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
 
     def tenant_for(self, key: str, engine) -> UUID | None:
         prefix = repo.key_prefix(key)
@@ -69,6 +133,8 @@ class ApiKeyCache:
         now = time.monotonic()
         entry = self._entries.get(prefix)
         if entry is None or entry[2] <= now:
+            self._listen()
+            generation = self._generation
             with engine.connect() as conn:
                 record = repo.api_key_record(conn, prefix)
             if record is None:
@@ -76,11 +142,81 @@ class ApiKeyCache:
                 return None
             entry = (*record, now + self.ttl)
             if self.ttl > 0:
-                if len(self._entries) >= self.MAX_ENTRIES:
-                    self._entries.clear()
-                self._entries[prefix] = entry
+                with self._lock:
+                    if len(self._entries) >= self.MAX_ENTRIES:
+                        self._entries.clear()
+                    if generation == self._generation:
+                        self._entries[prefix] = entry
         tenant_id, key_hash, _ = entry
         return tenant_id if repo.key_matches(key_hash, key) else None
+
+
+class RevocationListener(threading.Thread):
+    """Subscribes to ``REVOKED_CHANNEL`` and makes the cache forget what it hears.
+
+    Revocations published while it is not subscribed are lost to it, so each
+    (re)subscription empties the cache: what was revoked meanwhile is looked
+    up again. A PING every ``HEARTBEAT_SECONDS`` shows a connection that died
+    silently; any failure reconnects with exponential backoff (with jitter).
+    """
+
+    HEARTBEAT_SECONDS = 5.0
+    BACKOFF_SECONDS = (0.1, 5.0)  # first, longest
+
+    def __init__(self, cache: ApiKeyCache, redis_url: str, timeout: float) -> None:
+        super().__init__(name="sla-api-key-revocations", daemon=True)
+        self.cache = cache
+        self.redis_url = redis_url
+        self.timeout = timeout
+        self.pid = os.getpid()
+        self.subscribed = threading.Event()
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        self.failures = 0
+        while not self._stopping.is_set():
+            try:
+                self._subscribe_and_listen()
+            except Exception as exc:
+                first, longest = self.BACKOFF_SECONDS
+                delay = min(longest, first * 2**self.failures) * random.uniform(0.5, 1)
+                if self.failures == 0:
+                    log.warning("API key revocations: not subscribed (%s); retrying", exc)
+                self.failures += 1
+                self._stopping.wait(delay)
+
+    def _subscribe_and_listen(self) -> None:
+        client = redis.Redis.from_url(
+            self.redis_url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout
+        )
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(REVOKED_CHANNEL)
+            last_heard = last_ping = time.monotonic()
+            while not self._stopping.is_set():
+                message = pubsub.get_message(timeout=0.5)
+                now = time.monotonic()
+                if message is not None:
+                    last_heard = now
+                    if message["type"] == "subscribe":
+                        self.cache.forget_all()
+                        self.failures = 0
+                        self.subscribed.set()
+                        log.info("API key revocations: subscribed to %s", REVOKED_CHANNEL)
+                    elif message["type"] == "message":
+                        self.cache.forget(message["data"].decode("ascii", "replace"))
+                if now - last_ping >= self.HEARTBEAT_SECONDS:
+                    pubsub.ping()
+                    last_ping = now
+                if now - last_heard > 2 * self.HEARTBEAT_SECONDS + self.timeout:
+                    raise redis.ConnectionError("no answer to PING")
+        finally:
+            self.subscribed.clear()
+            pubsub.close()
+            client.close()
 
 
 def authenticate_tenant() -> UUID:

@@ -348,8 +348,27 @@ class Liveness(ResponseModel):
 
 
 class Readiness(ResponseModel):
-    database: Literal["ok", "down"]
-    redis: Literal["ok", "down"]
+    """Ready: ``database`` ok and ``migrations`` ok or ahead; Redis only degrades service."""
+
+    database: Literal["ok", "down", "isolation-off"] = Field(
+        description="isolation-off: the web role would see every tenant (named in detail)."
+    )
+    migrations: Literal["ok", "ahead", "behind", "unknown"] = Field(
+        description=(
+            "The database's alembic revision against this code's head. behind (or not "
+            "migrated): not ready. ahead (a revision this code does not know, as during a "
+            "rolling deploy; migrations add without removing): ready. unknown: the "
+            "database is down."
+        )
+    )
+    revision: str | None = Field(description="The database's alembic revision.")
+    redis: Literal["ok", "degraded"] = Field(
+        description=(
+            "degraded: Redis is unreachable. Starts still succeed (201); wake-ups, the "
+            "rate limit and the broadcast of key revocations wait for it "
+            "(docs/reliability.md)."
+        )
+    )
 
 
 class FieldError(ResponseModel):

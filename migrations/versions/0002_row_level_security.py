@@ -12,6 +12,10 @@ FORCE ROW LEVEL SECURITY subjects the owner too, unless it is a superuser.
 Roles are cluster-wide, so they are created only if missing and are left in
 place by the downgrade (another database may use them).
 
+A login that may not create or grant roles (a PaaS owner login) skips those
+steps, and grants and policies name only roles that exist: the service then
+runs in single-login mode, whose policies are migration 0004's.
+
 Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-27 05:50:00
@@ -42,6 +46,7 @@ TABLES = {
 
 def _create_role(name: str) -> None:
     # Concurrent migrations of two databases may race to create the same role.
+    # A login without CREATEROLE goes on without it (single-login mode).
     op.execute(
         f"""
         DO $$ BEGIN
@@ -49,6 +54,21 @@ def _create_role(name: str) -> None:
                 CREATE ROLE {name} NOLOGIN;
             END IF;
         EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+                  WHEN insufficient_privilege THEN
+                      RAISE NOTICE 'cannot create role {name}: single-login mode';
+        END $$
+        """
+    )
+
+
+def _if_role(role: str, statement: str) -> None:
+    """Run ``statement`` only if ``role`` exists (it may not, see _create_role)."""
+    op.execute(
+        f"""
+        DO $$ BEGIN
+            IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
+                EXECUTE $sql${statement}$sql$;
+            END IF;
         END $$
         """
     )
@@ -58,45 +78,53 @@ def upgrade() -> None:
     for role in (APP, MAINTENANCE):
         _create_role(role)
         # The login role switches to these at connection start (-c role=...).
+        # Granting needs the admin option on the role, which a PaaS owner lacks.
         op.execute(
             f"""
             DO $$ BEGIN
-                IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
+                IF EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}')
+                   AND NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
                     EXECUTE format('GRANT {role} TO %I', current_user);
                 END IF;
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE NOTICE 'cannot grant role {role}: single-login mode';
             END $$
             """
         )
-        op.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
-        op.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
+        _if_role(role, f"GRANT USAGE ON SCHEMA public TO {role}")
+        _if_role(role, f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {role}")
 
     for table, (column, app_privileges) in TABLES.items():
-        op.execute(f"GRANT {app_privileges} ON {table} TO {APP}")
-        op.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {MAINTENANCE}")
+        _if_role(APP, f"GRANT {app_privileges} ON {table} TO {APP}")
+        _if_role(MAINTENANCE, f"GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO {MAINTENANCE}")
         op.execute(f"ALTER TABLE {table} ENABLE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} FORCE ROW LEVEL SECURITY")
-        op.execute(
+        _if_role(
+            APP,
             f"CREATE POLICY tenant_isolation ON {table} TO {APP} "
-            f"USING ({column} = {TENANT}) WITH CHECK ({column} = {TENANT})"
+            f"USING ({column} = {TENANT}) WITH CHECK ({column} = {TENANT})",
         )
-        op.execute(
-            f"CREATE POLICY maintenance ON {table} TO {MAINTENANCE} USING (true) WITH CHECK (true)"
+        _if_role(
+            MAINTENANCE,
+            f"CREATE POLICY maintenance ON {table} TO {MAINTENANCE} USING (true) WITH CHECK (true)",
         )
 
     # Authentication happens before the tenant is known: it names a key by its prefix.
-    op.execute(
-        f"CREATE POLICY key_lookup ON api_keys FOR SELECT TO {APP} USING (prefix = {KEY_PREFIX})"
+    _if_role(
+        APP,
+        f"CREATE POLICY key_lookup ON api_keys FOR SELECT TO {APP} USING (prefix = {KEY_PREFIX})",
     )
 
 
 def downgrade() -> None:
-    op.execute("DROP POLICY key_lookup ON api_keys")
+    op.execute("DROP POLICY IF EXISTS key_lookup ON api_keys")
     for table in TABLES:
-        op.execute(f"DROP POLICY maintenance ON {table}")
-        op.execute(f"DROP POLICY tenant_isolation ON {table}")
+        op.execute(f"DROP POLICY IF EXISTS maintenance ON {table}")
+        op.execute(f"DROP POLICY IF EXISTS tenant_isolation ON {table}")
         op.execute(f"ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY")
         op.execute(f"ALTER TABLE {table} DISABLE ROW LEVEL SECURITY")
-        op.execute(f"REVOKE ALL ON {table} FROM {APP}, {MAINTENANCE}")
+        for role in (APP, MAINTENANCE):
+            _if_role(role, f"REVOKE ALL ON {table} FROM {role}")
     for role in (APP, MAINTENANCE):
-        op.execute(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
-        op.execute(f"REVOKE USAGE ON SCHEMA public FROM {role}")
+        _if_role(role, f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}")
+        _if_role(role, f"REVOKE USAGE ON SCHEMA public FROM {role}")
