@@ -88,8 +88,10 @@ def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
 
 class TickActor(dramatiq.Actor):
     """A periodic actor whose scheduler survives a Redis outage: periodiq exits
-    when sending a tick fails, so a missed tick is logged instead. The next
-    tick, or a worker's boot sweep, catches up; timers wait in PostgreSQL."""
+    when sending a tick fails, so a missed tick is logged instead, and the
+    scheduler's direct firing (``tasks/scheduler.py``) fires due timers from
+    PostgreSQL until Redis is back; then the next tick or a worker's boot sweep
+    takes over again."""
 
     def send_with_options(self, *, args=(), kwargs=None, delay=None, **options):
         try:
@@ -100,6 +102,10 @@ class TickActor(dramatiq.Actor):
             log.warning(
                 "missed the %s tick at %s: %s", self.actor_name, options["scheduled_at"], exc
             )
+            from . import scheduler  # the module runs periodiq: imported by now if in use
+
+            if scheduler.current is not None:
+                scheduler.current.broker_failed()
             return None
 
 

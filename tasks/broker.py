@@ -1,13 +1,30 @@
 """The Dramatiq broker: Redis, with bounded timeouts and the periodiq middleware.
 
-Redis keys written by this service, beside Dramatiq's own ``dramatiq:*`` keys:
+Every Redis key the service writes, in one place. Everything in Redis is a
+hint or a guard: PostgreSQL holds the timers, the sweeper fires them even if
+every key and message here is lost, and while Redis is unreachable the
+scheduler fires them from PostgreSQL (``tasks/scheduler.py``).
 
-- ``sla:wakeup:<epoch_ms>``: set NX when a wake-up for that instant is enqueued,
-  so many timers due in the same bucket share one message. Expires shortly
-  after the instant; losing it only costs a duplicate (harmless) wake-up.
-
-Everything in Redis is a hint: PostgreSQL holds the timers, and the sweeper
-fires them even if every key and message here is lost.
+- ``dramatiq:*``: Dramatiq's own (``tasks/broker.py``): the queue ``dramatiq:sla``
+  and its delay queue ``dramatiq:sla.DQ`` (lists of message ids), their messages
+  (``dramatiq:sla.msgs``, ``dramatiq:sla.DQ.msgs``, hashes), each worker's
+  unacknowledged messages (``dramatiq:__acks__.<worker>.<queue>``, sets), the
+  workers' heartbeats (``dramatiq:__heartbeats__``, a sorted set) and the dead
+  messages of a queue (``dramatiq:<queue>.XQ`` and ``.XQ.msgs``, kept a week).
+  Wake-ups and sweeps are these messages.
+- ``sla:wakeup:<epoch_ms>`` (``tasks/wakeups.py``): set NX when a wake-up for
+  that instant is enqueued, so many timers due in the same bucket share one
+  message. Expires 5 s after the instant; losing it only costs a duplicate
+  (harmless) wake-up.
+- ``sla:catch-up:<epoch_ms>`` (``tasks/actors.py``): set NX when a wake-up or
+  sweep that could not reach PostgreSQL asks for a catch-up sweep at that
+  instant, so however many fail together one sweep is pending per instant.
+  Expires 5 s after the instant.
+- ``LIMITS:{LIMITER/sla-writes/<tenant>/<amount>/<multiples>/<unit>}`` and the
+  same key with ``/-1`` appended (``web/ratelimit.py``, the ``limits``
+  library's layout): the current and previous window of a tenant's
+  sliding-window write counter, per limit of ``SLA_RATE_LIMIT``, shared by
+  every web process. They expire with their window.
 """
 
 from __future__ import annotations
@@ -36,13 +53,14 @@ QUEUE = "sla"
 log = logging.getLogger(__name__)
 
 
-def redis_client(settings: Settings) -> redis.Redis:
+def redis_client(settings: Settings, timeout_seconds: float | None = None) -> redis.Redis:
     # Short timeouts: a Redis outage must not stall an API request that has
     # already committed its timer.
+    timeout = settings.redis_timeout_seconds if timeout_seconds is None else timeout_seconds
     return redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
         health_check_interval=30,
     )
 
