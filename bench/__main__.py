@@ -1,6 +1,7 @@
 """Run the benchmark suite and write ``bench/results/<profile>.json`` and plots.
 
-Each scenario module (``bench/p*.py``) has ``QUICK`` and ``FULL`` parameters and
+Each scenario module (``bench/p*.py``), or an object in one (``module:Name``,
+a variant), has ``QUICK`` and ``FULL`` parameters and
 ``run(bench, params, out_dir) -> dict`` returning ``params``, ``figures`` and
 ``rows``: the lines of the summary table, each a figure beside its limit or
 target, measured in this same run.
@@ -20,6 +21,7 @@ from .common import RESULTS, Bench, machine, write_results
 SCENARIOS = {
     "p1": "bench.p1_burst",
     "p2": "bench.p2_lateness",
+    "p2h": "bench.p2_lateness:Horizon",
     "p3": "bench.p3_recovery",
     "p4": "bench.p4_creation",
     "p5": "bench.p5_memory",
@@ -62,6 +64,9 @@ def main() -> int:
     parser.add_argument("--profile", choices=("quick", "full"), default="quick")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="e.g. p1,p3")
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="do not rewrite the table in docs/performance.md"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
@@ -76,7 +81,10 @@ def main() -> int:
     failed = False
     try:
         for name in args.only.split(","):
-            module = importlib.import_module(SCENARIOS[name])
+            module_name, _, variant = SCENARIOS[name].partition(":")
+            module = importlib.import_module(module_name)
+            if variant:
+                module = getattr(module, variant)
             params = module.FULL if args.profile == "full" else module.QUICK
             print(f"== {name}: {module.__doc__.strip().splitlines()[0]} {params}", flush=True)
             bench.reset()
@@ -98,7 +106,8 @@ def main() -> int:
     print(f"\nwrote {write_results(args.profile, report)}")
     from .report import update
 
-    update(args.profile)  # the table in docs/performance.md
+    if not args.no_doc:
+        update(args.profile)  # the table in docs/performance.md
     return 1 if failed else 0
 
 

@@ -109,7 +109,7 @@ INSERT INTO sla_timers (
     id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
     correlation_id, escalation_steps, next_fire_at)
 SELECT gen_random_uuid(), %(tenant)s, 'lead-' || %(prefix)s || g, 'default',
-       d - interval '60 seconds', d, 60, 'bench-' || g, %(steps)s::jsonb, d
+       d - make_interval(secs => %(window)s), d, %(window)s, 'bench-' || g, %(steps)s::jsonb, d
 FROM generate_series(1, %(n)s) AS g, LATERAL (SELECT {due} AS d) AS due
 """
 
@@ -124,12 +124,20 @@ def seed_timers(
     *,
     prefix: str = "",
     steps: str = ONE_STEP,
+    window_seconds: int = 60,
     params: dict | None = None,
 ) -> None:
     with bench.connect() as c:
         c.execute(
             _SEED.format(due=due_sql),
-            {"tenant": tenant, "n": n, "prefix": prefix, "steps": steps, **(params or {})},
+            {
+                "tenant": tenant,
+                "n": n,
+                "prefix": prefix,
+                "steps": steps,
+                "window": window_seconds,
+                **(params or {}),
+            },
         )
         c.execute("ANALYZE sla_timers")
 
