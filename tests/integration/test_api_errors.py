@@ -342,13 +342,16 @@ def test_database_down_is_503(engine, settings, tenant):
 
 def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
     from models import repository as repo
+    from tests.conftest import wait_until
     from web import create_app
 
-    cached = create_app(settings).test_client()
+    ttl = 2
+    cached = create_app(dataclasses.replace(settings, api_key_cache_seconds=ttl)).test_client()
     uncached = create_app(dataclasses.replace(settings, api_key_cache_seconds=0)).test_client()
     headers = {"Authorization": f"Bearer {tenant[1]}"}
+    before_cached = time.monotonic()
     assert cached.get("/v1/timers", headers=headers).status_code == 200
-    with engine.begin() as conn:
+    with engine.begin() as conn:  # straight in the database: no process hears of it
         assert repo.revoke_api_key(conn, tenant[0], repo.key_prefix(tenant[1]))
     # Revocation takes effect at once without the cache, within its TTL with it.
     assert_problem(uncached.get("/v1/timers", headers=headers), 401)
@@ -356,6 +359,15 @@ def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
     # A wrong secret for a cached prefix is still refused (the hash is compared).
     forged = {"Authorization": f"Bearer {tenant[1][:-4]}AAAA"}
     assert_problem(cached.get("/v1/timers", headers=forged), 401)
+    # Once the entry has lived its TTL, the revoked key stops working here too.
+    refused = wait_until(
+        lambda: (r := cached.get("/v1/timers", headers=headers)).status_code == 401 and r,
+        ttl + 10,
+        "the cached key to expire",
+        interval=0.1,
+    )
+    assert time.monotonic() - before_cached >= ttl
+    assert_problem(refused, 401)
 
 
 def test_connections_the_database_dropped_are_replaced_unnoticed(api, engine):
