@@ -1,6 +1,7 @@
 """Broker, actors, sweeper and firing routine.
 
-``dramatiq tasks`` runs the workers and ``periodiq tasks`` the scheduler:
+``dramatiq tasks`` runs the workers and ``python -m tasks.scheduler`` the
+scheduler (periodiq, plus firing from PostgreSQL while Redis is unreachable):
 importing this package sets the broker and declares every actor.
 """
 
