@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from uuid import uuid4
 
+import dramatiq
 import pytest
 from sqlalchemy import text
 
 from models import repository as repo
-from models.sla import utcnow
+from models.config import get_settings
+from models.sla import utcnow, wakeup_instant
 from tasks.actors import wake_up
 from tasks.broker import QUEUE
 from tasks.sweeper import sweep_once
@@ -19,6 +21,10 @@ from tests.conftest import redis_conn
 from tests.factories import overdue, start_timer
 
 DELAY_QUEUE = f"dramatiq:{QUEUE}.DQ"
+
+
+def epoch_ms(at) -> int:
+    return int(at.timestamp() * 1000)
 
 
 def status_of(engine, timer_id):
@@ -33,6 +39,33 @@ def delayed_messages():
     return redis_conn().llen(DELAY_QUEUE)
 
 
+def delayed_wake_ups() -> list[tuple[tuple, int]]:
+    """(args, eta in epoch ms) of each message on Dramatiq's delay queue, in
+    queue order: the list holds message ids, a hash beside it the messages."""
+    r = redis_conn()
+    out = []
+    for message_id in r.lrange(DELAY_QUEUE, 0, -1):
+        message = dramatiq.Message.decode(r.hget(f"{DELAY_QUEUE}.msgs", message_id))
+        assert (message.actor_name, message.queue_name) == ("wake_up", f"{QUEUE}.DQ")
+        out.append((tuple(message.args), message.options["eta"]))
+    return out
+
+
+def assert_wake_ups_for(instants, now_ms: int, sent_by_ms: int) -> None:
+    """One delayed wake-up per bucket of ``instants``, carrying the bucket's
+    instant and due on Dramatiq's delay queue the wake-up lead before it."""
+    settings = get_settings()
+    buckets = sorted(
+        {int(wakeup_instant(i, settings.wakeup_bucket_ms).timestamp() * 1000) for i in instants}
+    )
+    found = sorted(delayed_wake_ups())
+    assert [args for args, _ in found] == [(b,) for b in buckets]
+    for (eta_ms,), queued_eta in found:
+        # Enqueued between now_ms and sent_by_ms with delay eta - now_ms - lead.
+        earliest = eta_ms - settings.wakeup_lead_ms
+        assert earliest <= queued_eta <= earliest + (sent_by_ms - now_ms), (eta_ms, queued_eta)
+
+
 def test_timers_due_together_share_one_wake_up(engine):
     now = utcnow()
     soon = now + timedelta(seconds=30)
@@ -40,7 +73,7 @@ def test_timers_due_together_share_one_wake_up(engine):
     instants = [soon.replace(microsecond=us) for us in (10_000, 20_000, 20_001, 150_000)]
     instants.append(now + timedelta(days=3))
     assert schedule_wakeups(instants, now=now) == 2
-    assert delayed_messages() == 2
+    assert_wake_ups_for(instants[:4], epoch_ms(now), epoch_ms(utcnow()))
     # Scheduling again (another scheduler, a duplicate start) sends nothing new.
     assert schedule_wakeups(instants, now=now) == 0
     assert delayed_messages() == 2
@@ -90,11 +123,12 @@ def test_a_row_stuck_in_processing_is_rescued_after_its_lease(engine, settings, 
 
 
 def test_the_sweeper_schedules_wake_ups_for_timers_entering_the_horizon(engine, tenant):
-    start_timer(engine, tenant[0], window_seconds=120)  # inside the 300 s horizon
+    near = start_timer(engine, tenant[0], window_seconds=120)  # inside the 300 s horizon
     start_timer(engine, tenant[0], window_seconds=7 * 86400)  # far beyond it
+    before = utcnow()
     report = sweep_once()
     assert report.wakeups == 1
-    assert delayed_messages() == 1
+    assert_wake_ups_for([near["due_at"]], epoch_ms(before), epoch_ms(utcnow()))
 
 
 def test_scheduling_survives_redis_being_down(engine, monkeypatch):
