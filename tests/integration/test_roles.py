@@ -19,15 +19,20 @@ the shared sla_app / sla_maintenance roles are only granted to test roles.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import secrets
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
@@ -95,22 +100,16 @@ def owner_database(make_role) -> Iterator[tuple[str, str]]:
         server.execute(f"DROP OWNED BY {login}")  # grants it held elsewhere, if any
 
 
-@pytest.fixture
-def single_login(owner_database, settings) -> Iterator[tuple[Settings, Engine]]:
-    """Settings of the single-login mode on the migrated owner database, and
-    the maintenance engine made as the workers make theirs."""
-    _, url = owner_database
+def _single_login(settings: Settings, url: str) -> Settings:
+    """The settings of single-login mode on ``url``, migrated as its login."""
     migrated = _alembic(url, "upgrade", "head")
     assert migrated.returncode == 0, migrated.stderr
-    single = dataclasses.replace(
+    return dataclasses.replace(
         settings,
         database_url=normalize_database_url(url),
         db_app_role=None,
         db_maintenance_role=None,
     )
-    maintenance = make_engine(single, role=None, all_tenants=True, pool_size=2)
-    yield single, maintenance
-    maintenance.dispose()
 
 
 def _counts(conn) -> dict[str, set[str]]:
@@ -150,43 +149,94 @@ def test_an_owner_login_that_cannot_create_roles_migrates_up_and_down(owner_data
     assert owners == [([login],)]
 
 
-def test_single_login_mode_scopes_web_transactions_and_lets_maintenance_see_all(single_login):
+def _assert_single_login_isolation(single: Settings) -> None:
+    """The web app (a plain owner passes its start-up check) sees one tenant per
+    transaction; an engine made as the workers make theirs sees every tenant."""
     from web import create_app
 
-    single, maintenance = single_login
-    app = create_app(single)  # a plain owner passes the start-up check
+    app = create_app(single)
     web = app.extensions["sla"].engine
-    with maintenance.begin() as conn:
-        a, key_a = repo.create_tenant(conn, "acme")
-    with maintenance.begin() as conn:
-        b, _ = repo.create_tenant(conn, "globex")
-    client = app.test_client()
-    started = client.post(
-        "/v1/timers",
-        json={"lead_id": "lead-a", "window_seconds": 60},
-        headers={"Authorization": f"Bearer {key_a}"},
-    )
-    assert started.status_code == 201, started.get_json()
-
-    with tenant_scope(web, a) as conn:
-        assert (
-            conn.execute(text("SELECT current_user")).scalar_one()
-            == make_url(single.database_url).username
+    maintenance = make_engine(single, role=None, all_tenants=True, pool_size=2)
+    try:
+        with maintenance.begin() as conn:
+            a, key_a = repo.create_tenant(conn, "acme")
+        with maintenance.begin() as conn:
+            b, _ = repo.create_tenant(conn, "globex")
+        started = app.test_client().post(
+            "/v1/timers",
+            json={"lead_id": "lead-a", "window_seconds": 60},
+            headers={"Authorization": f"Bearer {key_a}"},
         )
-        scoped = _counts(conn)
-    assert all(tenants <= {str(a)} for tenants in scoped.values()), scoped
-    assert scoped["tenants"] == {str(a)} and scoped["sla_timers"] == {str(a)}
-    with web.connect() as conn:  # outside a scope: nothing
-        assert all(not tenants for tenants in _counts(conn).values())
-    with pytest.raises(ProgrammingError, match="row-level security"):  # noqa: SIM117
-        with tenant_scope(web, a) as conn:
-            conn.execute(text("UPDATE sla_timers SET tenant_id = :b"), {"b": b})
+        assert started.status_code == 201, started.get_json()
 
-    with maintenance.connect() as conn:  # an engine made as the workers' sees both
-        everything = _counts(conn)
-    assert everything["tenants"] == {str(a), str(b)}
-    assert everything["api_keys"] == {str(a), str(b)}
-    app.extensions["sla"].engine.dispose()
+        with tenant_scope(web, a) as conn:
+            owner = conn.execute(text("SELECT current_user")).scalar_one()
+            assert owner == make_url(single.database_url).username
+            scoped = _counts(conn)
+        assert all(tenants <= {str(a)} for tenants in scoped.values()), scoped
+        assert scoped["tenants"] == {str(a)} and scoped["sla_timers"] == {str(a)}
+        with web.connect() as conn:  # outside a scope: nothing
+            assert all(not tenants for tenants in _counts(conn).values())
+        with pytest.raises(ProgrammingError, match="row-level security"):  # noqa: SIM117
+            with tenant_scope(web, a) as conn:
+                conn.execute(text("UPDATE sla_timers SET tenant_id = :b"), {"b": b})
+
+        with maintenance.connect() as conn:
+            everything = _counts(conn)
+        assert everything["tenants"] == {str(a), str(b)}
+        assert everything["api_keys"] == {str(a), str(b)}
+    finally:
+        maintenance.dispose()
+        web.dispose()
+        app.extensions["sla"].api_keys.close()
+
+
+def test_single_login_mode_scopes_web_transactions_and_lets_maintenance_see_all(
+    owner_database, settings
+):
+    """On this cluster sla_app and sla_maintenance exist, but the owner may not grant them."""
+    _, url = owner_database
+    _assert_single_login_isolation(_single_login(settings, url))
+
+
+def test_single_login_mode_on_a_cluster_without_the_roles(settings):
+    """A fresh cluster, as a PaaS gives one: the roles do not exist and the owner
+    may not create them. The release phase succeeds and isolation holds."""
+    services = _ci_services()
+    data = Path(tempfile.mkdtemp(prefix="sla-test-single-login-"))
+    data.chmod(0o755)  # the server may run as another user (nobody, under root)
+    port = _free_port()
+    try:
+        server_url = services.start_pg(data / "pg", port)
+        login = f"sla_test_owner_{secrets.token_hex(4)}"
+        with psycopg.connect(server_url, autocommit=True) as server:
+            server.execute(f"CREATE ROLE {login} LOGIN NOSUPERUSER NOCREATEROLE NOBYPASSRLS")
+            server.execute(f"CREATE DATABASE app OWNER {login}")
+        url = make_url(server_url).set(username=login, database="app")
+        single = _single_login(settings, url.render_as_string(hide_password=False))
+        with psycopg.connect(server_url) as server:
+            roles = server.execute(
+                "SELECT count(*) FROM pg_roles WHERE rolname IN ('sla_app', 'sla_maintenance')"
+            ).fetchone()
+        assert roles == (0,)
+        _assert_single_login_isolation(single)
+    finally:
+        services.stop_pg(data / "pg", "immediate")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _ci_services():
+    """.ci/services.py as a module (its directory is not a package)."""
+    spec = importlib.util.spec_from_file_location("ci_services", ROOT / ".ci" / "services.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def test_the_workers_engine_marks_its_sessions_all_tenants(engine):
