@@ -4,10 +4,14 @@ The tests use ``DATABASE_URL`` and ``REDIS_URL`` when set, and otherwise start
 the embedded ones (``.ci/services.py``). They never write to the database the
 URL names: they create (and recreate) a dedicated database beside it,
 ``SLA_TEST_DATABASE`` (default ``sla_test``), and migrate it with alembic. The
-Redis database the URL names is flushed between tests.
+Redis database the URL names is flushed between tests. The test database also
+carries the insert-attempt log (``tests/attempt_log.py``), emptied with the
+tables before each test.
 
-Tiers: ``tests/unit`` (no I/O), ``tests/integration`` (PostgreSQL + Redis,
-in-process), ``tests/acceptance`` (real worker and scheduler processes).
+Tiers: ``tests/unit`` (no I/O: ``pytest tests/unit`` starts and connects to
+nothing, tests/unit/test_unit_tier.py checks it), ``tests/integration``
+(PostgreSQL + Redis, in-process), ``tests/acceptance`` (real worker and
+scheduler processes). Each test has a time limit (pytest-timeout).
 """
 
 from __future__ import annotations
