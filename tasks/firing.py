@@ -158,7 +158,8 @@ def fire_due(
     ``max_batches``), adding to ``report`` when given. The database's clock
     decides what is due; ``now`` overrides it (tests only)."""
     report = report or FireReport()
-    while max_batches is None or report.batches < max_batches:
+    # An interrupted routine (a time limit) does not start another batch.
+    while not report.interrupted and (max_batches is None or report.batches < max_batches):
         token = uuid4()
         instant = None if now is None else now()
         timers = _retrying(
