@@ -4,12 +4,14 @@ actions run once, poisoned rows, transient errors, time limits, skewed clocks.""
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import datetime, timedelta
 from uuid import uuid4
 
 import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 import models.sla
 from models import repository as repo
@@ -110,6 +112,23 @@ def test_a_batch_at_work_keeps_its_rows_past_its_lease(engine, settings, tenant,
     assert counting.calls == {key(timer, 1): 1}
     r = row(engine, timer["id"])
     assert (r["status"], r["attempts"]) == ("ESCALATED", 0)
+
+
+def test_a_hung_action_loses_its_transaction_after_a_lease_and_the_rescue_counts_it(
+    engine, settings, tenant, counting
+):
+    """The transaction's idle timeout is the lease: an action that hangs past it
+    loses the transaction (and the rows' locks), so the rescue can count it."""
+    timer = start_timer(engine, tenant[0], started_at=overdue(), steps=COUNT)
+    counting.during = lambda ctx: time.sleep(1.5)  # the hang itself, past a 1 s lease
+    with pytest.raises(DBAPIError) as lost:
+        fire_due(engine, dataclasses.replace(settings, lease_seconds=1))
+    assert lost.value.connection_invalidated
+    assert steps(engine, timer["id"]) == []
+    assert row(engine, timer["id"])["processing_status"] == "PROCESSING"
+    assert rescue(engine, settings, None) == 1
+    r = row(engine, timer["id"])
+    assert (r["processing_status"], r["attempts"]) == ("PENDING", 1)
 
 
 @pytest.mark.parametrize("interrupt", [TimeLimitExceeded, SystemExit])
