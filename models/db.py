@@ -163,10 +163,11 @@ def isolation_problem(facts: RoleFacts, configured_role: str | None) -> str | No
     """One line naming why ``facts`` break tenant isolation and how to fix it; None if not."""
     causes = []
     if facts.superuser:
+        # Which also implies the rest: a superuser is a member of every role.
         causes.append("is a superuser, which row-level security does not apply to")
-    if facts.bypass_rls:
+    elif facts.bypass_rls:
         causes.append("has BYPASSRLS")
-    if facts.maintenance:
+    if facts.maintenance and not facts.superuser:
         causes.append(f"inherits {', '.join(facts.maintenance)}, whose policies show every tenant")
     if facts.all_tenants:
         causes.append(f"starts its sessions with {ALL_TENANTS}=on, the maintenance setting")

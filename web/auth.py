@@ -15,6 +15,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from uuid import UUID
 
 import redis
@@ -165,7 +166,8 @@ class RevocationListener(threading.Thread):
 
     def __init__(self, cache: ApiKeyCache, redis_url: str, timeout: float) -> None:
         super().__init__(name="sla-api-key-revocations", daemon=True)
-        self.cache = cache
+        # Weak: the thread ends with the cache (an app that is gone, as in tests).
+        self._cache = weakref.ref(cache)
         self.redis_url = redis_url
         self.timeout = timeout
         self.pid = os.getpid()
@@ -175,11 +177,20 @@ class RevocationListener(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
 
+    def _live_cache(self) -> ApiKeyCache:
+        cache = self._cache()
+        if cache is None:
+            self.stop()
+            raise LookupError("the API key cache is gone")
+        return cache
+
     def run(self) -> None:
         self.failures = 0
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and self._cache() is not None:
             try:
                 self._subscribe_and_listen()
+            except LookupError:
+                return
             except Exception as exc:
                 first, longest = self.BACKOFF_SECONDS
                 delay = min(longest, first * 2**self.failures) * random.uniform(0.5, 1)
@@ -197,17 +208,18 @@ class RevocationListener(threading.Thread):
             pubsub.subscribe(REVOKED_CHANNEL)
             last_heard = last_ping = time.monotonic()
             while not self._stopping.is_set():
+                self._live_cache()
                 message = pubsub.get_message(timeout=0.5)
                 now = time.monotonic()
                 if message is not None:
                     last_heard = now
                     if message["type"] == "subscribe":
-                        self.cache.forget_all()
+                        self._live_cache().forget_all()
                         self.failures = 0
                         self.subscribed.set()
                         log.info("API key revocations: subscribed to %s", REVOKED_CHANNEL)
                     elif message["type"] == "message":
-                        self.cache.forget(message["data"].decode("ascii", "replace"))
+                        self._live_cache().forget(message["data"].decode("ascii", "replace"))
                 if now - last_ping >= self.HEARTBEAT_SECONDS:
                     pubsub.ping()
                     last_ping = now

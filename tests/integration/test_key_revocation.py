@@ -117,15 +117,22 @@ def test_with_redis_unreachable_a_revocation_takes_effect_at_the_cache_lifetime(
     assert time.monotonic() - cached_at >= ttl
 
 
-def test_a_listener_that_reconnects_forgets_what_it_may_have_missed(apps, tenant, engine):
+@pytest.mark.parametrize("mode", ["refuse", "blackhole"])
+def test_a_listener_that_reconnects_forgets_what_it_may_have_missed(
+    mode, apps, tenant, engine, monkeypatch
+):
     """Revocations published while a listener is not subscribed are lost to
-    it: it empties its cache when it subscribes again."""
+    it: it empties its cache when it subscribes again. A blackholed Redis
+    answers nothing, not even the heartbeat's PING (shortened here)."""
+    from web.auth import RevocationListener
+
+    monkeypatch.setattr(RevocationListener, "HEARTBEAT_SECONDS", 0.3)
     with OutageProxy.for_url(os.environ["REDIS_URL"]) as p:
-        app = apps(redis_url=p.url_for(os.environ["REDIS_URL"]))
+        app = apps(redis_url=p.url_for(os.environ["REDIS_URL"]), redis_timeout_seconds=1)
         assert _accepts(app, tenant[1])
         _listening(app, tenant[1])
         listener = app.extensions["sla"].api_keys.listener
-        p.down("refuse")
+        p.down(mode)
         wait_until(lambda: not listener.subscribed.is_set(), 5, "the listener to notice")
         with engine.begin() as conn:  # revoked while nobody listens
             assert repo.revoke_api_key(conn, tenant[0], repo.key_prefix(tenant[1]))
@@ -133,3 +140,18 @@ def test_a_listener_that_reconnects_forgets_what_it_may_have_missed(apps, tenant
         p.up()
         assert listener.subscribed.wait(10), "the listener did not come back"
         assert not _accepts(app, tenant[1])
+
+
+def test_the_listener_ends_with_its_cache(engine, settings, tenant):
+    import gc
+
+    from web import create_app
+
+    app = create_app(settings)
+    assert _accepts(app, tenant[1])
+    listener = app.extensions["sla"].api_keys.listener
+    assert listener.subscribed.wait(5)
+    del app
+    gc.collect()
+    listener.join(5)
+    assert not listener.is_alive()
