@@ -9,17 +9,21 @@ their wake-ups scheduled as a start would. Meanwhile the driver
   starts a new one in its place;
 - flushes Redis once (FLUSHALL on its own Redis, FLUSHDB on a shared one);
 - restarts PostgreSQL once (``pg_ctl -m fast stop``, a few seconds down, start);
-- pauses Redis for 30 s (``CLIENT PAUSE ... ALL``).
+- pauses Redis for 30 s (``CLIENT PAUSE ... ALL``);
+- stops Redis for 60 s (SIGTERM, no persistence: it comes back empty), so that
+  only the schedulers' firing from PostgreSQL can fire anything meanwhile.
 
 Schedulers are never restarted, and a worker is only restarted after a kill
 of the driver's: a process that exits on its own, or keeps running but stops
 polling Redis, is reported. Every fault is recorded with its wall-clock
 window. At the end the database is checked: every timer reached its final
 state, one step row per (timer, step), one outbox event per (timer, kind,
-step), nothing written before its instant, and the lateness of each step
-(execution minus due instant) inside and outside the fault windows.
+step), no step row or event attempted twice and none before its instant (the
+insert-attempt log of tests/attempt_log.py, by the database's clock), and the
+lateness of each step (its first attempt minus its due instant) inside and
+outside the fault windows, and for the steps due while Redis was stopped.
 
-The PostgreSQL restart and the FLUSHALL need servers of our own: ``main()``
+The PostgreSQL restart, the FLUSHALL and the Redis stop need servers of our own: ``main()``
 starts a dedicated embedded PostgreSQL and Redis (``.ci/services.py``) under
 ``.data/chaos-pg`` and ``.data/chaos-redis`` on their own ports, never the
 machine's. ``run()`` also works against shared servers (the small version in
@@ -48,6 +52,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from tests import attempt_log
+
 from .common import BIN, RESULTS, ROOT, Bench, Service, machine, percentile, seed_timers
 from .p3_recovery import _CHECK_EVENTS, _CHECK_STEPS, _CHECK_TIMERS, _PROGRESS, _ladder
 
@@ -72,6 +78,8 @@ FULL = {
     "pg_down_s": 5.0,
     "pause_at_s": 210.0,
     "pause_s": 30.0,
+    "redis_outage_at_s": 255.0,
+    "redis_outage_s": 60.0,
     # A step due within this long after a fault ended counts as inside its window:
     # one sweeper tick, the recovery bound of a lost wake-up.
     "window_tail_s": float(TICK_S),
@@ -101,6 +109,7 @@ SMALL = {
     "kill_at_s": [-2.5],
     "pg_restart_at_s": None,
     "pause_at_s": None,
+    "redis_outage_at_s": None,
     "window_tail_s": 5.0,
     "deadline_s": 20.0,
     "settle_s": 1.0,
@@ -108,16 +117,26 @@ SMALL = {
 
 READY_WORKER = "Worker process is ready for action"
 READY_SCHEDULER = "tasks.actors:sweep@sla"
+DIRECT_FIRING_STARTED = "Redis is unreachable: firing due timers from PostgreSQL"
+# Steps due while Redis is stopped fire from PostgreSQL within this.
+OUTAGE_P99_TARGET_S = 2.0
 # An idle worker polls Redis every SLA_POLL_INTERVAL_MS (100 ms): one of its
 # connections has been idle for less than this unless it stopped polling.
 POLL_IDLE_S = 2
 
-_STEP_TIMES = """
-SELECT e.escalation_step,
+# Each step's due instant and lateness: its first insert attempt, by the
+# database's clock (tests/attempt_log.py), minus its due instant.
+_STEP_TIMES = f"""
+SELECT a.escalation_step,
        extract(epoch FROM t.due_at) + (e.escalation_config ->> 'after_seconds')::int,
-       extract(epoch FROM e.executed_at - t.due_at)
+       extract(epoch FROM min(a.seen_at) - t.due_at)
            - (e.escalation_config ->> 'after_seconds')::int
-FROM sla_escalation_events e JOIN sla_timers t ON t.id = e.timer_id
+FROM {attempt_log.TABLE} a
+JOIN sla_escalation_events e
+  ON e.timer_id = a.timer_id AND e.escalation_step = a.escalation_step
+JOIN sla_timers t ON t.id = a.timer_id
+WHERE a.table_name = 'sla_escalation_events'
+GROUP BY a.timer_id, a.escalation_step, t.due_at, e.escalation_config
 """
 
 
@@ -144,10 +163,16 @@ class OwnServers:
 
     def start(self) -> tuple[str, str]:
         """(DATABASE_URL, REDIS_URL) of the running servers."""
-        # No dumps: the flush and the pause are the faults, not a slow disk.
+        return self.start_pg(), self.start_redis()
+
+    def start_redis(self) -> str:
+        # No dumps: the flush, the pause and the stop are the faults, not a slow
+        # disk; a stopped Redis comes back empty.
         options = {"save": "", "appendonly": "no"}
-        redis_url = self.ci.start_redis(self.redis_dir, self.redis_port, options)
-        return self.start_pg(), redis_url
+        return self.ci.start_redis(self.redis_dir, self.redis_port, options)
+
+    def stop_redis(self) -> None:
+        self.ci.stop_redis(self.redis_dir)
 
     def start_pg(self) -> str:
         return self.ci.start_pg(self.pg_data, self.pg_port)
@@ -222,8 +247,8 @@ class Chaos:
         if role == "worker":
             args = [str(BIN / "dramatiq"), "tasks", "--processes", "1"]
             args += ["--threads", str(self.params["threads"])]
-        else:
-            args = [str(BIN / "periodiq"), "tasks"]
+        else:  # the Procfile's scheduler
+            args = [str(BIN / "python"), "-m", "tasks.scheduler"]
         service = Service(args, self.bench.env, log, ready=None)
         return Proc(role, slot, service, time.time(), offset)
 
@@ -319,6 +344,22 @@ class Chaos:
         self.redis.execute_command("CLIENT", "PAUSE", int(seconds * 1000), "ALL")
         self.record("Redis CLIENT PAUSE", at, at + seconds, f"{seconds:g} s, ALL")
 
+    def stop_redis(self, down_s: float) -> None:
+        """Redis stopped (SIGTERM), ``down_s`` seconds down, started again empty."""
+        assert self.own, "never stop a shared Redis"
+        started = time.time()
+        self.own.stop_redis()
+        stopped = time.time()
+        time.sleep(max(0.0, down_s - (stopped - started)))
+        for attempt in range(10):  # a start that fails (port not yet free) is retried
+            try:
+                self.own.start_redis()
+                break
+            except (SystemExit, subprocess.CalledProcessError) as exc:
+                logging.getLogger("chaos").warning("Redis start %d failed: %s", attempt, exc)
+                time.sleep(1)
+        self.record("Redis stopped", started, time.time(), f"{down_s:g} s down, back empty")
+
     def sample_polling(self) -> None:
         """Which running workers polled Redis in the last POLL_IDLE_S: the idle
         time Redis reports (CLIENT LIST) for the connections of each worker
@@ -381,6 +422,7 @@ def _timeline(params: dict, t0: float, last_due: float, rng: random.Random) -> l
         ("flush_at_s", "flush", None),
         ("pg_restart_at_s", "pg_restart", params["pg_down_s"]),
         ("pause_at_s", "pause", params["pause_s"]),
+        ("redis_outage_at_s", "redis_outage", params.get("redis_outage_s")),
     ):
         if params.get(name) is not None:
             events.append((t0 + params[name], action, arg))
@@ -396,10 +438,15 @@ def _timeline(params: dict, t0: float, last_due: float, rng: random.Random) -> l
 def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None) -> dict:
     """Seed, start the processes, inject the faults, wait, check. ``own``: servers
     the run may restart; without, only kills and FLUSHDB are allowed."""
-    if not own and (params.get("pg_restart_at_s") is not None or params.get("pause_at_s")):
-        raise ValueError("a PostgreSQL restart or a Redis pause needs servers of our own")
+    if not own and any(
+        params.get(name) is not None
+        for name in ("pg_restart_at_s", "pause_at_s", "redis_outage_at_s")
+    ):
+        raise ValueError("a PostgreSQL restart, a Redis pause or stop needs servers of our own")
     chaos = Chaos(bench, params, log_dir, own)
     n = params["timers"]
+    with bench.connect() as c:  # the tables' owner
+        attempt_log.install(c)
     run_started = time.time()
     threads: list[threading.Thread] = []
     try:
@@ -427,8 +474,9 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
                         chaos.flush_redis()
                     elif action == "pause":
                         chaos.pause_redis(arg)
-                    elif action == "pg_restart":  # in the background: kills go on
-                        t = threading.Thread(target=chaos.restart_pg, args=(arg,), daemon=True)
+                    elif action in ("pg_restart", "redis_outage"):  # in the background
+                        target = chaos.restart_pg if action == "pg_restart" else chaos.stop_redis
+                        t = threading.Thread(target=target, args=(arg,), daemon=True)
                         t.start()
                         threads.append(t)
                 chaos.watch()
@@ -519,7 +567,9 @@ class _Progress:
 
 
 def check(conn, n: int) -> dict:
-    """The invariants, from the database."""
+    """The invariants, from the database: its rows, and the insert attempts
+    logged by its own trigger (which sees a duplicate ``ON CONFLICT DO NOTHING``
+    drops, and times each attempt with the database's clock)."""
     steps_total, steps_distinct, steps_early, steps_failed = conn.execute(_CHECK_STEPS).fetchone()
     events_total, events_distinct_key, events_distinct_kind, events_early = conn.execute(
         _CHECK_EVENTS
@@ -539,6 +589,8 @@ def check(conn, n: int) -> dict:
         "duplicate_events": events_total - min(events_distinct_key, events_distinct_kind),
         "early": steps_early + events_early,
         "failed_steps": steps_failed,
+        "duplicate_attempts": len(attempt_log.duplicate_attempts(conn)),
+        "early_attempts": len(attempt_log.early_steps(conn)),
     }
 
 
@@ -569,10 +621,19 @@ def _lateness(
         (inside if kinds else outside).append(late)
         for kind in kinds:
             per_kind[kind].append(late)
+    # Steps due while Redis was stopped, from its stop to its start: the
+    # schedulers' direct firing alone could fire them.
+    outages = [(f["start"], f["end"]) for f in faults if f["kind"] == "Redis stopped"]
+    during_outage = [
+        late
+        for _, instant, late in step_times
+        if any(start <= instant <= end for start, end in outages)
+    ]
     return {
         "lateness_outside_windows": _dist(outside),
         "lateness_inside_windows": _dist(inside),
         "lateness_by_fault": {kind: _dist(v) for kind, v in per_kind.items()},
+        "lateness_during_redis_outage": _dist(during_outage) if outages else None,
         "lateness_all": _dist([late for _, _, late in step_times]),
     }
 
@@ -596,6 +657,7 @@ def _processes(chaos: Chaos) -> dict:
     schedulers_dead = [p for p in chaos.schedulers if p.exited_at]
     ticks = [p.log_text().count("Scheduling Actor") for p in chaos.schedulers]
     missed = [p.log_text().count("missed the sweep tick") for p in chaos.schedulers]
+    direct = [p.log_text().count(DIRECT_FIRING_STARTED) for p in chaos.schedulers]
     # Per worker process, the longest run of samples (about a second apart) in
     # which it ran but did not poll Redis, while Redis answered.
     longest: dict[int, int] = {}
@@ -612,6 +674,7 @@ def _processes(chaos: Chaos) -> dict:
         "schedulers": len(chaos.schedulers),
         "scheduler_ticks_sent": ticks,
         "scheduler_ticks_missed": missed,
+        "scheduler_direct_firing_periods": direct,
         # A consumer restarts a second after a connection error: a few samples
         # are a hiccup, more a worker that stopped listening.
         "workers_deaf_over_10_s": sum(n > 10 for n in longest.values()),
@@ -664,10 +727,16 @@ def rows(result: dict) -> list[dict]:
             "met": f["duplicate_step_rows"] == 0 and f["duplicate_events"] == 0,
         },
         {
-            "figure": "written before their instant",
-            "value": f["early"],
+            "figure": "step rows or events attempted twice (insert-attempt log)",
+            "value": f.get("duplicate_attempts", "not logged"),
             "target": "0",
-            "met": f["early"] == 0,
+            "met": f.get("duplicate_attempts") == 0 if "duplicate_attempts" in f else None,
+        },
+        {
+            "figure": "written before their instant (worker's clock / database's clock)",
+            "value": f"{f['early']} / {f.get('early_attempts', 'not logged')}",
+            "target": "0 / 0",
+            "met": f["early"] == 0 and f.get("early_attempts", 0) == 0,
         },
         {
             "figure": "lateness p50 / p99 / max outside fault windows",
@@ -690,6 +759,18 @@ def rows(result: dict) -> list[dict]:
             }
             for kind, d in f["lateness_by_fault"].items()
         ],
+        *(
+            [
+                {
+                    "figure": "lateness p50 / p99 / max of steps due while Redis was stopped",
+                    "value": late(during),
+                    "target": f"p99 ≤ {OUTAGE_P99_TARGET_S:g} s",
+                    "met": during["n"] > 0 and during["p99_s"] <= OUTAGE_P99_TARGET_S,
+                }
+            ]
+            if (during := f.get("lateness_during_redis_outage"))
+            else []
+        ),
         {
             "figure": "workers exited unkilled / schedulers alive at end",
             "value": f"{f['workers_exited_unkilled']} / "
@@ -721,6 +802,18 @@ def rows(result: dict) -> list[dict]:
             "target": "",
             "met": None,
         },
+        *(
+            [
+                {
+                    "figure": "periods of firing from PostgreSQL (per scheduler)",
+                    "value": str(f["scheduler_direct_firing_periods"]),
+                    "target": "",
+                    "met": None,
+                }
+            ]
+            if "scheduler_direct_firing_periods" in f
+            else []
+        ),
         {
             "figure": "all fired, after the last due instant",
             "value": "never"
@@ -835,6 +928,7 @@ def plot(result: dict, step_times: list[tuple[int, float, float]], path: Path) -
         "Redis FLUSHDB": "tab:red",
         "PostgreSQL restart": "tab:purple",
         "Redis CLIENT PAUSE": "tab:orange",
+        "Redis stopped": "tab:brown",
     }
     kills = [f["start_s"] for f in result["faults"] if f["kind"] == "worker SIGKILL"]
     for f in result["faults"]:
@@ -927,7 +1021,13 @@ def main(argv: list[str] | None = None) -> int:
         flag = "--" + name.replace("_", "-")
         if isinstance(default, list):
             parser.add_argument(flag, type=float, nargs="*", default=default)
-        elif name in ("kill_every_s", "flush_at_s", "pg_restart_at_s", "pause_at_s"):
+        elif name in (
+            "kill_every_s",
+            "flush_at_s",
+            "pg_restart_at_s",
+            "pause_at_s",
+            "redis_outage_at_s",
+        ):
             parser.add_argument(
                 flag,
                 type=_optional_float,
