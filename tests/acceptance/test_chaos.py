@@ -62,12 +62,13 @@ def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_pat
 @pytest.mark.slow
 def test_full_chaos_on_servers_of_its_own(tmp_path):
     """`make chaos` at a tenth of the size over two minutes, in its own process: kills,
-    FLUSHALL, a PostgreSQL restart and a 30 s Redis pause on a dedicated PostgreSQL and
-    Redis (about four minutes)."""
+    FLUSHALL, a PostgreSQL restart, a 30 s Redis pause and a 30 s Redis stop on a
+    dedicated PostgreSQL and Redis (about four minutes)."""
     out = tmp_path / "chaos.json"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     sizes = ["--timers", "5000", "--spread-s", "120", "--flush-at-s", "20"]
     sizes += ["--pg-restart-at-s", "45", "--pause-at-s", "75"]
+    sizes += ["--redis-outage-at-s", "110", "--redis-outage-s", "30"]
     subprocess.run(
         [sys.executable, "-m", "bench.chaos", *sizes, "--no-doc", "--results", out],
         cwd=chaos.ROOT,
@@ -77,6 +78,9 @@ def test_full_chaos_on_servers_of_its_own(tmp_path):
     )
     result = json.loads(out.read_text())
     assert_invariants(result)
-    assert {"Redis FLUSHALL", "PostgreSQL restart", "Redis CLIENT PAUSE"} <= {
+    assert {"Redis FLUSHALL", "PostgreSQL restart", "Redis CLIENT PAUSE", "Redis stopped"} <= {
         fault["kind"] for fault in result["faults"]
     }
+    # While Redis was stopped the schedulers fired from PostgreSQL.
+    during = result["figures"]["lateness_during_redis_outage"]
+    assert during["n"] > 0 and during["p99_s"] <= chaos.OUTAGE_P99_TARGET_S, during
