@@ -25,6 +25,10 @@ scheduler fires them from PostgreSQL (``tasks/scheduler.py``).
   library's layout): the current and previous window of a tenant's
   sliding-window write counter, per limit of ``SLA_RATE_LIMIT``, shared by
   every web process. They expire with their window.
+
+Not a key, but written too: the pub/sub channel ``sla:api-keys:revoked``
+(``web/auth.py``), on which a revoked API key's prefix is published so that
+every web process drops it from its cache.
 """
 
 from __future__ import annotations
