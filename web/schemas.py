@@ -5,6 +5,13 @@ fields, so a typo is an error rather than a silently ignored option. A whole
 number written as ``60.0`` is the integer 60, as JSON Schema's ``integer`` says. Response models
 whitelist what leaves the service: internal columns (tenant, fingerprint,
 claim token, lease) cannot leak because they are not declared.
+
+A rule JSON Schema cannot express (unique step numbers, a body field that must
+agree with a query parameter, a cursor only the API issues...) is stated in the
+field's ``description`` and, for tools, in an ``x-constraints`` list of
+``{"rule": ..., "description": ...}`` beside the schema it constrains (see
+``constraints``). The document thus says everything the server enforces; the
+schemathesis run applies these rules to the data it generates as valid.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from pydantic_core import PydanticCustomError
 
 from models.schema import PROCESSING_STATUSES, STEP_OUTCOMES, TIMER_STATUSES
 from models.sla import DEFAULT_LADDER, ladder_problem, utcnow
+
+from .parsing import INT64, MAX_DEPTH
 
 # A year and a day: keeps due_at and step times far from any integer or datetime limit.
 MAX_WINDOW_SECONDS = 366 * 24 * 3600
@@ -81,6 +90,62 @@ UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+def constraints(*rules: dict[str, Any]) -> dict[str, Any]:
+    """``json_schema_extra`` stating rules beyond JSON Schema, each a dict with a
+    ``rule`` name, its parameters and a ``description``."""
+    return {"x-constraints": list(rules)}
+
+
+UNIQUE_STEPS = {
+    "rule": "unique",
+    "keys": ["step"],
+    "description": "No two steps share a step number.",
+}
+ORDERED_STEPS = {
+    "rule": "non-decreasing",
+    "key": "after_seconds",
+    "order-by": "step",
+    "description": "A step's after_seconds is not less than that of a lower-numbered step.",
+}
+START_RANGE = {
+    "rule": "date-time-range",
+    "minimum": EARLIEST_START.isoformat().replace("+00:00", "Z"),
+    "maximum-ahead-seconds": MAX_WINDOW_SECONDS,
+    "description": "From 1970 to 366 days after the request; a leap second (:60) is refused.",
+}
+UNIQUE_PAIRS = {
+    "rule": "unique",
+    "keys": ["lead_id", "sla_contract_id"],
+    "defaults": {"sla_contract_id": "default"},
+    "description": "No two timers share a lead_id and sla_contract_id.",
+}
+AGREES_WITH_QUERY = {
+    "rule": "equal-when-both-given",
+    "other": {"in": "query", "name": "sla_contract_id"},
+    "description": "When the query names sla_contract_id too, both must be equal.",
+}
+# JSON Schema could bound every integer in metadata, but it counts 1e20 as an
+# integer, which the server reads as a float and stores: the document would
+# refuse what the server accepts. A nesting limit has no JSON Schema keyword.
+INT64_VALUES = {
+    "rule": "integer-range",
+    "minimum": INT64.start,
+    "maximum": INT64.stop - 1,
+    "description": "Integers written without a fraction or exponent fit in 64 bits.",
+}
+BODY_DEPTH = {
+    "rule": "max-depth",
+    "levels": MAX_DEPTH,
+    "from": "request body",
+    "description": f"The request body nests at most {MAX_DEPTH} levels deep.",
+}
+ISSUED_CURSOR = {
+    "rule": "issued-by-api",
+    "source": "TimerPage.next_cursor",
+    "description": "Only a next_cursor this listing returned; its content is not specified.",
+}
+
+
 class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -96,7 +161,10 @@ class ResponseModel(BaseModel):
 class EscalationStep(RequestModel):
     step: WholeInt = Field(ge=1, le=10_000, description="Step number, unique within the ladder.")
     after_seconds: WholeInt = Field(
-        ge=0, le=MAX_WINDOW_SECONDS, description="Seconds after due_at at which the step fires."
+        ge=0,
+        le=MAX_WINDOW_SECONDS,
+        description="Seconds after due_at at which the step fires; not less than the "
+        "after_seconds of a lower-numbered step.",
     )
     action: str = Field(min_length=1, max_length=100)
     target: str | None = Field(default=None, min_length=1, max_length=500)
@@ -111,18 +179,31 @@ class TimerCreate(RequestModel):
     window_minutes: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS // 60), Whole] | None = None
     started_at: Rfc3339 | None = Field(
         default=None,
-        description="RFC 3339 with an offset; defaults to now. At most 366 days ahead.",
+        description="RFC 3339 with an offset; defaults to the time the server stores the "
+        "start. From 1970 to 366 days ahead; a leap second (:60) is refused "
+        "(x-constraints: JSON Schema has no bounds for a date-time).",
+        json_schema_extra=constraints(START_RANGE),
     )
     escalation_steps: list[EscalationStep] = Field(
         default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
         min_length=1,
         max_length=MAX_STEPS,
-        description="Defaults to a single step: notify at due_at.",
+        description="Defaults to a single step: notify at due_at. Step numbers are unique, "
+        "and after_seconds does not decrease as step numbers increase, so step order is "
+        "firing order; a ladder that breaks either rule is a 422 (x-constraints: JSON "
+        "Schema cannot compare the items of an array by one property).",
+        json_schema_extra=constraints(UNIQUE_STEPS, ORDERED_STEPS),
     )
     correlation_id: Id | None = Field(
         default=None, description="Defaults to the X-Correlation-ID header, else a new UUID."
     )
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any JSON object, stored and returned as given: integers within 64 "
+        f"bits, the whole body at most {MAX_DEPTH} levels deep, no NUL characters "
+        "(x-constraints: no JSON Schema keyword says either as the server means it).",
+        json_schema_extra=constraints(INT64_VALUES, BODY_DEPTH),
+    )
 
     @staticmethod
     def _one_window(schema: dict[str, Any]) -> None:
@@ -184,7 +265,9 @@ class TimerBulkCreate(RequestModel):
     timers: list[TimerCreate] = Field(
         min_length=1,
         max_length=MAX_BULK,
-        description=f"1 to {MAX_BULK} timers, at most one per lead_id and sla_contract_id.",
+        description=f"1 to {MAX_BULK} timers, at most one per lead_id and sla_contract_id "
+        "(x-constraints: JSON Schema's uniqueItems compares whole items).",
+        json_schema_extra=constraints(UNIQUE_PAIRS),
     )
 
     @staticmethod
@@ -224,22 +307,32 @@ class CompleteRequest(RequestModel):
     pass
 
 
-class LeadCancelRequest(CancelRequest):
-    sla_contract_id: Id | None = Field(
-        default=None, description="Only this contract's timers (also accepted as a query param)."
+def _body_contract() -> Any:
+    return Field(
+        default=None,
+        description="Only this contract's timers (also accepted as the query parameter "
+        "sla_contract_id; given in both, they must be equal, else a 422. x-constraints: a "
+        "schema cannot refer to another parameter).",
+        json_schema_extra=constraints(AGREES_WITH_QUERY),
     )
+
+
+class LeadCancelRequest(CancelRequest):
+    sla_contract_id: Id | None = _body_contract()
 
 
 class LeadCompleteRequest(RequestModel):
-    sla_contract_id: Id | None = Field(
-        default=None, description="Only this contract's timers (also accepted as a query param)."
-    )
+    sla_contract_id: Id | None = _body_contract()
 
 
 class ContractQuery(RequestModel):
     model_config = ConfigDict(strict=False)  # query strings are all text
 
-    sla_contract_id: Id | None = None
+    sla_contract_id: Id | None = Field(
+        default=None,
+        description="Only this contract's timers. If the body names sla_contract_id too, "
+        "both must be equal.",
+    )
 
 
 class TimerListQuery(RequestModel):
@@ -248,7 +341,13 @@ class TimerListQuery(RequestModel):
     lead_id: Id | None = None
     status: TimerStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    cursor: str | None = Field(default=None, max_length=500, description="next_cursor of a page.")
+    cursor: str | None = Field(
+        default=None,
+        max_length=500,
+        description="The next_cursor of a page of this listing, as returned; any other "
+        "string is a 422 (x-constraints: an opaque value has no schema).",
+        json_schema_extra=constraints(ISSUED_CURSOR),
+    )
 
 
 class TenantCreate(RequestModel):
