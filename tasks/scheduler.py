@@ -145,6 +145,7 @@ class DirectFiring:
         poll = self.settings.direct_poll_ms / 1000
         horizon_scheduled = True  # wake-ups of the horizon sent since Redis came back
         last_rescue = 0.0
+        failing = False
         while not self._stopped.is_set():
             self._changed.clear()
             try:
@@ -156,7 +157,8 @@ class DirectFiring:
                         log.warning("Redis is unreachable: firing due timers from PostgreSQL")
                 elif self.active:
                     if not horizon_scheduled:
-                        # Raises if Redis is gone again: we go on firing and retry.
+                        # If Redis goes again meanwhile, the watch notices and this
+                        # is redone at its next return; firing goes on either way.
                         sent = schedule_horizon(self.engine, self.settings)
                         horizon_scheduled = True
                         log.warning(
@@ -182,8 +184,17 @@ class DirectFiring:
                     rescue_lost_work(self.engine)
                     last_rescue = time.monotonic()
                 self._changed.wait(self._fire_due_or_wait(poll))
-            except Exception:  # the database may be down too: keep trying
-                log.exception("direct firing failed; retrying")
+                failing = False
+            except Exception as exc:  # the database may be down too: keep trying
+                # Once per run of failures, not once per poll.
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "direct firing failed (%s); retrying every %.2f s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                    poll,
+                    exc_info=not failing,
+                )
+                failing = True
                 self._stopped.wait(poll)
 
     def _fire_due_or_wait(self, poll: float) -> float:
