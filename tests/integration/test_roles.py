@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
@@ -39,6 +40,8 @@ from sqlalchemy.exc import ProgrammingError
 from models import repository as repo
 from models.config import Settings, normalize_database_url
 from models.db import TenantIsolationOff, make_engine, tenant_scope
+from models.sla import utcnow
+from tasks.firing import fire_due
 from tests.conftest import ROOT
 from tests.integration.api_support import assert_problem
 from tests.outage_proxy import OutageProxy
@@ -185,6 +188,12 @@ def _assert_single_login_isolation(single: Settings) -> None:
             everything = _counts(conn)
         assert everything["tenants"] == {str(a), str(b)}
         assert everything["api_keys"] == {str(a), str(b)}
+        # The firing routine, as a worker runs it, writes across tenants.
+        fired = fire_due(maintenance, single, now=lambda: utcnow() + timedelta(minutes=2))
+        assert fired.claimed == 1
+        with tenant_scope(web, a) as conn:
+            events = conn.execute(text("SELECT event_type FROM outbox_events")).scalars()
+            assert "sla.timer.due" in set(events)
     finally:
         maintenance.dispose()
         web.dispose()
