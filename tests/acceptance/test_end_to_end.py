@@ -108,9 +108,12 @@ def test_the_scheduler_registers_the_sweep(engine, tmp_path):
 
     # The sweep actor ticks every minute...
     assert sweep.options["periodic"] == cron("* * * * *")
-    # ... and the scheduler process finds it there and stays up.
+    # ... and the scheduler process (the Procfile's) finds it there and stays up.
     scheduler = start(
-        "scheduler", [str(BIN / "periodiq"), "tasks"], tmp_path, ready="tasks.actors:sweep@sla"
+        "scheduler",
+        [str(BIN / "python"), "-m", "tasks.scheduler"],
+        tmp_path,
+        ready="tasks.actors:sweep@sla",
     )
     try:
         registered = re.findall(

@@ -1,11 +1,12 @@
 """Real worker and scheduler processes through a PostgreSQL outage.
 
-The ``dramatiq`` worker and the ``periodiq`` scheduler reach PostgreSQL through
-an ``OutageProxy`` (tests/outage_proxy.py); Redis is the real one. PostgreSQL is
-cut while timers fall due. Afterwards both processes are still running (no
-restart), every timer that fell due during the outage fires, each step exactly
-once and none early by the database's own record of insert attempts
-(tests/attempt_log.py), and a timer started after the outage fires on time.
+The ``dramatiq`` worker and the scheduler (``python -m tasks.scheduler``, as in
+the Procfile) reach PostgreSQL through an ``OutageProxy`` (tests/outage_proxy.py);
+Redis is the real one. PostgreSQL is cut while timers fall due. Afterwards both
+processes are still running (no restart), every timer that fell due during the
+outage fires, each step exactly once and none early by the database's own
+record of insert attempts (tests/attempt_log.py), and a timer started after the
+outage fires on time.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def processes(engine, pg_proxy, tmp_path) -> Iterator[tuple[Service, Service]]:
     )
     try:
         scheduler = Service(
-            [str(BIN / "periodiq"), "tasks"],
+            [str(BIN / "python"), "-m", "tasks.scheduler"],  # the Procfile's scheduler
             env,
             tmp_path / "scheduler.log",
             ready="tasks.actors:sweep@sla",
