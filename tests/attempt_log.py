@@ -29,6 +29,7 @@ from typing import Any
 
 TABLE = "test_insert_attempts"
 
+# No percent sign in here: run through SQLAlchemy, the driver reads it as a placeholder.
 INSTALL = f"""
 CREATE TABLE IF NOT EXISTS {TABLE} (
     id bigserial PRIMARY KEY,
@@ -46,9 +47,16 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
 );
 
 -- The trigger writes as its owner; the service's roles may read the log (tests
--- read it through the maintenance engine) and write it directly.
-GRANT SELECT, INSERT ON {TABLE} TO sla_app, sla_maintenance;
-GRANT USAGE ON SEQUENCE {TABLE}_id_seq TO sla_app, sla_maintenance;
+-- read it through the maintenance engine) and write it directly. In single-login
+-- mode they may not exist: the owner reads it then.
+DO $$
+DECLARE r text;
+BEGIN
+    FOR r IN SELECT rolname FROM pg_roles WHERE rolname IN ('sla_app', 'sla_maintenance') LOOP
+        EXECUTE 'GRANT SELECT, INSERT ON {TABLE} TO ' || quote_ident(r);
+        EXECUTE 'GRANT USAGE ON SEQUENCE {TABLE}_id_seq TO ' || quote_ident(r);
+    END LOOP;
+END $$;
 
 CREATE OR REPLACE FUNCTION test_log_insert_attempt() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
