@@ -14,6 +14,7 @@ from models import repository as repo
 from models.sla import utcnow
 from tasks import escalation
 from tasks.firing import FireReport, fire_claimed, fire_due
+from tests import attempt_log
 from tests.factories import overdue, start_timer
 
 TWO_STEPS = (
@@ -145,6 +146,10 @@ def test_concurrent_firing_routines_write_each_step_and_event_exactly_once(
         ).all()
         statuses = conn.execute(text("SELECT DISTINCT status FROM sla_timers")).scalars().all()
     assert tuple(per_step) == (600, 600)
+    # Rows are unique by constraint, so only the attempts can show a second try.
+    with engine.connect() as conn:
+        assert attempt_log.duplicate_attempts(conn) == []
+        assert attempt_log.attempts(conn) == 600
     assert dict(per_event) == {
         "sla.timer.started": 300,
         "sla.timer.due": 300,
