@@ -310,7 +310,6 @@ def _insert_timers(
     conn: Connection,
     tenant_id: UUID,
     starts: Sequence[tuple[UUID, NewTimer, datetime | None]],
-    now: datetime,
     *,
     scope: bool = False,
 ) -> dict[UUID, dict[str, Any]]:
@@ -338,7 +337,7 @@ def _insert_timers(
             events.timer_event(
                 timer,
                 events.STARTED,
-                now,  # the statement puts the stored times in its place
+                None,  # the statement puts the stored times in its place
                 window_seconds=new.window_seconds,
                 escalation_steps=new.escalation_steps,
                 metadata=new.metadata,
@@ -406,12 +405,12 @@ def start_timers(
     conn: Connection,
     tenant_id: UUID,
     starts: Sequence[tuple[NewTimer, datetime | None]],
-    now: datetime,
+    now: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Start timers, given as (timer, due_at) with distinct (lead, contract)
     pairs; returns (timers in the given order, created). A timer without
-    ``started_at`` (its due_at None) is dated by the database's clock; ``now``
-    dates the supersede of an open timer, as the close routes date theirs.
+    ``started_at`` (its due_at None) is dated by the database's clock, and so is
+    the supersede of an open timer unless ``now`` is given (tests).
 
     Either every timer is created, or every one is an idempotent replay (each
     carries an idempotency key stored with the same request fingerprint) and
@@ -428,7 +427,7 @@ def start_timers(
     if len(set(pairs)) != len(pairs):
         raise ValueError("one start per (lead_id, sla_contract_id) pair")
     work = [(uuid4(), new, due) for new, due in starts]
-    created = _insert_timers(conn, tenant_id, work, now)
+    created = _insert_timers(conn, tenant_id, work)
     if len(created) == len(work):
         return [created[i] for i, _, _ in work], True
 
@@ -466,7 +465,7 @@ def start_timers(
             .all()
         )
         close_timers(conn, previous, "cancel", now, reason="superseded")
-        inserted = _insert_timers(conn, tenant_id, skipped, now)
+        inserted = _insert_timers(conn, tenant_id, skipped)
         created |= inserted
         skipped = [w for w in skipped if w[0] not in created]
         if not skipped or not (previous or inserted):
@@ -482,7 +481,7 @@ def start_timers(
 
 
 def try_start_timer(
-    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime | None, now: datetime
+    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime | None
 ) -> dict[str, Any] | None:
     """The fast path of ``start_timer``: one statement that is its own
     transaction, so a start costs one round trip instead of three (BEGIN,
@@ -496,12 +495,16 @@ def try_start_timer(
     """
     if not _driver(conn).autocommit:
         raise RuntimeError("try_start_timer needs an AUTOCOMMIT connection")
-    created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], now, scope=True)
+    created = _insert_timers(conn, tenant_id, [(uuid4(), new, due)], scope=True)
     return next(iter(created.values()), None)
 
 
 def start_timer(
-    conn: Connection, tenant_id: UUID, new: NewTimer, due: datetime | None, now: datetime
+    conn: Connection,
+    tenant_id: UUID,
+    new: NewTimer,
+    due: datetime | None,
+    now: datetime | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Start a timer; returns (timer, created). A replay of the same idempotency key
     and body returns the stored timer; the same key with another body is a conflict.
@@ -520,12 +523,20 @@ def start_timer(
     return rows[0], created
 
 
+# The database's clock decides what is due, when a lease ends, when a timer
+# closes (and so whether it breached) and what the fire records: hosts' clocks
+# may be skewed, the database's is the one all share.
+# ``now()`` (the transaction's start) rather than ``clock_timestamp()``: it is
+# stable within a statement, so ``next_fire_at <= …`` stays an index condition.
+# Tests pass an instant in ``:now`` instead; production passes NULL.
+_DB_NOW = "coalesce(CAST(:now AS timestamptz), now())"
+
 _SKIP_REMAINING_STEPS = text(
-    """
+    f"""
     INSERT INTO sla_escalation_events (
         tenant_id, lead_id, timer_id, escalation_step, executed_at, outcome,
         escalation_config, correlation_id, idempotency_key)
-    SELECT t.tenant_id, t.lead_id, t.id, (s ->> 'step')::int, :now, 'SKIPPED',
+    SELECT t.tenant_id, t.lead_id, t.id, (s ->> 'step')::int, {_DB_NOW}, 'SKIPPED',
            s, t.correlation_id, t.id::text || '-' || (s ->> 'step')
     FROM sla_timers t, jsonb_array_elements(t.escalation_steps) AS s
     WHERE t.id = ANY(:ids)
@@ -534,19 +545,19 @@ _SKIP_REMAINING_STEPS = text(
 )
 
 _CLOSE_TIMERS = text(
-    """
+    f"""
     UPDATE sla_timers SET
         status = :status,
-        cancelled_at = CASE WHEN :status = 'CANCELLED' THEN :now END,
-        completed_at = CASE WHEN :status = 'COMPLETED' THEN :now END,
+        cancelled_at = CASE WHEN :status = 'CANCELLED' THEN {_DB_NOW} END,
+        completed_at = CASE WHEN :status = 'COMPLETED' THEN {_DB_NOW} END,
         cancel_reason = CASE WHEN :status = 'CANCELLED' THEN :reason END,
         -- Met when handled at or before the due instant.
-        breached = CASE WHEN :status = 'COMPLETED' THEN due_at < :now END,
+        breached = CASE WHEN :status = 'COMPLETED' THEN due_at < {_DB_NOW} END,
         -- A dead-lettered timer keeps FAILED so the failure stays visible.
         processing_status = CASE WHEN processing_status = 'FAILED' THEN 'FAILED'
                                  ELSE 'COMPLETED' END,
         next_fire_at = NULL, claim_token = NULL, lease_expires_at = NULL,
-        updated_at = :now
+        updated_at = {_DB_NOW}
     WHERE id = ANY(:ids)
     RETURNING *
     """
@@ -557,7 +568,7 @@ def close_timers(
     conn: Connection,
     timers: Sequence[Mapping[str, Any]],
     verb: str,
-    now: datetime,
+    now: datetime | None = None,
     *,
     reason: str | None = None,
 ) -> list[dict[str, Any]]:
@@ -577,12 +588,13 @@ def close_timers(
             _CLOSE_TIMERS, {"ids": ids, "now": now, "status": status, "reason": reason}
         ).mappings()
     ]
+    # Events carry the instant the row recorded (the database's, unless given).
     insert_events(
         conn,
         [
-            events.timer_event(t, event_type, now, reason=reason)
+            events.timer_event(t, event_type, t["updated_at"], reason=reason)
             if verb == "cancel"
-            else events.timer_event(t, event_type, now, breached=t["breached"])
+            else events.timer_event(t, event_type, t["updated_at"], breached=t["breached"])
             for t in closed
         ],
     )
@@ -594,7 +606,7 @@ def finish_timer(
     tenant_id: UUID,
     timer_id: UUID,
     verb: str,
-    now: datetime,
+    now: datetime | None = None,
     reason: str | None = None,
 ) -> dict[str, Any] | None:
     """Cancel or complete one timer; None if the tenant has no such timer.
@@ -622,7 +634,7 @@ def finish_lead_timers(
     tenant_id: UUID,
     lead_id: str,
     verb: str,
-    now: datetime,
+    now: datetime | None = None,
     *,
     sla_contract_id: str | None = None,
     reason: str | None = None,
@@ -734,13 +746,6 @@ def list_timers(
 
 
 # --------------------------------------------------------------------------- firing path
-
-# The database's clock decides what is due, when a lease ends and what the fire
-# records: hosts' clocks may be skewed, the database's is the one all share.
-# ``now()`` (the transaction's start) rather than ``clock_timestamp()``: it is
-# stable within a statement, so ``next_fire_at <= …`` stays an index condition.
-# Tests pass an instant in ``:now`` instead; production passes NULL.
-_DB_NOW = "coalesce(CAST(:now AS timestamptz), now())"
 
 _CLAIM_DUE = text(
     f"""

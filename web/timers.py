@@ -14,7 +14,7 @@ from flask import Blueprint, current_app, g
 
 from models import repository as repo
 from models.db import tenant_scope
-from models.sla import due_at, utcnow
+from models.sla import due_at
 from tasks.wakeups import schedule_wakeups
 
 from .operations import json_response, operation
@@ -140,19 +140,18 @@ def start(body: TimerCreate):
     key = header("Idempotency-Key", max_length=255)
     # Checked even when the body's correlation_id wins: a bad header is still bad input.
     correlation = header("X-Correlation-ID", max_length=200)
-    now = utcnow()
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     new, due = _new_timer(body, correlation, key, fingerprint)
     # Most starts are a single statement of their own; the rest (supersede,
     # replay, conflicts) take the transactional path from the beginning.
     with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = repo.try_start_timer(conn, g.tenant_id, new, due, now)
+        row = repo.try_start_timer(conn, g.tenant_id, new, due)
     if row is not None:
         created, timer = True, Timer.from_row(row, [])
     else:
         try:
             with _tenant() as conn:
-                row, created = repo.start_timer(conn, g.tenant_id, new, due, now)
+                row, created = repo.start_timer(conn, g.tenant_id, new, due)
                 timer = _created(conn, [row], created)[0]
         except repo.TimerConflict as exc:
             raise _conflict(exc) from None
@@ -188,7 +187,6 @@ def start(body: TimerCreate):
 def start_bulk(body: TimerBulkCreate):
     key = header("Idempotency-Key", max_length=255)
     correlation = header("X-Correlation-ID", max_length=200)
-    now = utcnow()
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     starts = [
         _new_timer(item, correlation, None if key is None else f"{key}:{i}", fingerprint)
@@ -196,7 +194,7 @@ def start_bulk(body: TimerBulkCreate):
     ]
     try:
         with _tenant() as conn:
-            rows, created = repo.start_timers(conn, g.tenant_id, starts, now)
+            rows, created = repo.start_timers(conn, g.tenant_id, starts)
             timers = _created(conn, rows, created)
     except repo.TimerConflict as exc:
         raise _conflict(exc) from None
@@ -254,7 +252,7 @@ def _finish(timer_id: UUID, verb: str, reason: str | None):
     tid = _timer_id(timer_id)
     try:
         with _tenant() as conn:
-            row = repo.finish_timer(conn, g.tenant_id, tid, verb, utcnow(), reason)
+            row = repo.finish_timer(conn, g.tenant_id, tid, verb, reason=reason)
             if row is None:
                 raise not_found("timer")
             timer = _with_escalations(conn, [row])[0]
@@ -345,7 +343,7 @@ def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str 
 def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | None):
     with _tenant() as conn:
         rows = repo.finish_lead_timers(
-            conn, g.tenant_id, lead_id, verb, utcnow(), sla_contract_id=contract, reason=reason
+            conn, g.tenant_id, lead_id, verb, sla_contract_id=contract, reason=reason
         )
         items = _with_escalations(conn, rows)
     return json_response(TimerItems(items=items))

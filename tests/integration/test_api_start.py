@@ -4,6 +4,7 @@ clock is wrong: the database decides both."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from uuid import UUID
 
 import pytest
 from sqlalchemy import text
@@ -127,7 +128,8 @@ def _skew(monkeypatch, by: timedelta) -> None:
     import web.timers
 
     monkeypatch.setattr(models.sla, "utcnow", skewed)
-    monkeypatch.setattr(web.timers, "utcnow", skewed)
+    # The routes read no clock of their own today; patched anyway, should one return.
+    monkeypatch.setattr(web.timers, "utcnow", skewed, raising=False)
 
 
 def _stored(engine, timer_id: str):
@@ -168,6 +170,52 @@ def test_the_database_clock_decides_a_default_start(api, engine, monkeypatch, sk
     assert not row.due_now
     assert datetime.fromisoformat(timer["started_at"]) == row.started_at
     assert datetime.fromisoformat(timer["due_at"]) == row.due_at
+
+
+@pytest.mark.parametrize("skew", [timedelta(hours=1), timedelta(hours=-1)], ids=["ahead", "behind"])
+@pytest.mark.parametrize("route", ["timer", "lead"])
+def test_the_database_clock_dates_a_close_and_judges_the_breach(
+    api, engine, monkeypatch, skew, route
+):
+    completed = api.start(lead_id="lead-close", window_seconds=60)
+    cancelled = api.start(lead_id="lead-close", sla_contract_id="other", window_seconds=60)
+    _skew(monkeypatch, skew)
+    before = _database_now(engine)
+    if route == "timer":
+        done = api.post(f"/v1/timers/{completed['id']}/complete", {})
+        gone = api.post(f"/v1/timers/{cancelled['id']}/cancel", {"reason": "lost"})
+    else:
+        done = api.post("/v1/leads/lead-close/complete?sla_contract_id=default", {})
+        gone = api.post("/v1/leads/lead-close/cancel?sla_contract_id=other", {"reason": "lost"})
+    assert done.status_code == gone.status_code == 200, (done.get_json(), gone.get_json())
+    after = _database_now(engine)
+    with engine.connect() as conn:
+        rows = {
+            r.id: r
+            for r in conn.execute(
+                text(
+                    "SELECT id, breached, completed_at, cancelled_at, updated_at "
+                    "FROM sla_timers WHERE lead_id = 'lead-close'"
+                )
+            )
+        }
+        events = dict(
+            conn.execute(
+                text(
+                    "SELECT event_type, created_at FROM outbox_events "
+                    "WHERE event_type IN ('sla.timer.completed', 'sla.timer.cancelled')"
+                )
+            ).all()
+        )
+    done_row, gone_row = rows[UUID(completed["id"])], rows[UUID(cancelled["id"])]
+    # Completed a minute before due by the database's clock: met, whatever the host says.
+    assert done_row.breached is False
+    assert before <= done_row.completed_at <= after
+    assert before <= gone_row.cancelled_at <= after
+    assert events == {
+        "sla.timer.completed": done_row.completed_at,
+        "sla.timer.cancelled": gone_row.cancelled_at,
+    }
 
 
 def test_the_started_event_carries_the_stored_times(api, engine, monkeypatch):
