@@ -120,7 +120,7 @@ READY_SCHEDULER = "tasks.actors:sweep@sla"
 DIRECT_FIRING_STARTED = "Redis is unreachable: firing due timers from PostgreSQL"
 # Steps due while Redis is stopped fire from PostgreSQL within this.
 OUTAGE_P99_TARGET_S = 2.0
-# An idle worker polls Redis every SLA_POLL_INTERVAL_MS (100 ms): one of its
+# An idle worker polls Redis every SLA_POLL_INTERVAL_MS (25 ms): one of its
 # connections has been idle for less than this unless it stopped polling.
 POLL_IDLE_S = 2
 

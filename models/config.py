@@ -120,7 +120,9 @@ class Settings:
             wakeup_horizon_seconds=_int(env, "SLA_WAKEUP_HORIZON_SECONDS", 300, minimum=90),
             wakeup_bucket_ms=_int(env, "SLA_WAKEUP_BUCKET_MS", 50, minimum=1),
             wakeup_lead_ms=_int(env, "SLA_WAKEUP_LEAD_MS", 250, minimum=0),
-            poll_interval_ms=_int(env, "SLA_POLL_INTERVAL_MS", 100, minimum=10),
+            # A wake-up passes two idle polls (delay queue, then queue) before its
+            # lead runs out: at 100 ms, 1,000 timers due per second missed it (P2h).
+            poll_interval_ms=_int(env, "SLA_POLL_INTERVAL_MS", 25, minimum=10),
             fire_parallelism=_int(env, "SLA_FIRE_PARALLELISM", 4, minimum=1),
             redis_check_ms=_int(env, "SLA_REDIS_CHECK_MS", 250, minimum=10),
             direct_poll_ms=_int(env, "SLA_DIRECT_POLL_MS", 250, minimum=10),
