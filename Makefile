@@ -1,6 +1,8 @@
 # The two commands: `make up` brings the whole service up, `make test` runs the tests.
 # Both create the virtual environment on first use. With DATABASE_URL and REDIS_URL
-# unset they start an embedded PostgreSQL and Redis under .data/.
+# unset (in the environment and in .env) they start an embedded PostgreSQL and Redis
+# under .data/; `make up` records their URLs in .env, which the settings, the Flask
+# CLI and honcho read, so commands in another shell find the same servers.
 
 VENV   ?= .venv
 PYTHON ?= python3
@@ -20,8 +22,8 @@ $(STAMP): pyproject.toml
 
 # Migrate (the Procfile's release step), then run web, worker and scheduler.
 up: install
-	@eval "$$($(BIN)/python .ci/services.py env)" && \
-	$(BIN)/python .ci/services.py wait && \
+	@eval "$$($(BIN)/python -m devtools.services env)" && \
+	$(BIN)/python -m devtools.services wait && \
 	$(BIN)/alembic upgrade head && \
 	echo "API on http://127.0.0.1:$${PORT:-8000}  (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" && \
 	$(BIN)/honcho start --port $${PORT:-8000} web worker scheduler
@@ -37,11 +39,11 @@ test-all: install
 # a dedicated database `bench` beside DATABASE_URL's and write bench/results/<profile>.json.
 bench: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	@eval "$$($(BIN)/python .ci/services.py env)" && $(BIN)/python -m bench --profile quick $(BENCH_ARGS)
+	@eval "$$($(BIN)/python -m devtools.services env)" && $(BIN)/python -m bench --profile quick $(BENCH_ARGS)
 
 bench-full: install
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	@eval "$$($(BIN)/python .ci/services.py env)" && $(BIN)/python -m bench --profile full $(BENCH_ARGS)
+	@eval "$$($(BIN)/python -m devtools.services env)" && $(BIN)/python -m bench --profile full $(BENCH_ARGS)
 
 # Chaos (docs/reliability.md): 50,000 timers through worker kills, a Redis FLUSHALL and
 # pause and a PostgreSQL restart, on a dedicated embedded PostgreSQL and Redis (minutes).
@@ -55,7 +57,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 stop-services:
-	$(BIN)/python .ci/services.py stop
+	$(BIN)/python -m devtools.services stop
 
 clean: stop-services
 	rm -rf .data

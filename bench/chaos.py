@@ -24,7 +24,7 @@ lateness of each step (its first attempt minus its due instant) inside and
 outside the fault windows, and for the steps due while Redis was stopped.
 
 The PostgreSQL restart, the FLUSHALL and the Redis stop need servers of our own: ``main()``
-starts a dedicated embedded PostgreSQL and Redis (``.ci/services.py``) under
+starts a dedicated embedded PostgreSQL and Redis (``devtools/services.py``) under
 ``.data/chaos-pg`` and ``.data/chaos-redis`` on their own ports, never the
 machine's. ``run()`` also works against shared servers (the small version in
 the test suite), with only the faults that harm nobody else: kills and
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import importlib.util
 import json
 import logging
 import os
@@ -52,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from devtools import services
 from tests import attempt_log
 
 from .common import BIN, RESULTS, ROOT, Bench, Service, machine, percentile, seed_timers
@@ -143,23 +143,15 @@ GROUP BY a.timer_id, a.escalation_step, t.due_at, e.escalation_config
 # --------------------------------------------------------------------------- own servers
 
 
-def _ci_services():
-    """.ci/services.py as a module (its directory is not a package)."""
-    spec = importlib.util.spec_from_file_location("ci_services", ROOT / ".ci" / "services.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @dataclass
 class OwnServers:
     """A dedicated embedded PostgreSQL and Redis the chaos may restart, flush and pause."""
 
     pg_port: int = 54339
     redis_port: int = 63809
-    pg_data: Path = ROOT / ".data" / "chaos-pg"
+    # Where the server's user reaches it (root runs it as nobody: devtools/services.py).
+    pg_data: Path = field(default_factory=lambda: services.pg_data_dir("chaos-pg"))
     redis_dir: Path = ROOT / ".data" / "chaos-redis"
-    ci: object = field(default_factory=_ci_services, repr=False)
 
     def start(self) -> tuple[str, str]:
         """(DATABASE_URL, REDIS_URL) of the running servers."""
@@ -169,20 +161,20 @@ class OwnServers:
         # No dumps: the flush, the pause and the stop are the faults, not a slow
         # disk; a stopped Redis comes back empty.
         options = {"save": "", "appendonly": "no"}
-        return self.ci.start_redis(self.redis_dir, self.redis_port, options)
+        return services.start_redis(self.redis_dir, self.redis_port, options)
 
     def stop_redis(self) -> None:
-        self.ci.stop_redis(self.redis_dir)
+        services.stop_redis(self.redis_dir)
 
     def start_pg(self) -> str:
-        return self.ci.start_pg(self.pg_data, self.pg_port)
+        return services.start_pg(self.pg_data, self.pg_port)
 
     def stop_pg(self) -> None:
-        self.ci.stop_pg(self.pg_data, mode="fast")
+        services.stop_pg(self.pg_data, mode="fast")
 
     def stop(self) -> None:
-        self.ci.stop_pg(self.pg_data)
-        self.ci.stop_redis(self.redis_dir)
+        services.stop_pg(self.pg_data)
+        services.stop_redis(self.redis_dir)
 
     @contextmanager
     def exclusive(self):

@@ -1,8 +1,10 @@
 """Shared benchmark plumbing: a dedicated database, seeding, processes, results.
 
 Benchmarks only ever touch the database named by ``SLA_BENCH_DATABASE``
-(default ``bench``) on the server of ``DATABASE_URL``; they drop and recreate
-it, and drop it again when done unless ``--keep`` is given.
+(default ``bench``) on the server of ``DATABASE_URL`` (the environment's, else
+the project's ``.env``); they drop and recreate it, and drop it again when done
+unless ``--keep`` is given. Processes, databases and waiting are
+``devtools.processes``, shared with the tests.
 """
 
 from __future__ import annotations
@@ -10,10 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,18 +21,20 @@ from pathlib import Path
 import psycopg
 from sqlalchemy.engine import make_url
 
-ROOT = Path(__file__).resolve().parent.parent
+from devtools.processes import (
+    BIN,
+    ROOT,
+    Service,
+    create_database,
+    drop_database,
+    migrate,
+    server_url,
+    wait_for,
+)
+
+__all__ = ["BIN", "ROOT", "Service", "wait_for"]  # re-exported for the benchmarks
+
 RESULTS = ROOT / "bench" / "results"
-BIN = Path(sys.executable).parent
-
-
-def _server_url() -> str:
-    raw = os.environ.get("DATABASE_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    return (
-        make_url(raw.replace("postgres://", "postgresql://", 1))
-        .set(drivername="postgresql")
-        .render_as_string(hide_password=False)
-    )
 
 
 @dataclass
@@ -47,33 +47,18 @@ class Bench:
 
     @classmethod
     def create(cls) -> Bench:
-        server = make_url(_server_url())
-        name = os.environ.get("SLA_BENCH_DATABASE", "bench")
-        admin = server.set(database=server.database or "postgres")
-        with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            c.execute(f'CREATE DATABASE "{name}"')
-        dsn = server.set(database=name).render_as_string(hide_password=False)
+        dsn = create_database(server_url(), os.environ.get("SLA_BENCH_DATABASE", "bench"))
         redis_url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
         redis_url = redis_url.rsplit("/", 1)[0] + "/" + os.environ.get("SLA_BENCH_REDIS_DB", "12")
         # No rate limit: the benchmarks measure how fast one tenant can go.
         env = {**os.environ, "DATABASE_URL": dsn, "REDIS_URL": redis_url, "SLA_RATE_LIMIT": "off"}
-        subprocess.run(
-            [str(BIN / "alembic"), "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
+        migrate(env)
         bench = cls(dsn, redis_url, env)
         os.environ.update({"DATABASE_URL": dsn, "REDIS_URL": redis_url, "SLA_RATE_LIMIT": "off"})
         return bench
 
     def drop(self) -> None:
-        url = make_url(self.dsn)
-        admin = url.set(database="postgres").render_as_string(hide_password=False)
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+        drop_database(self.dsn)
 
     def connect(self, **kw) -> psycopg.Connection:
         return psycopg.connect(self.dsn, autocommit=True, **kw)
@@ -142,58 +127,6 @@ def seed_timers(
         c.execute("ANALYZE sla_timers")
 
 
-class Service:
-    """A service process (worker, scheduler, web) in its own process group."""
-
-    def __init__(
-        self,
-        args: list[str],
-        env: dict[str, str],
-        log: Path,
-        ready: str | None,
-        ready_count: int = 1,
-    ):
-        self.log = log
-        offset = log.stat().st_size if log.exists() else 0  # only this run's lines count
-        self.proc = subprocess.Popen(
-            args,
-            cwd=ROOT,
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        if ready:
-            deadline = time.monotonic() + 60
-            while self._said(offset).count(ready) < ready_count:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"{args[0]} did not start:\n{self._said(offset)[-2000:]}")
-                time.sleep(0.05)
-
-    def _said(self, offset: int) -> str:
-        with self.log.open("rb") as f:
-            f.seek(offset)
-            return f.read().decode(errors="replace")
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 def worker(
     bench: Bench,
     log: Path,
@@ -220,16 +153,6 @@ def running(*services: Service):
             s.stop()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
-
-
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -241,7 +164,7 @@ def percentile(values: list[float], p: float) -> float:
 def machine() -> dict:
     import psutil
 
-    with psycopg.connect(_server_url()) as c:
+    with psycopg.connect(server_url()) as c:
         pg_version = c.execute("SHOW server_version").fetchone()[0]
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -1,9 +1,13 @@
-"""Alembic environment: the URL comes from DATABASE_URL, like the rest of the service."""
+"""Alembic environment: the URL comes from DATABASE_URL, like the rest of the service.
+
+An unreachable database ends the command with one line naming it and the fix.
+"""
 
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import create_engine, pool
+from sqlalchemy import create_engine, exc, pool
+from sqlalchemy.engine import make_url
 
 from models.config import get_settings
 from models.schema import metadata
@@ -25,7 +29,16 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     engine = create_engine(_url(), poolclass=pool.NullPool)
-    with engine.connect() as connection:
+    try:
+        connection = engine.connect()
+    except exc.OperationalError as failed:
+        url = make_url(_url())
+        reason = str(failed.orig).strip().splitlines()[0]
+        raise SystemExit(
+            f"alembic: database unreachable at {url.host}:{url.port or 5432} ({reason}): "
+            "start it or set DATABASE_URL"
+        ) from None
+    with connection:
         context.configure(connection=connection, target_metadata=metadata)
         with context.begin_transaction():
             context.run_migrations()

@@ -2,6 +2,13 @@
 
 Every setting has a default that suits a single machine; an invalid value stops
 start-up with a message naming the variable, rather than failing later at 3 a.m.
+
+The project's ``.env`` (git-ignored; ``make up`` writes the URLs of the embedded
+PostgreSQL and Redis there) is read first, as honcho and the Flask CLI read it, so
+every entry point (gunicorn, dramatiq, the scheduler, alembic, the CLI, bench)
+finds the same services with nothing exported. A real environment variable always
+wins over ``.env``. ``SLA_ENV_FILE`` names another file; empty reads none (the tests
+set it, so a developer's ``.env`` never reaches them).
 """
 
 from __future__ import annotations
@@ -10,6 +17,9 @@ import os
 import re
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
+
+ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
 
 
 class ConfigError(ValueError):
@@ -26,6 +36,7 @@ def normalize_database_url(url: str) -> str:
     raise ConfigError(f"DATABASE_URL must be a postgres:// or postgresql:// URL, got {scheme}://")
 
 
+_QUEUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
@@ -106,6 +117,10 @@ class Settings:
     db_maintenance_role: str | None
     # Per-tenant limit on the write endpoints, in Flask-Limiter's notation; None disables.
     rate_limit: str | None
+    # The Dramatiq queue of wake-ups and sweeps (tasks/broker.py). The tests use their
+    # own, so a running stack's worker never consumes their messages, nor they its.
+    queue: str = "sla"
+
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -140,7 +155,12 @@ class Settings:
             db_app_role=_role(env, "SLA_DB_APP_ROLE", "sla_app"),
             db_maintenance_role=_role(env, "SLA_DB_MAINTENANCE_ROLE", "sla_maintenance"),
             rate_limit=_rate_limit(env.get("SLA_RATE_LIMIT", DEFAULT_RATE_LIMIT)),
+            queue=env.get("SLA_QUEUE") or "sla",
         )
+        if not _QUEUE.fullmatch(settings.queue):
+            raise ConfigError(
+                f"SLA_QUEUE must be letters, digits, '_' or '-' (1-64), got {settings.queue!r}"
+            )
         if not settings.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ConfigError(f"REDIS_URL must be a redis:// URL, got {settings.redis_url!r}")
         if settings.wakeup_lead_ms > 2000:
@@ -150,6 +170,25 @@ class Settings:
         return settings
 
 
+def env_file() -> Path | None:
+    """The dotenv file the settings read: ``SLA_ENV_FILE``, else the project's ``.env``."""
+    raw = os.environ.get("SLA_ENV_FILE")
+    if raw is None:
+        return ENV_FILE
+    return Path(raw) if raw.strip() else None
+
+
+def load_env_file() -> None:
+    """Add the dotenv file's variables to the environment; never override one
+    that is set (a real environment variable wins)."""
+    path = env_file()
+    if path is not None and path.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
+
+
 @cache
 def get_settings() -> Settings:
+    load_env_file()
     return Settings.from_env()

@@ -6,6 +6,7 @@ every key and message here is lost, and while Redis is unreachable the
 scheduler fires them from PostgreSQL (``tasks/scheduler.py``).
 
 - ``dramatiq:*``: Dramatiq's own (``tasks/broker.py``): the queue ``dramatiq:sla``
+  (``sla`` is ``SLA_QUEUE``'s default; the tests use a queue of their own)
   and its delay queue ``dramatiq:sla.DQ`` (lists of message ids), their messages
   (``dramatiq:sla.msgs``, ``dramatiq:sla.DQ.msgs``, hashes), each worker's
   unacknowledged messages (``dramatiq:__acks__.<worker>.<queue>``, sets), the
@@ -52,7 +53,8 @@ from periodiq import PeriodiqMiddleware
 
 from models.config import Settings, get_settings
 
-QUEUE = "sla"
+# SLA_QUEUE: a test run's actors use their own queue, beside a running stack's.
+QUEUE = get_settings().queue
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,19 @@
 """Test services: a real PostgreSQL and a real Redis.
 
-The tests use ``DATABASE_URL`` and ``REDIS_URL`` when set, and otherwise start
-the embedded ones (``.ci/services.py``). They never write to the database the
-URL names: they create (and recreate) a dedicated database beside it,
-``SLA_TEST_DATABASE`` (default ``sla_test``), and migrate it with alembic. The
-Redis database the URL names is flushed between tests. The test database also
+The tests use the servers ``DATABASE_URL`` and ``REDIS_URL`` name (in the
+environment, else in the project's ``.env``, as every entry point), and
+otherwise start the embedded ones (``devtools/services.py``). They never read,
+write or flush what a running stack (``make up``) uses, on the same servers:
+
+- PostgreSQL: a dedicated database beside the URL's, ``SLA_TEST_DATABASE``
+  (default ``sla_test``), created (and recreated) and migrated with alembic;
+- Redis: a database of their own on the URL's server, ``SLA_TEST_REDIS_DB``
+  (default 15), flushed between tests; concurrent runs set different ones;
+- Dramatiq: a queue of their own, ``SLA_QUEUE=sla-test``, so a running stack's
+  worker never consumes the tests' wake-ups even on a shared database.
+
+The rest of ``.env`` never reaches them (``SLA_ENV_FILE`` and
+``FLASK_SKIP_DOTENV`` are set for the run and its processes). The test database also
 carries the insert-attempt log (``tests/attempt_log.py``), emptied with the
 tables before each test.
 
@@ -32,9 +41,17 @@ from tests import attempt_log
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The tests' own Redis database and queue, beside a running stack's (db 0, queue sla).
+TEST_REDIS_DB = "15"
+TEST_QUEUE = "sla-test"
+
+
 def _embedded_services() -> dict[str, str]:
+    """The URLs every entry point sees (environment, else .env), starting the
+    embedded servers for the missing ones (devtools/services.py)."""
     out = subprocess.run(
-        [sys.executable, str(ROOT / ".ci" / "services.py"), "env"],
+        [sys.executable, "-m", "devtools.services", "env"],
+        cwd=ROOT,
         check=True,
         capture_output=True,
         text=True,
@@ -72,6 +89,20 @@ def _resolve_services() -> None:
     test_db = os.environ.get("SLA_TEST_DATABASE", "sla_test")
     os.environ["SLA_TEST_SERVER_URL"] = server.render_as_string(hide_password=False)
     os.environ["DATABASE_URL"] = server.set(database=test_db).render_as_string(hide_password=False)
+    os.environ["REDIS_URL"] = _test_redis_url(os.environ["REDIS_URL"])
+    os.environ["SLA_QUEUE"] = TEST_QUEUE
+
+
+def _test_redis_url(url: str) -> str:
+    """``url``'s server, the tests' own database: ``SLA_TEST_REDIS_DB``, default 15."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "unix":  # the database is a query parameter there
+        query = [q for q in parts.query.split("&") if q and not q.startswith("db=")]
+        query.append(f"db={os.environ.get('SLA_TEST_REDIS_DB', TEST_REDIS_DB)}")
+        return urlunsplit(parts._replace(query="&".join(query)))
+    return urlunsplit(parts._replace(path=f"/{os.environ.get('SLA_TEST_REDIS_DB', TEST_REDIS_DB)}"))
 
 
 def _args_need_services(args: list[str]) -> bool:
@@ -81,6 +112,12 @@ def _args_need_services(args: list[str]) -> bool:
     paths = [p.resolve() for p in paths if p.exists()]
     return not paths or any(_needs_services(p) for p in paths)
 
+
+# A developer's .env (make up's URLs, any SLA_* they keep there) never reaches the
+# tests: their settings, the Flask CLI and the processes they start read only the
+# environment set here. The URLs in .env are still found (_embedded_services).
+os.environ["SLA_ENV_FILE"] = ""
+os.environ["FLASK_SKIP_DOTENV"] = "1"
 
 # Now, before any other conftest is imported: importing the service's modules
 # builds a broker and caches the settings, which must already name the test

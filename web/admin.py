@@ -2,7 +2,10 @@
 
 Without SLA_ADMIN_TOKEN the HTTP admin routes answer 404, as if absent: an
 unconfigured deployment exposes no admin surface at all. The CLI needs no
-token, since it already runs with the service's own database credentials.
+token, since it already runs with the service's own database credentials. A CLI
+command that fails for a known reason (database unreachable or missing, schema
+not migrated, Redis unreachable) prints one line naming the cause and the fix and
+exits 1, rather than a traceback.
 """
 
 from __future__ import annotations
@@ -11,9 +14,10 @@ from uuid import UUID
 
 import click
 from flask import Blueprint, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, ScriptInfo
 
 from models import repository as repo
+from models.config import get_settings
 from models.db import tenant_scope
 
 from .operations import json_response, operation
@@ -119,7 +123,58 @@ def revoke_key(tenant_id: str, prefix: str):
     return json_response(ApiKey(**record))
 
 
-tenants_cli = AppGroup("tenants", help="Manage tenants.")
+def cli_failure(exc: BaseException, settings) -> str | None:
+    """One line naming the cause of a CLI command's failure and its fix, or None
+    for a failure this does not recognise (a bug: its traceback is wanted)."""
+    import psycopg
+    import redis
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    db = make_url(settings.database_url)
+    where = f"{db.host or 'localhost'}:{db.port or 5432}"
+    cause = exc.orig if isinstance(exc, sqlalchemy.exc.DBAPIError) else exc
+    if isinstance(cause, psycopg.errors.UndefinedTable):
+        return (
+            f'schema not migrated in database "{db.database}" at {where}: '
+            "run `alembic upgrade head`"
+        )
+    if isinstance(cause, psycopg.OperationalError) and not isinstance(
+        cause, psycopg.errors.QueryCanceled
+    ):
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        if "does not exist" in reason:
+            return f"{reason.split('FATAL:')[-1].strip()} at {where}: create it or set DATABASE_URL"
+        return f"database unreachable at {where} ({reason}): start it or set DATABASE_URL"
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        rd = make_url(settings.redis_url)
+        return (
+            f"Redis unreachable at {rd.host or 'localhost'}:{rd.port or 6379}: "
+            "start it or set REDIS_URL"
+        )
+    return None
+
+
+class CliGroup(AppGroup):
+    """Commands whose known failures end in one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.ClickException:
+            raise
+        except Exception as exc:
+            # The app context is gone by now; the CLI loaded its app once, kept here.
+            info = ctx.find_object(ScriptInfo)
+            app = info.load_app() if info is not None else None
+            settings = app.extensions["sla"].settings if app is not None else get_settings()
+            message = cli_failure(exc, settings)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+tenants_cli = CliGroup("tenants", help="Manage tenants.")
 
 
 @tenants_cli.command("create")

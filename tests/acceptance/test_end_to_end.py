@@ -121,7 +121,7 @@ def test_the_scheduler_registers_the_sweep(engine, tmp_path):
             (tmp_path / "scheduler.log").read_text(),
             re.MULTILINE,
         )
-        assert ("* * * * *", "tasks.actors:sweep@sla") in registered, registered
+        assert ("* * * * *", f"tasks.actors:sweep@{QUEUE}") in registered, registered
         assert scheduler.proc.poll() is None
     finally:
         scheduler.stop()

