@@ -19,7 +19,7 @@ polling Redis, is reported. Every fault is recorded with its wall-clock
 window. At the end the database is checked: every timer reached its final
 state, one step row per (timer, step), one outbox event per (timer, kind,
 step), no step row or event attempted twice and none before its instant (the
-insert-attempt log of tests/attempt_log.py, by the database's clock), and the
+insert-attempt log of tests/support/attempt_log.py, by the database's clock), and the
 lateness of each step (its first attempt minus its due instant) inside and
 outside the fault windows, and for the steps due while Redis was stopped.
 
@@ -52,7 +52,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from devtools import services
-from tests import attempt_log
+from tests.support import attempt_log
 
 from .common import BIN, RESULTS, ROOT, Bench, Service, machine, percentile, seed_timers
 from .p3_recovery import _CHECK_EVENTS, _CHECK_STEPS, _CHECK_TIMERS, _PROGRESS, _ladder
@@ -125,7 +125,7 @@ OUTAGE_P99_TARGET_S = 2.0
 POLL_IDLE_S = 2
 
 # Each step's due instant and lateness: its first insert attempt, by the
-# database's clock (tests/attempt_log.py), minus its due instant.
+# database's clock (tests/support/attempt_log.py), minus its due instant.
 _STEP_TIMES = f"""
 SELECT a.escalation_step,
        extract(epoch FROM t.due_at) + (e.escalation_config ->> 'after_seconds')::int,

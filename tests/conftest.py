@@ -14,8 +14,13 @@ write or flush what a running stack (``make up``) uses, on the same servers:
 
 The rest of ``.env`` never reaches them (``SLA_ENV_FILE`` and
 ``FLASK_SKIP_DOTENV`` are set for the run and its processes). The test database also
-carries the insert-attempt log (``tests/attempt_log.py``), emptied with the
-tables before each test.
+carries the insert-attempt log (``tests/support/attempt_log.py``), emptied
+with the tables before each test.
+
+This file keeps what every tier needs: options, markers, time limits and the
+service resolution. The fixtures shared by the service tiers live in
+tests/support/database.py (registered below as a plugin), each tier's own in
+its conftest.py, and helpers in tests/support/.
 
 Tiers: ``tests/unit`` (no I/O: ``pytest tests/unit`` starts and connects to
 nothing, tests/unit/test_unit_tier.py checks it), ``tests/integration``
@@ -29,16 +34,15 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests import attempt_log
-
 ROOT = Path(__file__).resolve().parent.parent
+
+# The service tiers' fixtures (database, engine, settings, tenant, other_tenant).
+pytest_plugins = ("tests.support.database",)
 
 
 # The tests' own Redis database and queue, beside a running stack's (db 0, queue sla).
@@ -159,90 +163,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
 
 
-def _create_database() -> None:
-    server = make_url(os.environ["SLA_TEST_SERVER_URL"])
-    test_db = make_url(os.environ["DATABASE_URL"]).database
-    admin = server.set(database=server.database or "postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{test_db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{test_db}"')
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-
-
 @pytest.fixture(scope="session")
-def database():
-    """The migrated test database (created once per session), with the insert
-    attempt log (tests/attempt_log.py) installed by the tables' owner."""
+def services() -> None:
+    """The services, resolved: ``DATABASE_URL`` names the test database. The
+    service tiers' fixtures (tests/support/database.py) start from this."""
     _resolve_services()
-    _create_database()
-    from models.config import get_settings
-    from models.db import make_engine
-
-    # The tests' own engine acts as the maintenance role, like the workers: it
-    # sees every tenant. The API's engine (sla_app) is scoped per transaction.
-    engine = make_engine(get_settings(), role=get_settings().db_maintenance_role)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("SET LOCAL ROLE NONE")
-        attempt_log.install(conn)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def settings():
-    _resolve_services()
-    from models.config import get_settings
-
-    return get_settings()
-
-
-@pytest.fixture
-def engine(database):
-    """A clean database and Redis for one test."""
-    with database.begin() as conn:
-        conn.exec_driver_sql("SET LOCAL ROLE NONE")  # TRUNCATE is the owner's
-        conn.exec_driver_sql(
-            "TRUNCATE outbox_events, sla_escalation_events, sla_timers, api_keys, tenants "
-            "RESTART IDENTITY CASCADE"
-        )
-        attempt_log.reset(conn)
-    redis_conn().flushdb()
-    return database
-
-
-def wait_until(predicate, timeout: float, what: str, *, interval: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
-def redis_conn():
-    import redis
-
-    return redis.Redis.from_url(os.environ["REDIS_URL"])
-
-
-@pytest.fixture
-def tenant(engine):
-    """(tenant_id, api_key) of a fresh tenant."""
-    from models import repository as repo
-
-    with engine.begin() as conn:
-        return repo.create_tenant(conn, "acme")
-
-
-@pytest.fixture
-def other_tenant(engine):
-    from models import repository as repo
-
-    with engine.begin() as conn:
-        return repo.create_tenant(conn, "globex")

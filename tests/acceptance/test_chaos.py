@@ -15,7 +15,7 @@ import pytest
 
 from bench import chaos
 from bench.common import Bench
-from tests import attempt_log
+from tests.support import attempt_log
 
 
 def assert_invariants(result: dict) -> None:
@@ -43,7 +43,7 @@ def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_pat
     result = chaos.run(bench, {**chaos.SMALL, "due_in_s": DUE_IN_S}, tmp_path)
 
     assert_invariants(result)
-    # The rows are unique whatever happens: the insert attempts (tests/attempt_log.py)
+    # The rows are unique whatever happens: the insert attempts (tests/support/attempt_log.py)
     # show whether anything was tried twice, and when the database first saw each step.
     n = result["figures"]["timers"]
     with engine.connect() as conn:

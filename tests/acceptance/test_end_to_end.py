@@ -4,7 +4,7 @@ A timer started over HTTP fires on time through its wake-up; timers whose
 wake-ups die with a SIGKILLed worker and a flushed Redis are fired by the
 sweeper once a worker is back, each step exactly once and none early. Both
 are judged by the database's own record of insert attempts
-(tests/attempt_log.py), not by the rows, which are unique anyway.
+(tests/support/attempt_log.py), not by the rows, which are unique anyway.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from sqlalchemy import text
 
 from bench.common import Service
 from tasks.broker import QUEUE
-from tests import attempt_log
-from tests.conftest import redis_conn, wait_until
+from tests.support import attempt_log
+from tests.support.common import redis_conn, wait_until
 
 BIN = Path(sys.executable).parent
 # Dramatiq's delay queue: a list of message ids, the messages in a hash beside it.
@@ -51,16 +51,6 @@ def worker(engine, tmp_path):
     proc.stop()
 
 
-@pytest.fixture
-def client(engine, tenant):
-    from web import create_app
-
-    app = create_app()
-    c = app.test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant[1]}"
-    return c
-
-
 def counts(engine) -> tuple[int, int]:
     """(escalated timers, step rows)."""
     with engine.connect() as conn:
@@ -75,7 +65,7 @@ def counts(engine) -> tuple[int, int]:
 
 
 def assert_each_step_once_and_never_early(engine, timers: int) -> None:
-    """From the insert attempts (tests/attempt_log.py): one committed attempt per
+    """From the insert attempts (tests/support/attempt_log.py): one committed attempt per
     step and event, each first seen by the database at or after its due instant."""
     with engine.connect() as conn:
         assert attempt_log.duplicate_attempts(conn) == []

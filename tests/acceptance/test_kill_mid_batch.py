@@ -6,7 +6,7 @@ stops inside the statement that writes their step rows: a test trigger on
 worker is SIGKILLed there. PostgreSQL rolls its transaction back, the rows
 stay PROCESSING until their (short) lease expires, and a new worker's boot
 sweep rescues and fires them: one step row and one event per step, and no
-committed duplicate attempt (tests/attempt_log.py), none early.
+committed duplicate attempt (tests/support/attempt_log.py), none early.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 from sqlalchemy import text
 
 from bench.common import Service
-from tests import attempt_log
-from tests.conftest import wait_until
-from tests.factories import overdue, start_timer
+from tests.support import attempt_log
+from tests.support.common import wait_until
+from tests.support.factories import overdue, start_timer
 
 BIN = Path(sys.executable).parent
 LEASE_S = 2

@@ -1,11 +1,11 @@
 """Real worker and scheduler processes through a PostgreSQL outage.
 
 The ``dramatiq`` worker and the scheduler (``python -m tasks.scheduler``, as in
-the Procfile) reach PostgreSQL through an ``OutageProxy`` (tests/outage_proxy.py);
+the Procfile) reach PostgreSQL through an ``OutageProxy`` (tests/support/outage_proxy.py);
 Redis is the real one. PostgreSQL is cut while timers fall due. Afterwards both
 processes are still running (no restart), every timer that fell due during the
 outage fires, each step exactly once and none early by the database's own
-record of insert attempts (tests/attempt_log.py), and a timer started after the
+record of insert attempts (tests/support/attempt_log.py), and a timer started after the
 outage fires on time.
 """
 
@@ -22,9 +22,9 @@ import pytest
 from sqlalchemy import text
 
 from bench.common import Service
-from tests import attempt_log
-from tests.conftest import wait_until
-from tests.outage_proxy import OutageProxy
+from tests.support import attempt_log
+from tests.support.common import wait_until
+from tests.support.outage_proxy import OutageProxy
 
 BIN = Path(sys.executable).parent
 CONNECT_TIMEOUT_S = 2  # psycopg's minimum
@@ -64,16 +64,6 @@ def processes(engine, pg_proxy, tmp_path) -> Iterator[tuple[Service, Service]]:
         service.stop()
 
 
-@pytest.fixture
-def client(engine, tenant):
-    """The API, straight to PostgreSQL: the outage is the workers' alone."""
-    from web import create_app
-
-    c = create_app().test_client()
-    c.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tenant[1]}"
-    return c
-
-
 def start_due_at(client, leads_and_dues: list[tuple[str, datetime]]) -> list[str]:
     """Start timers due at the given instants, in one bulk request."""
     timers = [
@@ -109,7 +99,7 @@ def fired(engine, ids: list[str]) -> tuple[int, int]:
 
 def attempts_of(engine, ids: list[str]) -> tuple[list, list]:
     """(duplicate insert attempts, (observed - due) of each step) among ``ids``, as
-    the database saw them (tests/attempt_log.py)."""
+    the database saw them (tests/support/attempt_log.py)."""
     with engine.connect() as conn:
         duplicates = [d for d in attempt_log.duplicate_attempts(conn) if str(d[2]) in ids]
         lateness = [t[2] - t[3] for t in attempt_log.step_times(conn) if str(t[0]) in ids]

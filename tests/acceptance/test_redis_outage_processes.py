@@ -1,10 +1,10 @@
 """Real worker and scheduler processes through a Redis outage.
 
 The ``dramatiq`` worker and the scheduler (``python -m tasks.scheduler``, the
-Procfile's) reach Redis through an ``OutageProxy`` (tests/outage_proxy.py);
+Procfile's) reach Redis through an ``OutageProxy`` (tests/support/outage_proxy.py);
 PostgreSQL is the real one. Timers are written straight to the database,
 without wake-ups. While Redis is refused, the ones falling due fire within
-2 s of their instant (the database's clock, tests/attempt_log.py), from the
+2 s of their instant (the database's clock, tests/support/attempt_log.py), from the
 database alone; once it is back the scheduler sends the wake-ups of the
 horizon again, a timer started during the outage fires on time through its
 wake-up, and nothing fired twice.
@@ -24,10 +24,10 @@ from sqlalchemy import text
 
 from bench.common import Service
 from models.sla import utcnow, wakeup_instant
-from tests import attempt_log
-from tests.conftest import redis_conn, wait_until
-from tests.factories import start_timer
-from tests.outage_proxy import OutageProxy
+from tests.support import attempt_log
+from tests.support.common import redis_conn, wait_until
+from tests.support.factories import start_timer
+from tests.support.outage_proxy import OutageProxy
 
 BIN = Path(sys.executable).parent
 LATENESS_BOUND_S = 2.0

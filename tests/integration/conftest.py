@@ -1,4 +1,6 @@
-"""Fixtures for the firing path's fault tests: counting actions and poisoned rows."""
+"""The integration tier's fixtures: the API as one tenant (``app``, ``api``,
+``other_api``) and, for the firing path's fault tests, counting actions and
+poisoned rows."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+
+from tests.support.api import Api
 
 # No module of the service at import time: importing ``tasks`` reads the
 # settings (the broker), which must wait until tests/conftest.py has pointed
@@ -95,3 +99,20 @@ def poison(engine):
     with engine.begin() as conn:
         conn.exec_driver_sql("SET LOCAL ROLE NONE")
         conn.exec_driver_sql("DROP TRIGGER IF EXISTS test_poison ON sla_escalation_events")
+
+
+@pytest.fixture
+def app(engine):
+    from web import create_app
+
+    return create_app()
+
+
+@pytest.fixture
+def api(app, tenant) -> Api:
+    return Api(app.test_client(), tenant[1])
+
+
+@pytest.fixture
+def other_api(app, other_tenant) -> Api:
+    return Api(app.test_client(), other_tenant[1])

@@ -8,12 +8,8 @@ from uuid import UUID
 from sqlalchemy import text
 
 from models.sla import utcnow
-from tests.conftest import redis_conn
-
-from . import api_support
-from .api_support import TIMER_FIELDS, assert_problem
-
-app, api, other_api = api_support.app, api_support.api, api_support.other_api
+from tests.support.api import TIMER_FIELDS, Api, assert_problem
+from tests.support.common import redis_conn
 
 
 def iso(at: datetime) -> str:
@@ -272,7 +268,7 @@ def test_concurrent_starts_for_one_lead(app, api):
     from concurrent.futures import ThreadPoolExecutor
 
     def start(i: int, key: str | None):
-        client = api_support.Api(app.test_client(), api.key)
+        client = Api(app.test_client(), api.key)
         body = {"lead_id": "race", "window_seconds": 60}
         if key is None:
             body["started_at"] = f"2025-01-01T00:00:0{i}Z"

@@ -8,13 +8,10 @@ import re
 
 import pytest
 
+from tests.support.api import TIMER_FIELDS, assert_problem
 from web import create_app
 from web.health import schema_heads
 
-from . import api_support
-from .api_support import assert_problem
-
-app = api_support.app
 TOKEN = "admin-secret-token"
 
 
@@ -160,7 +157,7 @@ def test_openapi_document_describes_every_route(app):
     listing = doc["paths"]["/v1/timers"]["get"]
     assert {p["name"] for p in listing["parameters"]} == {"lead_id", "status", "limit", "cursor"}
     timer = schemas["Timer"]["properties"]
-    assert set(timer) == api_support.TIMER_FIELDS
+    assert set(timer) == TIMER_FIELDS
     assert doc["paths"]["/healthz"]["get"]["security"] == []
 
 

@@ -14,13 +14,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
+from tests.support.api import assert_problem
 from web.parsing import MAX_DEPTH, MAX_ERRORS
 from web.schemas import MAX_BULK, MAX_STEPS, MAX_WINDOW_SECONDS
-
-from . import api_support
-from .api_support import assert_problem
-
-app, api = api_support.app, api_support.api
 
 OK = {"lead_id": "lead-1", "window_seconds": 60}
 STEP = {"step": 1, "after_seconds": 0, "action": "notify"}

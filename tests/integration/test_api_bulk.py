@@ -7,12 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import redis_conn
-
-from . import api_support
-from .api_support import TIMER_FIELDS, assert_problem
-
-app, api, other_api = api_support.app, api_support.api, api_support.other_api
+from tests.support.api import TIMER_FIELDS, Api, assert_problem
+from tests.support.common import redis_conn
 
 BULK = "/v1/timers/bulk"
 
@@ -299,7 +295,7 @@ def test_concurrent_bulk_starts_over_the_same_leads(app, api, engine):
     def start(seed: int) -> int:
         order = leads[:]
         random.Random(seed).shuffle(order)
-        client = api_support.Api(app.test_client(), api.key)
+        client = Api(app.test_client(), api.key)
         return client.post(BULK, {"timers": [item(lead) for lead in order]}).status_code
 
     with ThreadPoolExecutor(4) as pool:

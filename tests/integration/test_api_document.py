@@ -10,10 +10,6 @@ import pytest
 
 from tests.acceptance import schemathesis_hooks as hooks
 
-from . import api_support
-
-app, api = api_support.app, api_support.api
-
 
 @pytest.fixture
 def document(app) -> dict[str, Any]:

@@ -12,10 +12,7 @@ import pytest
 import redis
 from sqlalchemy import text
 
-from . import api_support
-from .api_support import assert_problem
-
-app, api = api_support.app, api_support.api
+from tests.support.api import assert_problem
 
 OK = {"lead_id": "lead-1", "window_seconds": 60}
 STEP = {"step": 1, "after_seconds": 0, "action": "notify"}
@@ -342,7 +339,7 @@ def test_database_down_is_503(engine, settings, tenant):
 
 def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
     from models import repository as repo
-    from tests.conftest import wait_until
+    from tests.support.common import wait_until
     from web import create_app
 
     ttl = 2

@@ -11,11 +11,7 @@ from sqlalchemy import text
 
 from models import repository as repo
 from models.sla import utcnow
-
-from . import api_support
-from .api_support import assert_problem
-
-app, api = api_support.app, api_support.api
+from tests.support.api import assert_problem
 
 BULK = "/v1/timers/bulk"
 

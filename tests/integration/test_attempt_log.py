@@ -1,4 +1,4 @@
-"""The insert-attempt log (tests/attempt_log.py) sees what the rows cannot:
+"""The insert-attempt log (tests/support/attempt_log.py) sees what the rows cannot:
 a second write that ``ON CONFLICT DO NOTHING`` dropped, as the service's own
 role, by the database's clock; and it forgets a write that rolled back."""
 
@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from tests import attempt_log
-from tests.factories import overdue, start_timer
+from tests.support import attempt_log
+from tests.support.factories import overdue, start_timer
 
 _STEP = """
 INSERT INTO sla_escalation_events (tenant_id, lead_id, timer_id, escalation_step, executed_at,

@@ -20,7 +20,7 @@ from dramatiq import Worker
 from dramatiq.errors import ConnectionClosed
 
 from tasks.broker import make_broker
-from tests.conftest import redis_conn
+from tests.support.common import redis_conn
 
 
 class Stall:

@@ -2,10 +2,10 @@
 
 The scheduler's ``DirectFiring`` and every process-wide Redis client of the
 test process (the wake-up dedupe client, the Dramatiq broker) reach Redis
-through an ``OutageProxy`` (tests/outage_proxy.py); the shared Redis is never
+through an ``OutageProxy`` (tests/support/outage_proxy.py); the shared Redis is never
 touched. Timers are written straight to the database, with no wake-up, so
 only the database can make them fire. Lateness is the insert-attempt log's
-(tests/attempt_log.py): the database's clock when the step row reached it.
+(tests/support/attempt_log.py): the database's clock when the step row reached it.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from sqlalchemy import text
 from models.sla import utcnow, wakeup_instant
 from tasks.broker import QUEUE
 from tasks.scheduler import DirectFiring
-from tests import attempt_log
-from tests.conftest import redis_conn, wait_until
-from tests.factories import start_timer
-from tests.outage_proxy import OutageProxy
+from tests.support import attempt_log
+from tests.support.common import redis_conn, wait_until
+from tests.support.factories import start_timer
+from tests.support.outage_proxy import OutageProxy
 
 CHECK_MS = 100
 LATENESS_BOUND_S = 2.0

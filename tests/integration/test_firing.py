@@ -14,8 +14,8 @@ from models import repository as repo
 from models.sla import utcnow
 from tasks import escalation
 from tasks.firing import FireReport, fire_claimed, fire_due
-from tests import attempt_log
-from tests.factories import overdue, start_timer
+from tests.support import attempt_log
+from tests.support.factories import overdue, start_timer
 
 TWO_STEPS = (
     {"step": 1, "after_seconds": 0, "action": "notify", "target": "owner"},

@@ -17,7 +17,7 @@ import models.sla
 from models import repository as repo
 from models.sla import utcnow
 from tasks.firing import FireReport, fire_claimed, fire_due
-from tests.factories import overdue, start_timer
+from tests.support.factories import overdue, start_timer
 
 COUNT = ({"step": 1, "after_seconds": 0, "action": "count", "target": "crm"},)
 COUNT_TWICE = (

@@ -12,13 +12,9 @@ import pytest
 from sqlalchemy import text
 
 from tasks.firing import fire_due
-from tests.conftest import ROOT
-from tests.factories import overdue
-
-from . import api_support
-from .api_support import assert_problem
-
-app, api = api_support.app, api_support.api
+from tests.support.api import assert_problem
+from tests.support.common import ROOT
+from tests.support.factories import overdue
 
 EXPLODING = [{"step": 1, "after_seconds": 0, "action": "count", "target": "crm"}]
 

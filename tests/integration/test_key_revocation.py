@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from models import repository as repo
-from tests.conftest import redis_conn, wait_until
-from tests.outage_proxy import OutageProxy
+from tests.support.common import redis_conn, wait_until
+from tests.support.outage_proxy import OutageProxy
 from web.auth import REVOKED_CHANNEL
 
 ADMIN_TOKEN = "revocation-admin-token"

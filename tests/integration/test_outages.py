@@ -1,7 +1,7 @@
 """Outages of PostgreSQL and Redis, as the API sees them.
 
 The app under test reaches PostgreSQL or Redis through an ``OutageProxy``
-(tests/outage_proxy.py), which can refuse connections (a stopped server) or
+(tests/support/outage_proxy.py), which can refuse connections (a stopped server) or
 blackhole them (a partitioned network: accepted, never answered); either way
 the connections that were live are cut. The shared servers are never touched.
 
@@ -32,9 +32,9 @@ import pytest
 from sqlalchemy import text
 
 from models.config import Settings, normalize_database_url
-from tests.conftest import redis_conn, wait_until
-from tests.integration.api_support import assert_problem
-from tests.outage_proxy import OutageProxy
+from tests.support.api import assert_problem
+from tests.support.common import redis_conn, wait_until
+from tests.support.outage_proxy import OutageProxy
 
 ADMIN_TOKEN = "outage-admin-token"
 # psycopg (like libpq) treats a connect timeout under 2 s as 2 s.

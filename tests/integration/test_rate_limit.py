@@ -7,10 +7,8 @@ import dataclasses
 
 import pytest
 
-from models.config import ConfigError, Settings
+from tests.support.api import Api, assert_problem
 from web import create_app
-
-from .api_support import Api, assert_problem
 
 START = {"lead_id": "lead", "window_seconds": 600}
 
@@ -60,14 +58,6 @@ def test_writes_go_through_when_the_limit_store_is_down(limited, tenant):
     api = Api(create_app(down).test_client(), tenant[1])
     for i in range(5):  # over the limit, but Redis cannot count: let writes through
         api.start(lead_id=f"l{i}")
-
-
-def test_the_limit_setting_is_validated():
-    assert Settings.from_env({"SLA_RATE_LIMIT": "off"}).rate_limit is None
-    assert Settings.from_env({"SLA_RATE_LIMIT": "10/second;100/minute"}).rate_limit
-    assert Settings.from_env({}).rate_limit == "100/second;3000/minute"
-    with pytest.raises(ConfigError, match="SLA_RATE_LIMIT"):
-        Settings.from_env({"SLA_RATE_LIMIT": "lots"})
 
 
 def test_the_openapi_document_lists_429_on_write_routes_only(engine):

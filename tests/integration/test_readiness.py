@@ -23,8 +23,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from models.config import normalize_database_url
-from tests.conftest import ROOT
-from tests.integration.api_support import assert_problem
+from tests.support.api import assert_problem
+from tests.support.common import ROOT
 from web import create_app
 from web.health import PROBE_TIMEOUT_MS, SchemaHeads, migration_state, schema_heads
 

@@ -16,8 +16,8 @@ import threading
 from sqlalchemy import text
 
 from models import repository as repo
-from tests import attempt_log
-from tests.conftest import wait_until
+from tests.support import attempt_log
+from tests.support.common import wait_until
 
 ROWS = 400
 RESCUERS = 4

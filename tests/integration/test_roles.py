@@ -41,9 +41,9 @@ from models.config import Settings, normalize_database_url
 from models.db import TenantIsolationOff, make_engine, tenant_scope
 from models.sla import utcnow
 from tasks.firing import fire_due
-from tests.conftest import ROOT
-from tests.integration.api_support import assert_problem
-from tests.outage_proxy import OutageProxy
+from tests.support.api import assert_problem
+from tests.support.common import ROOT
+from tests.support.outage_proxy import OutageProxy
 
 TENANT_TABLES = ("tenants", "api_keys", "sla_timers", "sla_escalation_events", "outbox_events")
 

@@ -16,9 +16,9 @@ from tasks.actors import wake_up
 from tasks.broker import QUEUE
 from tasks.sweeper import sweep_once
 from tasks.wakeups import schedule_wakeups
-from tests import attempt_log
-from tests.conftest import redis_conn
-from tests.factories import overdue, start_timer
+from tests.support import attempt_log
+from tests.support.common import redis_conn
+from tests.support.factories import overdue, start_timer
 
 DELAY_QUEUE = f"dramatiq:{QUEUE}.DQ"
 

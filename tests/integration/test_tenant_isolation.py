@@ -14,11 +14,7 @@ from models import repository as repo
 from models.db import make_engine, tenant_scope
 from models.sla import utcnow
 from tasks.firing import fire_due
-
-from . import api_support
-from .api_support import assert_problem
-
-app, api, other_api = api_support.app, api_support.api, api_support.other_api
+from tests.support.api import Api, assert_problem
 
 TENANT_TABLES = ("tenants", "api_keys", "sla_timers", "sla_escalation_events", "outbox_events")
 
@@ -312,7 +308,7 @@ def test_a_single_start_survives_its_prepared_statement_being_dropped(engine, se
     from web import create_app
 
     app = create_app(dataclasses.replace(settings, db_pool_size=1))
-    client = api_support.Api(app.test_client(), tenant[1])
+    client = Api(app.test_client(), tenant[1])
     client.start(lead_id="first")
     with app.extensions["sla"].engine.connect() as conn:  # the one pooled connection
         conn.exec_driver_sql("DEALLOCATE ALL")

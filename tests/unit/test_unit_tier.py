@@ -24,7 +24,7 @@ def test_the_unit_tier_runs_without_services_or_network():
             "-p",
             "no:cacheprovider",
             "-p",
-            "tests.no_io",  # any socket connect or child process raises
+            "tests.support.no_io",  # any socket connect or child process raises
             "-q",
             "tests/unit",
             "--deselect",

@@ -1,4 +1,4 @@
-"""A pytest plugin (``-p tests.no_io``) that fails any network connection or
+"""A pytest plugin (``-p tests.support.no_io``) that fails any network connection or
 child process in the run that loads it: the proof that the unit tier does no
 I/O and starts no services (tests/unit/test_unit_tier.py)."""
 

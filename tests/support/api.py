@@ -1,10 +1,10 @@
-"""Fixtures and helpers for the HTTP API tests (real PostgreSQL and Redis)."""
+"""Helpers for the HTTP API tests: a test client that sends one tenant's key,
+the fields of a timer, and problem+json assertions. The fixtures that make
+them (``app``, ``api``, ``other_api``) are in tests/integration/conftest.py."""
 
 from __future__ import annotations
 
 from typing import Any
-
-import pytest
 
 TIMER_FIELDS = {
     "id",
@@ -59,23 +59,6 @@ class Api:
         response = self.post("/v1/timers", body)
         assert response.status_code == 201, response.get_json()
         return response.get_json()
-
-
-@pytest.fixture
-def app(engine):
-    from web import create_app
-
-    return create_app()
-
-
-@pytest.fixture
-def api(app, tenant) -> Api:
-    return Api(app.test_client(), tenant[1])
-
-
-@pytest.fixture
-def other_api(app, other_tenant) -> Api:
-    return Api(app.test_client(), other_tenant[1])
 
 
 def assert_problem(response, status: int, field: str | None = None) -> dict:
