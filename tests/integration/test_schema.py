@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -29,6 +28,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from devtools import processes
 from models.config import normalize_database_url
 from models.schema import metadata
 
@@ -83,9 +83,7 @@ def _catalog(url: str) -> dict[str, list[tuple]]:
 def built_from_metadata() -> Iterator[str]:
     """URL of a throw-away database holding ``metadata.create_all`` alone."""
     name = f"{make_url(os.environ['DATABASE_URL']).database}_metadata"
-    with psycopg.connect(os.environ["SLA_TEST_SERVER_URL"], autocommit=True) as server:
-        server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        server.execute(f'CREATE DATABASE "{name}"')
+    server = processes.create_database(os.environ["SLA_TEST_SERVER_URL"], name)
     engine = create_engine(_url(name), poolclass=NullPool)
     try:
         with engine.begin() as conn:
@@ -93,8 +91,7 @@ def built_from_metadata() -> Iterator[str]:
         yield _url(name)
     finally:
         engine.dispose()
-        with psycopg.connect(os.environ["SLA_TEST_SERVER_URL"], autocommit=True) as server:
-            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        processes.drop_database(server)
 
 
 def _not_a_test_object(name, type_, parent_names) -> bool:

@@ -4,22 +4,22 @@ condition, and the tests' own Redis database."""
 from __future__ import annotations
 
 import os
-import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from devtools.processes import ROOT, wait_for
+
+__all__ = ["ROOT", "redis_conn", "wait_until"]
 
 
 def wait_until(predicate, timeout: float, what: str, *, interval: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy, and return that."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    """Poll ``predicate`` until it returns something truthy, and return that; a
+    test failure naming ``what`` after ``timeout`` seconds (devtools.processes's
+    ``wait_for``, which the benchmarks use too)."""
+    try:
+        return wait_for(predicate, timeout, interval, what=what)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def redis_conn():

@@ -11,31 +11,21 @@ here runs until a test does. ``services`` (tests/conftest.py) has pointed
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
-import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
+from devtools import processes
 from tests.support import attempt_log
-from tests.support.common import ROOT, redis_conn
+from tests.support.common import redis_conn
 
 
 def create_database() -> None:
     """Drop and recreate the test database beside the server's, and migrate it."""
-    server = make_url(os.environ["SLA_TEST_SERVER_URL"])
-    test_db = make_url(os.environ["DATABASE_URL"]).database
-    admin = server.set(database=server.database or "postgres")
-    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{test_db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{test_db}"')
-    subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
+    processes.create_database(
+        os.environ["SLA_TEST_SERVER_URL"], make_url(os.environ["DATABASE_URL"]).database
     )
+    processes.migrate()
 
 
 @pytest.fixture(scope="session")
