@@ -78,11 +78,11 @@ class Bench:
     def tenant(self) -> tuple[str, str]:
         from sqlalchemy import create_engine
 
-        from models import repository as repo
+        from models import tenants as tenant_sql
 
         engine = create_engine(make_url(self.dsn).set(drivername="postgresql+psycopg"))
         with engine.begin() as conn:
-            tenant_id, key = repo.create_tenant(conn, "bench")
+            tenant_id, key = tenant_sql.create_tenant(conn, "bench")
         engine.dispose()
         return str(tenant_id), key
 

@@ -50,21 +50,22 @@ NAIVE_ENV = {
 
 def _stream(rate: int, seconds: int, window: int, prefix: str) -> None:
     """Start timers as the API does (commit, then schedule the wake-up)."""
-    from models import repository as repo
+    from models import tenants as tenant_sql
+    from models import timers as timer_sql
     from models.db import get_maintenance_engine
     from models.sla import DEFAULT_LADDER, due_at, utcnow
     from tasks.wakeups import schedule_wakeups
 
     engine = get_maintenance_engine()
     with engine.begin() as conn:
-        tenant, _ = repo.create_tenant(conn, "stream")
+        tenant, _ = tenant_sql.create_tenant(conn, "stream")
     started = time.monotonic()
     for i in range(rate * seconds):
         pause = started + i / rate - time.monotonic()
         if pause > 0:
             time.sleep(pause)
         now = utcnow()
-        new = repo.NewTimer(
+        new = timer_sql.NewTimer(
             lead_id=f"{prefix}{i}",
             sla_contract_id="default",
             started_at=now,
@@ -74,7 +75,7 @@ def _stream(rate: int, seconds: int, window: int, prefix: str) -> None:
             metadata={},
         )
         with engine.begin() as conn:
-            timer, _ = repo.start_timer(conn, tenant, new, due_at(now, window), now)
+            timer, _ = timer_sql.start_timer(conn, tenant, new, due_at(now, window), now)
         schedule_wakeups([timer["due_at"]])
 
 

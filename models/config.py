@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from .errors import ConfigError  # raised here; defined with the service's other errors
+
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
-
-
-class ConfigError(ValueError):
-    """An environment variable holds a value the service cannot use."""
 
 
 def normalize_database_url(url: str) -> str:
@@ -120,7 +118,6 @@ class Settings:
     # The Dramatiq queue of wake-ups and sweeps (tasks/broker.py). The tests use their
     # own, so a running stack's worker never consumes their messages, nor they its.
     queue: str = "sla"
-
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:

@@ -29,7 +29,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import DisconnectionError
 
 from .config import Settings, get_settings
-from .repository import enter_tenant
+from .tenants import enter_tenant
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,14 @@ import time
 
 import dramatiq
 import dramatiq.errors
-import psycopg
 import redis
-import sqlalchemy.exc
 from periodiq import cron
+
+from models.errors import is_outage
 
 from .broker import QUEUE, broker
 from .sweeper import sweep_once
-from .wakeups import fire_with_help
+from .wakeups import WAKE_UP, fire_with_help
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +34,6 @@ MAX_EARLY_WAIT_S = 2.0
 # While the database is unreachable, catch-up sweeps run on whole multiples of this.
 OUTAGE_RETRY_MS = 1000
 OUTAGE_KEY = "sla:catch-up:{}"
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """An outage (unreachable, connection lost, pool or statement timeout), not a bug."""
-    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc,
-        sqlalchemy.exc.OperationalError | sqlalchemy.exc.TimeoutError | psycopg.OperationalError,
-    )
 
 
 def catch_up_after(exc: BaseException, what: str) -> bool:
@@ -68,7 +58,9 @@ def catch_up_after(exc: BaseException, what: str) -> bool:
     return True
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, min_backoff=500, max_backoff=5_000)
+@dramatiq.actor(
+    actor_name=WAKE_UP, queue_name=QUEUE, max_retries=3, min_backoff=500, max_backoff=5_000
+)
 def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
     """Fire whatever is due. Duplicate, late or spurious wake-ups are harmless."""
     if eta_ms is not None:
@@ -81,7 +73,7 @@ def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
     try:
         fire_with_help(fan_out=fan_out)
     except Exception as exc:
-        if not database_unavailable(exc):
+        if not is_outage(exc):
             raise
         catch_up_after(exc, "wake-up")
 
@@ -114,6 +106,6 @@ def sweep() -> None:
     try:
         sweep_once()
     except Exception as exc:
-        if not database_unavailable(exc):
+        if not is_outage(exc):
             raise
         catch_up_after(exc, "sweep")

@@ -33,6 +33,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from models.errors import StepCannotRun
 from models.sla import Step
 
 
@@ -50,10 +51,6 @@ class StepContext:
 Action = Callable[[StepContext], None]
 
 _actions: dict[str, Action] = {}
-
-
-class StepCannotRun(Exception):
-    """The step is recorded FAILED with this message; later steps still run."""
 
 
 def register_action(name: str, action: Action) -> None:

@@ -59,8 +59,9 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
 from models import events
-from models import repository as repo
+from models import firing as firing_sql
 from models.config import Settings
+from models.errors import connection_lost
 from models.sla import FirePlan, Step, backoff_seconds, ladder, plan_fire
 
 from .escalation import StepContext, has_action, run_step
@@ -82,7 +83,7 @@ T = TypeVar("T")
 def is_transient(exc: BaseException) -> bool:
     return (
         isinstance(exc, DBAPIError)
-        and not exc.connection_invalidated
+        and not connection_lost(exc)
         and getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES
     )
 
@@ -164,7 +165,7 @@ def fire_due(
         instant = None if now is None else now()
         timers = _retrying(
             engine,
-            lambda conn, instant=instant, token=token: repo.claim_due(
+            lambda conn, instant=instant, token=token: firing_sql.claim_due(
                 conn, token, instant, settings.batch_size, settings.lease_seconds
             ),
         )
@@ -203,7 +204,7 @@ def fire_claimed(
         # Retried in place already: give the claim back, no attempt counted.
         log.warning("batch of %d gave up on a transient error (%s): released", len(timers), exc)
         released = _retrying(
-            engine, lambda conn: repo.release_claimed(conn, token, [t["id"] for t in timers])
+            engine, lambda conn: firing_sql.release_claimed(conn, token, [t["id"] for t in timers])
         )
         report.released += released
         report.next_fire_times.add(at + RELEASED_RETRY)
@@ -233,7 +234,7 @@ def _fire_in(
             f"SET LOCAL idle_in_transaction_session_timeout = {settings.lease_seconds * 1000}"
         )
         ours = _in_place(
-            conn, lambda: repo.lock_claimed(conn, token, [p.timer["id"] for p in acting])
+            conn, lambda: firing_sql.lock_claimed(conn, token, [p.timer["id"] for p in acting])
         )
 
     plain = _BatchWrites()
@@ -253,7 +254,9 @@ def _fire_in(
             continue
         interrupt = _fire_acting(conn, token, at, p, settings, report)
     if released:
-        report.released += _in_place(conn, lambda: repo.release_claimed(conn, token, released))
+        report.released += _in_place(
+            conn, lambda: firing_sql.release_claimed(conn, token, released)
+        )
         report.next_fire_times.add(at + RELEASED_RETRY)
     return interrupt
 
@@ -282,9 +285,7 @@ def _fire_acting(
                 report.actions += has_action(step.action)
                 outcome = run_step(ctx)
             except BaseException as exc:  # time limits and shutdowns included
-                if isinstance(exc, DBAPIError) and (
-                    exc.connection_invalidated or is_transient(exc)
-                ):
+                if isinstance(exc, DBAPIError) and (connection_lost(exc) or is_transient(exc)):
                     raise  # an outage, or a transient error: not this timer's attempt
                 log.warning("timer %s step %d failed: %r", timer["id"], step.step, exc)
                 failure = exc
@@ -292,14 +293,14 @@ def _fire_acting(
             outcomes.append((step, *outcome))
         _apply_one(conn, token, at, _writes_for(p, outcomes, failure, at, settings), report)
     except DBAPIError as exc:
-        if exc.connection_invalidated:
+        if connection_lost(exc):
             raise
         savepoint.rollback()
         if is_transient(exc):
             # Persisted through the in-place retries: give this timer back.
             log.warning("timer %s gave up on a transient error (%s): released", timer["id"], exc)
             report.released += _in_place(
-                conn, lambda: repo.release_claimed(conn, token, [timer["id"]])
+                conn, lambda: firing_sql.release_claimed(conn, token, [timer["id"]])
             )
             report.next_fire_times.add(at + RELEASED_RETRY)
             return None
@@ -310,7 +311,7 @@ def _fire_acting(
         try:
             _apply_one(conn, token, at, failed, report)
         except DBAPIError as again:
-            if again.connection_invalidated or is_transient(again):
+            if connection_lost(again) or is_transient(again):
                 raise
             # Not even its failure can be written: the lease rescue counts it.
             log.error("timer %s: its failure could not be written either: %s", timer["id"], again)
@@ -364,7 +365,7 @@ def _apply(
         _apply_one(conn, token, at, writes, report)
         return
     except DBAPIError as exc:
-        if exc.connection_invalidated or is_transient(exc):
+        if connection_lost(exc) or is_transient(exc):
             raise
         log.warning(
             "batch of %d failed (%s); writing its timers one by one", len(writes.updates), exc
@@ -374,7 +375,7 @@ def _apply(
         try:
             _apply_one(conn, token, at, writes.of(timer_id), report)
         except DBAPIError as exc:
-            if exc.connection_invalidated or is_transient(exc):
+            if connection_lost(exc) or is_transient(exc):
                 raise
             log.warning("timer %s could not be written (%s); recording the failure", timer_id, exc)
             failed = _BatchWrites()
@@ -382,7 +383,7 @@ def _apply(
             try:
                 _apply_one(conn, token, at, failed, report)
             except DBAPIError as again:
-                if again.connection_invalidated or is_transient(again):
+                if connection_lost(again) or is_transient(again):
                     raise
                 # Not even its failure can be written: the lease rescue counts it.
                 log.error("timer %s: its failure could not be written either: %s", timer_id, again)
@@ -393,7 +394,7 @@ def _apply_one(
 ) -> set[UUID]:
     applied = _in_place(
         conn,
-        lambda: repo.apply_fired(
+        lambda: firing_sql.apply_fired(
             conn,
             token,
             events=writes.events,

@@ -18,7 +18,7 @@ from datetime import timedelta
 
 from sqlalchemy import Engine
 
-from models import repository as repo
+from models import firing as firing_sql
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.sla import utcnow
@@ -40,7 +40,7 @@ def rescue_lost_work(engine: Engine) -> int:
     """Step 1: return rows whose lease expired to PENDING (an attempt each; the
     last one dead-letters), by the database's clock."""
     with engine.begin() as conn:
-        rescued = repo.rescue_expired_leases(conn, get_settings().max_attempts)
+        rescued = firing_sql.rescue_expired_leases(conn, get_settings().max_attempts)
     if rescued:
         log.warning("rescued %d timers whose worker was lost", rescued)
     return rescued
@@ -51,7 +51,7 @@ def schedule_horizon(engine: Engine, settings: Settings) -> int:
     timer (those already sent are deduplicated in Redis); how many were sent."""
     now = utcnow()
     with engine.begin() as conn:
-        upcoming = repo.upcoming_fire_times(
+        upcoming = firing_sql.upcoming_fire_times(
             conn,
             now,
             now + timedelta(seconds=settings.wakeup_horizon_seconds),

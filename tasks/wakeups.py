@@ -5,6 +5,9 @@ FIFO list that workers hold in memory, so far-future messages would delay
 near ones). Instants are rounded up to a bucket and deduplicated with
 ``sla:wakeup:<epoch_ms>`` keys, so a burst of timers due together costs one
 message. A lost wake-up only makes a timer wait for the next sweep.
+
+Wake-ups are sent by actor name through the broker (``WAKE_UP``), as the boot
+sweep sends its sweep: the actors module imports this one, never the reverse.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from models.config import get_settings
 from models.db import get_maintenance_engine
 from models.sla import utcnow, wakeup_instant
 
-from .broker import redis_client
+from .broker import broker, redis_client
 from .firing import FireReport, fire_due
 
 log = logging.getLogger(__name__)
 
+# The actor's name (tasks/actors.py declares it; importing ``tasks`` does).
+WAKE_UP = "wake_up"
 KEY = "sla:wakeup:{}"
 # Keep the dedupe key a little past the instant, then let it go.
 KEY_GRACE_MS = 5_000
@@ -35,13 +40,15 @@ def _redis() -> redis.Redis:
     return redis_client(get_settings())
 
 
+def _wake_up():
+    return broker.get_actor(WAKE_UP)
+
+
 def schedule_wakeups(instants: Iterable[datetime], *, now: datetime | None = None) -> int:
     """Enqueue one wake-up per bucket within the horizon; returns how many were sent.
 
     Never raises for a Redis failure: the timers are safe in PostgreSQL.
     """
-    from .actors import wake_up  # the actor module imports this one
-
     settings = get_settings()
     now = now or utcnow()
     horizon = now + timedelta(seconds=settings.wakeup_horizon_seconds)
@@ -63,7 +70,7 @@ def schedule_wakeups(instants: Iterable[datetime], *, now: datetime | None = Non
         for eta, fresh in zip(etas, pipe.execute(), strict=True):
             if fresh:
                 delay = eta - now_ms - lead
-                wake_up.send_with_options(args=(eta,), delay=delay if delay > 0 else None)
+                _wake_up().send_with_options(args=(eta,), delay=delay if delay > 0 else None)
                 sent += 1
     except redis.RedisError as exc:
         log.warning("could not schedule wake-ups (the sweeper will fire these timers): %s", exc)
@@ -74,15 +81,13 @@ def fire_with_help(*, fan_out: bool = True) -> FireReport:
     """Run the firing routine. When its first batch comes back full (a burst),
     ask other workers to join with immediate wake-ups: they claim disjoint rows,
     so the burst drains at the speed of every worker, not one."""
-    from .actors import wake_up
-
     engine, settings = get_maintenance_engine(), get_settings()
     report = fire_due(engine, settings, max_batches=1)
     if report.claimed == settings.batch_size:
         if fan_out:
             try:
                 for _ in range(settings.fire_parallelism - 1):
-                    wake_up.send_with_options(kwargs={"fan_out": False})
+                    _wake_up().send_with_options(kwargs={"fan_out": False})
             except redis.RedisError as exc:
                 log.warning("could not ask for help with a burst: %s", exc)
         fire_due(engine, settings, report=report)

@@ -23,6 +23,7 @@ from sqlalchemy import Engine
 
 from models.config import Settings, get_settings
 from models.db import TenantIsolationOff, get_engine, make_engine, web_role_guard
+from models.errors import is_outage
 
 from . import problems
 from .admin import bp as admin_bp
@@ -134,7 +135,9 @@ def _check_web_role(engine: Engine, settings: Settings) -> None:
     """Refuse to start under a role that sees every tenant; defer if the database is down."""
     try:
         web_role_guard(engine, settings).verify()
-    except problems.DB_UNAVAILABLE as exc:
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
         log.warning(
             "database unreachable at start (%s): the web role is checked on its first connection",
             exc,

@@ -16,7 +16,8 @@ import click
 from flask import Blueprint, current_app
 from flask.cli import AppGroup, ScriptInfo
 
-from models import repository as repo
+from models import keys as api_keys
+from models import tenants as tenant_sql
 from models.config import get_settings
 from models.db import tenant_scope
 
@@ -40,7 +41,7 @@ bp = Blueprint("admin", __name__)
 )
 def create_tenant(body: TenantCreate):
     with current_app.extensions["sla"].engine.begin() as conn:
-        tenant_id, key = repo.create_tenant(conn, body.name)
+        tenant_id, key = tenant_sql.create_tenant(conn, body.name)
     created = TenantCreated(tenant_id=tenant_id, name=body.name, api_key=key)
     return json_response(created, 201, {"Cache-Control": "no-store"})
 
@@ -69,9 +70,9 @@ def _tenant_scope(raw: str):
 def list_keys(tenant_id: str):
     tid, scope = _tenant_scope(tenant_id)
     with scope as conn:
-        if not repo.tenant_exists(conn, tid):
+        if not tenant_sql.tenant_exists(conn, tid):
             raise not_found("tenant")
-        keys = repo.list_api_keys(conn, tid)
+        keys = tenant_sql.list_api_keys(conn, tid)
     return json_response(ApiKeyList(items=[ApiKey(**k) for k in keys]))
 
 
@@ -88,9 +89,9 @@ def list_keys(tenant_id: str):
 def create_key(tenant_id: str):
     tid, scope = _tenant_scope(tenant_id)
     with scope as conn:
-        if not repo.tenant_exists(conn, tid):
+        if not tenant_sql.tenant_exists(conn, tid):
             raise not_found("tenant")
-        key, record = repo.create_api_key(conn, tid)
+        key, record = tenant_sql.create_api_key(conn, tid)
     created = ApiKeyCreated(**record, api_key=key)
     return json_response(created, 201, {"Cache-Control": "no-store"})
 
@@ -112,11 +113,11 @@ def create_key(tenant_id: str):
     ),
 )
 def revoke_key(tenant_id: str, prefix: str):
-    if not repo.is_key_prefix(prefix):  # e.g. a NUL, which the database cannot even compare
+    if not api_keys.is_key_prefix(prefix):  # e.g. a NUL, which the database cannot even compare
         raise validation_error([{"field": "prefix", "reason": PREFIX_REASON}])
     tid, scope = _tenant_scope(tenant_id)
     with scope as conn:
-        record = repo.revoke_api_key(conn, tid, prefix)
+        record = tenant_sql.revoke_api_key(conn, tid, prefix)
     if record is None:
         raise not_found("API key")
     current_app.extensions["sla"].api_keys.revoked(prefix)
@@ -185,7 +186,7 @@ def create_tenant_command(name: str) -> None:
     if not 1 <= len(name) <= 200 or "\x00" in name:
         raise click.BadParameter("must be 1 to 200 characters", param_hint="NAME")
     with current_app.extensions["sla"].engine.begin() as conn:
-        tenant_id, key = repo.create_tenant(conn, name)
+        tenant_id, key = tenant_sql.create_tenant(conn, name)
     click.echo(f"tenant_id={tenant_id}")
     click.echo(f"api_key={key}")
     click.echo("Store the API key now: it cannot be shown again.", err=True)
@@ -197,7 +198,7 @@ def create_tenant_command(name: str) -> None:
 def revoke_key_command(tenant_id: UUID, prefix: str) -> None:
     """Revoke the API key PREFIX of tenant TENANT_ID."""
     with tenant_scope(current_app.extensions["sla"].engine, tenant_id) as conn:
-        record = repo.revoke_api_key(conn, tenant_id, prefix)
+        record = tenant_sql.revoke_api_key(conn, tenant_id, prefix)
     if record is None:
         raise click.ClickException(f"tenant {tenant_id} has no API key {prefix}")
     current_app.extensions["sla"].api_keys.revoked(prefix)  # tell the web processes

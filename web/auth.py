@@ -22,7 +22,8 @@ import redis
 from flask import current_app, g, request
 from werkzeug.exceptions import NotFound
 
-from models import repository as repo
+from models import keys as api_keys
+from models import tenants as tenant_sql
 
 from .problems import ApiProblem
 
@@ -128,7 +129,7 @@ class ApiKeyCache:
             self.listener.stop()
 
     def tenant_for(self, key: str, engine) -> UUID | None:
-        prefix = repo.key_prefix(key)
+        prefix = api_keys.key_prefix(key)
         if prefix is None:
             return None
         now = time.monotonic()
@@ -137,7 +138,7 @@ class ApiKeyCache:
             self._listen()
             generation = self._generation
             with engine.connect() as conn:
-                record = repo.api_key_record(conn, prefix)
+                record = tenant_sql.api_key_record(conn, prefix)
             if record is None:
                 self._entries.pop(prefix, None)
                 return None
@@ -149,7 +150,7 @@ class ApiKeyCache:
                     if generation == self._generation:
                         self._entries[prefix] = entry
         tenant_id, key_hash, _ = entry
-        return tenant_id if repo.key_matches(key_hash, key) else None
+        return tenant_id if api_keys.key_matches(key_hash, key) else None
 
 
 class RevocationListener(threading.Thread):
@@ -240,7 +241,7 @@ def authenticate_tenant() -> UUID:
     # Logs name a key by its prefix only, never by the secret.
     g.api_key_prefix = None
     if _KEY_SHAPE.fullmatch(token):
-        g.api_key_prefix = repo.key_prefix(token)
+        g.api_key_prefix = api_keys.key_prefix(token)
         services = current_app.extensions["sla"]
         tenant_id = services.api_keys.tenant_for(token, services.engine)
     if tenant_id is None:

@@ -10,7 +10,7 @@ from flask import Blueprint, Flask, current_app, jsonify
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from models import repository as repo
+from models import keys as api_keys
 
 from .operations import Operation, operation
 from .schemas import Problem, Timer, TimerBatch
@@ -44,7 +44,7 @@ PATH_PARAMS = {
     "prefix": (
         "The key's prefix, the 12 hexadecimal characters after sla_ (sla_<prefix>_<secret>);"
         " anything else is a 422.",
-        {"type": "string", "pattern": repo.KEY_PREFIX_PATTERN},
+        {"type": "string", "pattern": api_keys.KEY_PREFIX_PATTERN},
     ),
 }
 SECURITY = {"tenant": [{"apiKey": []}], "admin": [{"adminToken": []}], None: []}

@@ -1,8 +1,9 @@
 """RFC 9457 problem details: the one shape of every error response.
 
 Views raise ``ApiProblem``; the handlers registered here turn it, Flask's own
-HTTP errors, database outages and anything unexpected into
-``application/problem+json``, so a client never has to parse an HTML page.
+HTTP errors, the service's errors (by type: models/errors.py), database outages
+(``is_outage``) and anything unexpected into ``application/problem+json``, so a
+client never has to parse an HTML page.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import uuid
 from http import HTTPStatus
 from typing import Any
 
-import psycopg
-import sqlalchemy.exc
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from models.errors import TimerConflict, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +25,6 @@ PROBLEM_JSON = "application/problem+json"
 _TYPE = "urn:sla-timers:problem:{}"
 RETRY_AFTER_SECONDS = 5
 MAX_FIELD_CHARS = 300
-
-# Outages rather than bugs: the client may retry the same request later.
-DB_UNAVAILABLE = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.TimeoutError,  # pool exhausted
-    psycopg.OperationalError,
-)
 
 
 def problem_type(slug: str) -> str:
@@ -119,6 +113,11 @@ def _http_error(exc: HTTPException) -> Response:
     return problem_response(status, detail, headers=headers)
 
 
+def conflict(exc: TimerConflict) -> ApiProblem:
+    """409: the request contradicts the stored state (a KeyReused or DuplicateStart too)."""
+    return ApiProblem(409, str(exc), type_=problem_type("conflict"))
+
+
 def _db_unavailable(exc: Exception) -> Response:
     log.warning("database unavailable: %s", exc)
     return problem_response(
@@ -130,6 +129,8 @@ def _db_unavailable(exc: Exception) -> Response:
 
 
 def _unexpected(exc: Exception) -> Response:
+    if is_outage(exc):  # an outage rather than a bug: the client may retry later
+        return _db_unavailable(exc)
     error_id = uuid.uuid4().hex
     log.exception(
         "unhandled error %s on %s %s (key %s)",
@@ -146,6 +147,5 @@ def _unexpected(exc: Exception) -> Response:
 def register(app: Flask) -> None:
     app.register_error_handler(ApiProblem, lambda exc: exc.response())
     app.register_error_handler(HTTPException, _http_error)
-    for exc_type in DB_UNAVAILABLE:
-        app.register_error_handler(exc_type, _db_unavailable)
+    app.register_error_handler(TimerConflict, lambda exc: conflict(exc).response())
     app.register_error_handler(Exception, _unexpected)

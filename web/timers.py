@@ -12,14 +12,16 @@ from uuid import UUID, uuid4
 
 from flask import Blueprint, current_app, g
 
-from models import repository as repo
+from models import firing as firing_sql
+from models import timers as timer_sql
 from models.db import tenant_scope
 from models.sla import due_at
 from tasks.wakeups import schedule_wakeups
 
+from .cursors import decode_cursor, encode_cursor
 from .operations import json_response, operation
 from .parsing import header, text_problems
-from .problems import ApiProblem, not_found, problem_type, validation_error
+from .problems import not_found, validation_error
 from .schemas import (
     CancelRequest,
     CompleteRequest,
@@ -53,10 +55,6 @@ def _tenant():
     return tenant_scope(_engine(), g.tenant_id)
 
 
-def _conflict(exc: repo.TimerConflict) -> ApiProblem:
-    return ApiProblem(409, str(exc), type_=problem_type("conflict"))
-
-
 def _timer_id(raw: UUID | str) -> UUID:
     # Routes take <uuid:timer_id>: a malformed id matches no route and is a
     # 404 problem, like any unknown id, and /v1/timers/bulk is never read as
@@ -70,7 +68,7 @@ def _timer_id(raw: UUID | str) -> UUID:
 
 
 def _with_escalations(conn, rows: list[dict[str, Any]]) -> list[Timer]:
-    steps = repo.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
+    steps = timer_sql.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
     return [Timer.from_row(r, steps[r["id"]]) for r in rows]
 
 
@@ -84,12 +82,12 @@ def _new_timer(
     correlation_header: str | None,
     key: str | None,
     fingerprint: str | None,
-) -> tuple[repo.NewTimer, datetime | None]:
+) -> tuple[timer_sql.NewTimer, datetime | None]:
     # Without started_at, the database's clock dates the start (and so its
     # due_at): this host's clock may be skewed, and one running behind would
     # make timers fire early.
     started = body.started_at
-    new = repo.NewTimer(
+    new = timer_sql.NewTimer(
         lead_id=body.lead_id,
         sla_contract_id=body.sla_contract_id,
         started_at=started,
@@ -145,16 +143,13 @@ def start(body: TimerCreate):
     # Most starts are a single statement of their own; the rest (supersede,
     # replay, conflicts) take the transactional path from the beginning.
     with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = repo.try_start_timer(conn, g.tenant_id, new, due)
+        row = timer_sql.try_start_timer(conn, g.tenant_id, new, due)
     if row is not None:
         created, timer = True, Timer.from_row(row, [])
     else:
-        try:
-            with _tenant() as conn:
-                row, created = repo.start_timer(conn, g.tenant_id, new, due)
-                timer = _created(conn, [row], created)[0]
-        except repo.TimerConflict as exc:
-            raise _conflict(exc) from None
+        with _tenant() as conn:
+            row, created = timer_sql.start_timer(conn, g.tenant_id, new, due)
+            timer = _created(conn, [row], created)[0]
     if created:
         _wake_up([timer])
     headers = {"Location": f"/v1/timers/{timer.id}"}
@@ -192,12 +187,9 @@ def start_bulk(body: TimerBulkCreate):
         _new_timer(item, correlation, None if key is None else f"{key}:{i}", fingerprint)
         for i, item in enumerate(body.timers)
     ]
-    try:
-        with _tenant() as conn:
-            rows, created = repo.start_timers(conn, g.tenant_id, starts)
-            timers = _created(conn, rows, created)
-    except repo.TimerConflict as exc:
-        raise _conflict(exc) from None
+    with _tenant() as conn:
+        rows, created = timer_sql.start_timers(conn, g.tenant_id, starts)
+        timers = _created(conn, rows, created)
     if created:
         _wake_up(timers)
     headers = {} if created else {"Idempotent-Replayed": "true"}
@@ -212,24 +204,25 @@ def start_bulk(body: TimerBulkCreate):
     responses={200: ("A page of timers", TimerPage)},
 )
 def list_timers(query: TimerListQuery):
-    cursor = None
+    after = None
     if query.cursor is not None:
         try:
-            cursor = repo.decode_cursor(query.cursor)
+            after = decode_cursor(query.cursor)
         except (ValueError, TypeError):
             raise validation_error(
                 [{"field": "cursor", "reason": "is not a cursor returned by this API"}]
             ) from None
     with _tenant() as conn:
-        rows, next_cursor = repo.list_timers(
+        rows, more = timer_sql.list_timers(
             conn,
             g.tenant_id,
             lead_id=query.lead_id,
             status=query.status,
             limit=query.limit,
-            cursor=cursor,
+            after=after,
         )
         items = _with_escalations(conn, rows)
+    next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
     return json_response(TimerPage(items=items, next_cursor=next_cursor))
 
 
@@ -242,7 +235,7 @@ def list_timers(query: TimerListQuery):
 def get(timer_id: UUID):
     tid = _timer_id(timer_id)
     with _tenant() as conn:
-        row = repo.get_timer(conn, g.tenant_id, tid)
+        row = timer_sql.get_timer(conn, g.tenant_id, tid)
         if row is None:
             raise not_found("timer")
         return json_response(_with_escalations(conn, [row])[0])
@@ -250,14 +243,11 @@ def get(timer_id: UUID):
 
 def _finish(timer_id: UUID, verb: str, reason: str | None):
     tid = _timer_id(timer_id)
-    try:
-        with _tenant() as conn:
-            row = repo.finish_timer(conn, g.tenant_id, tid, verb, reason=reason)
-            if row is None:
-                raise not_found("timer")
-            timer = _with_escalations(conn, [row])[0]
-    except repo.TimerConflict as exc:
-        raise _conflict(exc) from None
+    with _tenant() as conn:
+        row = timer_sql.finish_timer(conn, g.tenant_id, tid, verb, reason=reason)
+        if row is None:
+            raise not_found("timer")
+        timer = _with_escalations(conn, [row])[0]
     return json_response(timer)
 
 
@@ -310,15 +300,12 @@ def complete(timer_id: UUID, body: CompleteRequest):
 )
 def retry(timer_id: UUID):
     tid = _timer_id(timer_id)
-    try:
-        with _tenant() as conn:
-            found = repo.retry_timer(conn, g.tenant_id, tid)
-            if found is None:
-                raise not_found("timer")
-            row, retried = found
-            timer = _with_escalations(conn, [row])[0]
-    except repo.TimerConflict as exc:
-        raise _conflict(exc) from None
+    with _tenant() as conn:
+        found = firing_sql.retry_timer(conn, g.tenant_id, tid)
+        if found is None:
+            raise not_found("timer")
+        row, retried = found
+        timer = _with_escalations(conn, [row])[0]
     if retried:
         try:
             schedule_wakeups([row["next_fire_at"]])
@@ -342,7 +329,7 @@ def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str 
 
 def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | None):
     with _tenant() as conn:
-        rows = repo.finish_lead_timers(
+        rows = timer_sql.finish_lead_timers(
             conn, g.tenant_id, lead_id, verb, sla_contract_id=contract, reason=reason
         )
         items = _with_escalations(conn, rows)

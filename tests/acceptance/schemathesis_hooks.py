@@ -24,7 +24,7 @@ from uuid import UUID
 
 import schemathesis
 
-from models.repository import encode_cursor
+from web.cursors import encode_cursor
 
 A_VALID_START = "2025-01-02T03:04:05Z"
 

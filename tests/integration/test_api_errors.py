@@ -293,7 +293,7 @@ def test_unexpected_errors_are_500_problems_without_internals(api, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(timers.repo, "list_timers", broken)
+    monkeypatch.setattr(timers.timer_sql, "list_timers", broken)
     response = api.get("/v1/timers")
     body = assert_problem(response, 500)
     text = response.get_data(as_text=True)
@@ -338,7 +338,8 @@ def test_database_down_is_503(engine, settings, tenant):
 
 
 def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
-    from models import repository as repo
+    from models import keys as api_keys
+    from models import tenants as tenant_sql
     from tests.support.common import wait_until
     from web import create_app
 
@@ -354,7 +355,7 @@ def test_api_keys_are_cached_for_the_configured_time(engine, settings, tenant):
     before_cached = time.monotonic()
     assert cached.get("/v1/timers", headers=headers).status_code == 200
     with engine.begin() as conn:  # straight in the database: no process hears of it
-        assert repo.revoke_api_key(conn, tenant[0], repo.key_prefix(tenant[1]))
+        assert tenant_sql.revoke_api_key(conn, tenant[0], api_keys.key_prefix(tenant[1]))
     # Revocation takes effect at once without the cache, within its TTL with it.
     assert_problem(uncached.get("/v1/timers", headers=headers), 401)
     assert cached.get("/v1/timers", headers=headers).status_code == 200

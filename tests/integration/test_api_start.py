@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 from sqlalchemy import text
 
-from models import repository as repo
+from models import timers as timer_sql
 from models.sla import utcnow
 from tests.support.api import assert_problem
 
@@ -42,7 +42,7 @@ def _close_after_first_insert(monkeypatch, engine, tenant_id, timer_ids, verb):
     """Close ``timer_ids`` (committed, on another connection) right after the
     transactional start's first insert skipped them: the window in which a start
     used to find no open timer to supersede and answer 409."""
-    real = repo._insert_timers
+    real = timer_sql._insert_timers
     closed: list[str] = []
 
     def insert_then_close(*args, scope=False, **kwargs):
@@ -50,11 +50,13 @@ def _close_after_first_insert(monkeypatch, engine, tenant_id, timer_ids, verb):
         if not scope and not closed:
             with engine.begin() as conn:
                 for timer_id in timer_ids:
-                    repo.finish_timer(conn, tenant_id, timer_id, verb, utcnow(), "closed meanwhile")
+                    timer_sql.finish_timer(
+                        conn, tenant_id, timer_id, verb, utcnow(), "closed meanwhile"
+                    )
             closed.extend(timer_ids)
         return created
 
-    monkeypatch.setattr(repo, "_insert_timers", insert_then_close)
+    monkeypatch.setattr(timer_sql, "_insert_timers", insert_then_close)
     return closed
 
 

@@ -10,7 +10,8 @@ from uuid import uuid4
 import pytest
 from sqlalchemy import text
 
-from models import repository as repo
+from models import firing as firing_sql
+from models import timers as timer_sql
 from models.sla import utcnow
 from tasks import escalation
 from tasks.firing import FireReport, fire_claimed, fire_due
@@ -103,9 +104,9 @@ def test_two_claimers_get_disjoint_rows(engine, settings, tenant):
         start_timer(engine, tenant[0], started_at=overdue())
     now = utcnow()
     with engine.connect() as a, engine.connect() as b:
-        first = {t["id"] for t in repo.claim_due(a, uuid4(), now, 25, 60)}
+        first = {t["id"] for t in firing_sql.claim_due(a, uuid4(), now, 25, 60)}
         # ``a`` has not committed: ``b`` must skip its rows, not wait for or take them.
-        second = {t["id"] for t in repo.claim_due(b, uuid4(), now, 25, 60)}
+        second = {t["id"] for t in firing_sql.claim_due(b, uuid4(), now, 25, 60)}
         assert len(first) == 25 and len(second) == 15
         assert not first & second
         a.rollback()
@@ -161,7 +162,7 @@ def test_concurrent_firing_routines_write_each_step_and_event_exactly_once(
 def test_a_timer_completed_before_due_never_escalates(engine, settings, tenant):
     timer = start_timer(engine, tenant[0], steps=TWO_STEPS)
     with engine.begin() as conn:
-        done = repo.finish_timer(conn, tenant[0], timer["id"], "complete", utcnow())
+        done = timer_sql.finish_timer(conn, tenant[0], timer["id"], "complete", utcnow())
     assert done["breached"] is False
     fire_due(engine, settings, now=at(timer["due_at"] + timedelta(days=1)))
     assert steps_of(engine, timer["id"]) == [(1, "SKIPPED", None), (2, "SKIPPED", None)]
@@ -173,9 +174,9 @@ def test_a_timer_cancelled_between_claim_and_processing_does_not_fire(engine, se
     timer = start_timer(engine, tenant[0], started_at=overdue())
     token, now = uuid4(), utcnow()
     with engine.begin() as conn:
-        claimed = repo.claim_due(conn, token, now, 10, 60)
+        claimed = firing_sql.claim_due(conn, token, now, 10, 60)
     with engine.begin() as conn:
-        repo.finish_timer(conn, tenant[0], timer["id"], "cancel", now, reason="lead lost")
+        timer_sql.finish_timer(conn, tenant[0], timer["id"], "cancel", now, reason="lead lost")
     report = FireReport()
     fire_claimed(engine, settings, claimed, token, now, report)
     assert report.steps == 0
@@ -192,7 +193,7 @@ def test_after_a_completed_timer_remaining_steps_are_skipped(engine, settings, t
     timer = start_timer(engine, tenant[0], started_at=overdue(), steps=TWO_STEPS)
     fire_due(engine, settings)
     with engine.begin() as conn:
-        done = repo.finish_timer(conn, tenant[0], timer["id"], "complete", utcnow())
+        done = timer_sql.finish_timer(conn, tenant[0], timer["id"], "complete", utcnow())
     assert done["breached"] is True
     fire_due(engine, settings, now=at(timer["due_at"] + timedelta(days=1)))
     assert steps_of(engine, timer["id"]) == [(1, "SUCCESS", None), (2, "SKIPPED", None)]

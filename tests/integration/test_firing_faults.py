@@ -14,7 +14,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 import models.sla
-from models import repository as repo
+from models import firing as firing_sql
+from models import timers as timer_sql
 from models.sla import utcnow
 from tasks.firing import FireReport, fire_claimed, fire_due
 from tests.support.factories import overdue, start_timer
@@ -64,12 +65,12 @@ def key(timer, n):
 
 def claim(engine, token, *, lease=60, limit=100):
     with engine.begin() as conn:
-        return repo.claim_due(conn, token, None, limit, lease)
+        return firing_sql.claim_due(conn, token, None, limit, lease)
 
 
 def rescue(engine, settings, now):
     with engine.begin() as conn:
-        return repo.rescue_expired_leases(conn, settings.max_attempts, now=now)
+        return firing_sql.rescue_expired_leases(conn, settings.max_attempts, now=now)
 
 
 # -- defect 1: leases that end ---------------------------------------------------------
@@ -171,7 +172,7 @@ def test_a_timer_cancelled_between_claim_and_apply_runs_no_action(
     token = uuid4()
     claimed = claim(engine, token)
     with engine.begin() as conn:
-        repo.finish_timer(conn, tenant[0], timer["id"], "cancel", utcnow(), reason="lead lost")
+        timer_sql.finish_timer(conn, tenant[0], timer["id"], "cancel", utcnow(), reason="lead lost")
     report = FireReport()
     fire_claimed(engine, settings, claimed, token, claimed[0]["claimed_at"], report)
     assert counting.total == 0

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from models import repository as repo
+from models import keys as api_keys
+from models import tenants as tenant_sql
 from tests.support.common import redis_conn, wait_until
 from tests.support.outage_proxy import OutageProxy
 from web.auth import REVOKED_CHANNEL
@@ -50,7 +51,7 @@ def _accepts(app, key: str) -> bool:
 def _revoke(app, tenant) -> None:
     tenant_id, key = tenant
     response = app.test_client().delete(
-        f"/v1/admin/tenants/{tenant_id}/api-keys/{repo.key_prefix(key)}",
+        f"/v1/admin/tenants/{tenant_id}/api-keys/{api_keys.key_prefix(key)}",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert response.status_code == 200, response.get_json()
@@ -82,7 +83,7 @@ def test_a_revocation_from_the_cli_reaches_the_web_processes(apps, tenant):
     assert _accepts(web, tenant[1])
     _listening(web, tenant[1])
     result = cli.test_cli_runner().invoke(
-        args=["tenants", "revoke-key", str(tenant[0]), repo.key_prefix(tenant[1])]
+        args=["tenants", "revoke-key", str(tenant[0]), api_keys.key_prefix(tenant[1])]
     )
     assert result.exit_code == 0, result.output
     wait_until(lambda: not _accepts(web, tenant[1]), BROADCAST_S, "the web process to refuse")
@@ -96,7 +97,10 @@ def test_the_message_is_the_keys_prefix(apps, tenant):
     assert confirmed["type"] == "subscribe"
     _revoke(app, tenant)
     message = wait_until(lambda: subscriber.get_message(timeout=0.1), 2, "the broadcast")
-    assert (message["type"], message["data"]) == ("message", repo.key_prefix(tenant[1]).encode())
+    assert (message["type"], message["data"]) == (
+        "message",
+        api_keys.key_prefix(tenant[1]).encode(),
+    )
     subscriber.close()
 
 
@@ -135,7 +139,7 @@ def test_a_listener_that_reconnects_forgets_what_it_may_have_missed(
         p.down(mode)
         wait_until(lambda: not listener.subscribed.is_set(), 5, "the listener to notice")
         with engine.begin() as conn:  # revoked while nobody listens
-            assert repo.revoke_api_key(conn, tenant[0], repo.key_prefix(tenant[1]))
+            assert tenant_sql.revoke_api_key(conn, tenant[0], api_keys.key_prefix(tenant[1]))
         assert _accepts(app, tenant[1])  # the cached entry, within its lifetime
         p.up()
         assert listener.subscribed.wait(10), "the listener did not come back"

@@ -15,7 +15,7 @@ import threading
 
 from sqlalchemy import text
 
-from models import repository as repo
+from models import firing as firing_sql
 from tests.support import attempt_log
 from tests.support.common import wait_until
 
@@ -54,7 +54,7 @@ def rescue_all_at_once(engine, max_attempts: int) -> list[int]:
                 pid = conn.execute(text("SELECT pg_backend_pid()")).scalar()
                 pids.append(pid)
                 start.wait(10)
-                returned.append(repo.rescue_expired_leases(conn, max_attempts))
+                returned.append(firing_sql.rescue_expired_leases(conn, max_attempts))
                 finished.append(pid)
                 assert commit.wait(30), "never told to commit"
                 conn.commit()

@@ -36,7 +36,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ProgrammingError
 
-from models import repository as repo
+from models import tenants as tenant_sql
 from models.config import Settings, normalize_database_url
 from models.db import TenantIsolationOff, make_engine, tenant_scope
 from models.sla import utcnow
@@ -161,9 +161,9 @@ def _assert_single_login_isolation(single: Settings) -> None:
     maintenance = make_engine(single, role=None, all_tenants=True, pool_size=2)
     try:
         with maintenance.begin() as conn:
-            a, key_a = repo.create_tenant(conn, "acme")
+            a, key_a = tenant_sql.create_tenant(conn, "acme")
         with maintenance.begin() as conn:
-            b, _ = repo.create_tenant(conn, "globex")
+            b, _ = tenant_sql.create_tenant(conn, "globex")
         started = app.test_client().post(
             "/v1/timers",
             json={"lead_id": "lead-a", "window_seconds": 60},

@@ -9,7 +9,7 @@ import dramatiq
 import pytest
 from sqlalchemy import text
 
-from models import repository as repo
+from models import firing as firing_sql
 from models.config import get_settings
 from models.sla import utcnow, wakeup_instant
 from tasks.actors import wake_up
@@ -110,7 +110,7 @@ def test_a_row_stuck_in_processing_is_rescued_after_its_lease(engine, settings, 
     timer = start_timer(engine, tenant[0], started_at=overdue())
     with engine.begin() as conn:
         # A worker claims the row and dies before processing it.
-        assert repo.claim_due(conn, uuid4(), utcnow(), 10, settings.lease_seconds)
+        assert firing_sql.claim_due(conn, uuid4(), utcnow(), 10, settings.lease_seconds)
     report = sweep_once()
     assert (report.rescued, report.fired.claimed) == (0, 0)  # lease still running
     assert status_of(engine, timer["id"]) == ("ACTIVE", "PROCESSING")

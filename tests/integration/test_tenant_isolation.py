@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from models import repository as repo
+from models import keys as api_keys
+from models import tenants as tenant_sql
 from models.db import make_engine, tenant_scope
 from models.sla import utcnow
 from tasks.firing import fire_due
@@ -78,7 +79,7 @@ def test_the_api_role_cannot_write_into_another_tenant(
             )
     with pytest.raises(ProgrammingError, match="row-level security"):  # noqa: SIM117
         with tenant_scope(app_engine, tenant[0]) as conn:
-            repo.create_api_key(conn, other_tenant[0])
+            tenant_sql.create_api_key(conn, other_tenant[0])
     with pytest.raises(ProgrammingError, match="permission denied"):  # noqa: SIM117
         with tenant_scope(app_engine, tenant[0]) as conn:
             conn.execute(text("DELETE FROM sla_timers"))
@@ -156,9 +157,9 @@ def test_a_key_prefix_opens_that_one_key_row_and_nothing_else(
     app, two_tenants_with_history, tenant, other_tenant, engine
 ):
     with engine.begin() as conn:  # more keys, of both tenants, that must stay hidden
-        repo.create_api_key(conn, tenant[0])
-        repo.create_api_key(conn, other_tenant[0])
-    prefix = repo.key_prefix(tenant[1])
+        tenant_sql.create_api_key(conn, tenant[0])
+        tenant_sql.create_api_key(conn, other_tenant[0])
+    prefix = api_keys.key_prefix(tenant[1])
     app_engine = app.extensions["sla"].engine
     with app_engine.begin() as conn:
         conn.execute(text("SELECT set_config('app.api_key_prefix', :p, true)"), {"p": prefix})

@@ -70,15 +70,15 @@ def engine(database):
 @pytest.fixture
 def tenant(engine):
     """(tenant_id, api_key) of a fresh tenant."""
-    from models import repository as repo
+    from models import tenants as tenant_sql
 
     with engine.begin() as conn:
-        return repo.create_tenant(conn, "acme")
+        return tenant_sql.create_tenant(conn, "acme")
 
 
 @pytest.fixture
 def other_tenant(engine):
-    from models import repository as repo
+    from models import tenants as tenant_sql
 
     with engine.begin() as conn:
-        return repo.create_tenant(conn, "globex")
+        return tenant_sql.create_tenant(conn, "globex")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from uuid import uuid4
 
-from models import repository as repo
+from models import timers as timer_sql
 from models.sla import DEFAULT_LADDER, due_at, utcnow
 
 
@@ -21,7 +21,7 @@ def start_timer(
     idempotency_key: str | None = None,
 ) -> dict:
     started = started_at or utcnow()
-    new = repo.NewTimer(
+    new = timer_sql.NewTimer(
         lead_id=lead_id or f"lead-{uuid4()}",
         sla_contract_id=contract,
         started_at=started,
@@ -32,7 +32,9 @@ def start_timer(
         idempotency_key=idempotency_key,
     )
     with engine.begin() as conn:
-        timer, _ = repo.start_timer(conn, tenant_id, new, due_at(started, window_seconds), utcnow())
+        timer, _ = timer_sql.start_timer(
+            conn, tenant_id, new, due_at(started, window_seconds), utcnow()
+        )
     return timer
 
 
