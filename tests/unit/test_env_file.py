@@ -28,8 +28,7 @@ def env_file(tmp_path, monkeypatch):
 
 def test_the_settings_find_the_urls_make_up_recorded_in_env(env_file, monkeypatch):
     monkeypatch.setattr(os, "environ", os.environ.copy())  # load_dotenv writes here
-    config.load_env_file()
-    settings = Settings.from_env()
+    settings = config.get_settings.__wrapped__()  # what every process calls, uncached
     assert settings.database_url == "postgresql+psycopg://" + EMBEDDED.split("://")[1]
     assert settings.redis_url == "redis://127.0.0.1:63799/0"
 
