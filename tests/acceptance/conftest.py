@@ -1,5 +1,5 @@
 """The acceptance tier's fixtures. The tier runs real worker and scheduler
-processes (bench.common.Service) against the test database; the shared
+processes (devtools.processes.Service) against the test database; the shared
 fixtures (``engine``, ``tenant``...) are in tests/support/database.py."""
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bench.common import Service
+from devtools.processes import Service
 from tasks.broker import QUEUE
 from tests.support import attempt_log
 from tests.support.common import redis_conn, wait_until

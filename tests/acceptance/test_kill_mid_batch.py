@@ -19,7 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.common import Service
+from devtools.processes import Service
 from tests.support import attempt_log
 from tests.support.common import wait_until
 from tests.support.factories import overdue, start_timer

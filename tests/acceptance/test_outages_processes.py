@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from bench.common import Service
+from devtools.processes import Service
 from tests.support import attempt_log
 from tests.support.common import wait_until
 from tests.support.outage_proxy import OutageProxy
