@@ -7,6 +7,7 @@
   by tests/conftest.py as a plugin.
 - ``attempt_log``: the insert-attempt log, seen by the database itself.
 - ``factories``: timers made straight through the repository.
+- ``actions``: an action that counts its calls, and a trigger that poisons rows.
 - ``api``: a Flask test client that sends one tenant's key, and problem
   assertions.
 - ``outage_proxy``: a TCP proxy that can be switched off (outage tests).
