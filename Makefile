@@ -59,5 +59,7 @@ lint: install
 stop-services:
 	$(BIN)/python -m devtools.services stop
 
+# .data/, and the embedded PostgreSQL's copy outside the checkout if it needed one
+# (root in a directory nobody can enter: devtools/services.py).
 clean: stop-services
-	rm -rf .data
+	rm -rf .data "$$($(BIN)/python -c 'from devtools.services import runtime_dir; print(runtime_dir())')"
