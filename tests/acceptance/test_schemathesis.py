@@ -11,9 +11,9 @@ Every check runs (``--checks all``), admin routes included: no response may be
 a 5xx, every one must match what the document says of its status code, content
 type, headers (Allow included) and body schema, invalid data must be rejected
 and valid data accepted. Rules JSON Schema cannot express are stated in the
-document's ``x-constraints``; ``schemathesis_hooks.py`` makes the data generated
-as valid keep them. The number of requests is counted from the HAR report and
-asserted.
+document's ``x-constraints``; ``tests/support/schemathesis_hooks.py`` makes the
+data generated as valid keep them. The number of requests is counted from the
+HAR report and asserted.
 
 Knobs: SLA_FUZZ_EXAMPLES (examples per operation and phase, default 100) and
 SLA_FUZZ_SEED (default fixed, so a failure reproduces; "random" for a new one).
@@ -41,7 +41,7 @@ EXAMPLES = int(os.environ.get("SLA_FUZZ_EXAMPLES", "100"))
 SEED = os.environ.get("SLA_FUZZ_SEED", "20261127")
 ST = Path(sys.executable).parent / "st"
 ROOT = Path(__file__).resolve().parents[2]
-HOOKS = "tests.acceptance.schemathesis_hooks"
+HOOKS = "tests.support.schemathesis_hooks"
 
 CONFIG = """\
 [generation]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.acceptance import schemathesis_hooks as hooks
+from tests.support import schemathesis_hooks as hooks
 
 
 @pytest.fixture

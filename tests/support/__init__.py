@@ -12,6 +12,8 @@
   assertions.
 - ``outage_proxy``: a TCP proxy that can be switched off (outage tests).
 - ``no_io``: the plugin that proves the unit tier does no I/O.
+- ``schemathesis_hooks``: keeps generated cases within the document's
+  ``x-constraints`` (the slow tier's fuzz run and the document test).
 
 Each module imports the service's modules lazily or only where a test needs
 them: tests/conftest.py must point ``DATABASE_URL`` at the test database before
