@@ -1,1 +1,2 @@
-"""Timers, steps and outbox events: schema, repository (all SQL) and pure SLA arithmetic."""
+"""Timers, steps and outbox events: the schema, the SQL (``sql/*.sql`` and the
+modules that run it), the service's errors and pure SLA arithmetic."""

@@ -14,64 +14,29 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-from functools import cache
 
 import redis
 from flask import Flask
 from sqlalchemy import Engine
 
 from models.config import Settings, get_settings
-from models.db import TenantIsolationOff, get_engine, make_engine, web_role_guard
+from models.db import TenantIsolationOff, web_role_guard
 from models.errors import is_outage
 
 from . import problems
 from .admin import bp as admin_bp
 from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
-from .health import REDIS_PROBE_TIMEOUT_MS, SchemaHeads, schema_heads
+from .health import REDIS_PROBE_TIMEOUT_MS, schema_heads
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
 from .ratelimit import TenantRateLimit
+from .services import Services, engine_for, install
 from .timers import bp as timers_bp
 
 DASHBOARD_PREFIX = "/dramatiq"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Services:
-    settings: Settings
-    engine: Engine
-    probe_redis: redis.Redis  # readiness only: timeouts a probe can afford
-    api_keys: ApiKeyCache
-    rate_limit: TenantRateLimit | None
-    schema_heads: SchemaHeads  # the code's alembic head, read once
-
-
-def _engine_key(s: Settings) -> tuple:
-    return (
-        s.database_url,
-        s.db_pool_size,
-        s.db_pool_timeout_seconds,
-        s.db_connect_timeout_seconds,
-        s.db_statement_timeout_ms,
-        s.db_app_role,
-    )
-
-
-@cache
-def _engine_for(key: tuple, settings: Settings) -> Engine:
-    return make_engine(settings, role=settings.db_app_role)
-
-
-def engine_for(settings: Settings) -> Engine:
-    """The process-wide engine, unless these settings name another database or pool."""
-    key = _engine_key(settings)
-    if key == _engine_key(get_settings()):
-        return get_engine()
-    return _engine_for(key, settings)
 
 
 class AdminOnly:
@@ -163,17 +128,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     # Werkzeug answers 413 past this, also for chunked bodies without a length.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["sla"] = Services(
-        settings,
-        engine,
-        _probe_redis(settings),
-        ApiKeyCache(
-            settings.api_key_cache_seconds, settings.redis_url, settings.redis_timeout_seconds
+    install(
+        app,
+        Services(
+            settings,
+            engine,
+            _probe_redis(settings),
+            ApiKeyCache(
+                settings.api_key_cache_seconds, settings.redis_url, settings.redis_timeout_seconds
+            ),
+            TenantRateLimit(settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds)
+            if settings.rate_limit
+            else None,
+            schema_heads(),
         ),
-        TenantRateLimit(settings.rate_limit, settings.redis_url, settings.redis_timeout_seconds)
-        if settings.rate_limit
-        else None,
-        schema_heads(),
     )
 
     problems.register(app)

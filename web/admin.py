@@ -13,7 +13,7 @@ from __future__ import annotations
 from uuid import UUID
 
 import click
-from flask import Blueprint, current_app
+from flask import Blueprint
 from flask.cli import AppGroup, ScriptInfo
 
 from models import keys as api_keys
@@ -21,9 +21,11 @@ from models import tenants as tenant_sql
 from models.config import get_settings
 from models.db import tenant_scope
 
+from .limits import TENANT_NAME
 from .operations import json_response, operation
 from .problems import not_found, validation_error
 from .schemas import ApiKey, ApiKeyCreated, ApiKeyList, Problem, TenantCreate, TenantCreated
+from .services import services
 
 bp = Blueprint("admin", __name__)
 
@@ -40,7 +42,7 @@ bp = Blueprint("admin", __name__)
     },
 )
 def create_tenant(body: TenantCreate):
-    with current_app.extensions["sla"].engine.begin() as conn:
+    with services().engine.begin() as conn:
         tenant_id, key = tenant_sql.create_tenant(conn, body.name)
     created = TenantCreated(tenant_id=tenant_id, name=body.name, api_key=key)
     return json_response(created, 201, {"Cache-Control": "no-store"})
@@ -57,7 +59,7 @@ def _tenant_scope(raw: str):
         tenant_id = UUID(raw)
     except ValueError:
         raise not_found("tenant") from None
-    return tenant_id, tenant_scope(current_app.extensions["sla"].engine, tenant_id)
+    return tenant_id, tenant_scope(services().engine, tenant_id)
 
 
 @bp.get("/v1/admin/tenants/<tenant_id>/api-keys")
@@ -120,7 +122,7 @@ def revoke_key(tenant_id: str, prefix: str):
         record = tenant_sql.revoke_api_key(conn, tid, prefix)
     if record is None:
         raise not_found("API key")
-    current_app.extensions["sla"].api_keys.revoked(prefix)
+    services().api_keys.revoked(prefix)
     return json_response(ApiKey(**record))
 
 
@@ -168,7 +170,7 @@ class CliGroup(AppGroup):
             # The app context is gone by now; the CLI loaded its app once, kept here.
             info = ctx.find_object(ScriptInfo)
             app = info.load_app() if info is not None else None
-            settings = app.extensions["sla"].settings if app is not None else get_settings()
+            settings = services(app).settings if app is not None else get_settings()
             message = cli_failure(exc, settings)
             if message is None:
                 raise
@@ -183,9 +185,9 @@ tenants_cli = CliGroup("tenants", help="Manage tenants.")
 def create_tenant_command(name: str) -> None:
     """Create tenant NAME and print its id and a new API key."""
     name = name.strip()
-    if not 1 <= len(name) <= 200 or "\x00" in name:
-        raise click.BadParameter("must be 1 to 200 characters", param_hint="NAME")
-    with current_app.extensions["sla"].engine.begin() as conn:
+    if not TENANT_NAME.accepts(name) or "\x00" in name:
+        raise click.BadParameter(TENANT_NAME.reason, param_hint="NAME")
+    with services().engine.begin() as conn:
         tenant_id, key = tenant_sql.create_tenant(conn, name)
     click.echo(f"tenant_id={tenant_id}")
     click.echo(f"api_key={key}")
@@ -197,9 +199,9 @@ def create_tenant_command(name: str) -> None:
 @click.argument("prefix")
 def revoke_key_command(tenant_id: UUID, prefix: str) -> None:
     """Revoke the API key PREFIX of tenant TENANT_ID."""
-    with tenant_scope(current_app.extensions["sla"].engine, tenant_id) as conn:
+    with tenant_scope(services().engine, tenant_id) as conn:
         record = tenant_sql.revoke_api_key(conn, tenant_id, prefix)
     if record is None:
         raise click.ClickException(f"tenant {tenant_id} has no API key {prefix}")
-    current_app.extensions["sla"].api_keys.revoked(prefix)  # tell the web processes
+    services().api_keys.revoked(prefix)  # tell the web processes
     click.echo(f"revoked {prefix} at {record['revoked_at'].isoformat()}")

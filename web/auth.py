@@ -19,13 +19,14 @@ import weakref
 from uuid import UUID
 
 import redis
-from flask import current_app, g, request
+from flask import g, request
 from werkzeug.exceptions import NotFound
 
 from models import keys as api_keys
 from models import tenants as tenant_sql
 
 from .problems import ApiProblem
+from .services import services
 
 log = logging.getLogger(__name__)
 
@@ -242,8 +243,8 @@ def authenticate_tenant() -> UUID:
     g.api_key_prefix = None
     if _KEY_SHAPE.fullmatch(token):
         g.api_key_prefix = api_keys.key_prefix(token)
-        services = current_app.extensions["sla"]
-        tenant_id = services.api_keys.tenant_for(token, services.engine)
+        found = services()
+        tenant_id = found.api_keys.tenant_for(token, found.engine)
     if tenant_id is None:
         log.info("refused API key %s", g.api_key_prefix or "(not an API key)")
         raise _unauthorized("the API key is not valid", f'{challenge}, error="invalid_token"')
@@ -259,7 +260,7 @@ def token_matches(candidate: str | None, token: str) -> bool:
 
 def authenticate_admin() -> None:
     """Admin routes do not exist (404) unless SLA_ADMIN_TOKEN is set."""
-    token = current_app.extensions["sla"].settings.admin_token
+    token = services().settings.admin_token
     if token is None:
         raise NotFound()  # the same answer as for a route that does not exist
     if not token_matches(bearer_token(), token):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from flask import Blueprint, current_app
+from flask import Blueprint
 from psycopg.errors import InsufficientPrivilege, UndefinedTable
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
@@ -32,6 +32,7 @@ from models.db import TenantIsolationOff
 from .operations import json_response, operation
 from .problems import problem_response, problem_type
 from .schemas import Liveness, Problem, Readiness
+from .services import services
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def healthz():
 def _database_state(code: SchemaHeads) -> tuple[str, str, str | None, str | None]:
     """(database, migrations, the database's revision, why not ready)."""
     try:
-        with current_app.extensions["sla"].engine.begin() as conn:
+        with services().engine.begin() as conn:
             conn.execute(text(f"SET LOCAL statement_timeout = {PROBE_TIMEOUT_MS}"))
             revisions = set(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
     except TenantIsolationOff as exc:
@@ -104,7 +105,7 @@ def _database_state(code: SchemaHeads) -> tuple[str, str, str | None, str | None
 
 def _redis_state() -> str:
     try:
-        current_app.extensions["sla"].probe_redis.ping()
+        services().probe_redis.ping()
         return "ok"
     except Exception as exc:
         log.warning("readiness: redis unreachable (degraded, still ready): %s", exc)
@@ -129,7 +130,7 @@ def _redis_state() -> str:
     ),
 )
 def readyz():
-    code = current_app.extensions["sla"].schema_heads
+    code = services().schema_heads
     database, migrations, revision, why = _database_state(code)
     state = Readiness(
         database=database, migrations=migrations, revision=revision, redis=_redis_state()

@@ -12,23 +12,27 @@ from pydantic.json_schema import models_json_schema
 
 from models import keys as api_keys
 
+from . import limits
 from .operations import Operation, operation
+from .problems import PROBLEM_JSON
 from .schemas import Problem, Timer, TimerBatch
 
 bp = Blueprint("openapi", __name__)
 
 REF = "#/components/schemas/{model}"
-PROBLEM_JSON = "application/problem+json"
 
+# Lengths come from web/limits.py, which the validation reads too.
 HEADERS = {
     "Idempotency-Key": (
         "Makes the start safe to retry: the same key and body return the stored "
-        "timer(s) (200); the same key with another body is a 409. 1 to 255 characters.",
-        {"type": "string", "minLength": 1, "maxLength": 255},
+        "timer(s) (200); the same key with another body is a 409. "
+        + limits.HEADERS["Idempotency-Key"].describe(),
+        limits.HEADERS["Idempotency-Key"].schema(),
     ),
     "X-Correlation-ID": (
-        "Default correlation_id when the body has none. 1 to 200 characters.",
-        {"type": "string", "minLength": 1, "maxLength": 200},
+        "Default correlation_id when the body has none. "
+        + limits.HEADERS["X-Correlation-ID"].describe(),
+        limits.HEADERS["X-Correlation-ID"].schema(),
     ),
 }
 PATH_PARAMS = {
@@ -36,7 +40,10 @@ PATH_PARAMS = {
         "The timer's id. Anything but a UUID names no timer: 404.",
         {"type": "string", "format": "uuid"},
     ),
-    "lead_id": ("1 to 200 characters.", {"type": "string", "minLength": 1, "maxLength": 200}),
+    "lead_id": (
+        limits.PATH_PARAMS["lead_id"].describe(),
+        limits.PATH_PARAMS["lead_id"].schema(),
+    ),
     "tenant_id": (
         "The tenant's id. Anything but a UUID names no tenant: 404.",
         {"type": "string", "format": "uuid"},

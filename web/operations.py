@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from flask import Response, current_app, g
+from flask import Response, g
 from pydantic import BaseModel
 
 from .auth import authenticate_admin, authenticate_tenant
 from .parsing import parse_body, parse_query
+from .services import services
 
 Auth = Literal["tenant", "admin"] | None
 
@@ -58,7 +59,7 @@ def operation(
             # Authenticate first: an anonymous caller learns nothing from validation errors.
             if auth == "tenant":
                 tenant_id = authenticate_tenant()
-                rate_limit = current_app.extensions["sla"].rate_limit
+                rate_limit = services().rate_limit
                 if limited and rate_limit is not None:
                     rate_limit.check(tenant_id)
             elif auth == "admin":

@@ -20,6 +20,7 @@ from flask import request
 from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from .limits import HEADERS
 from .problems import ApiProblem, problem_type, validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -244,14 +245,15 @@ def parse_query(model: type[M]) -> M:
     return validate(model, request.args.to_dict())
 
 
-def header(name: str, *, max_length: int) -> str | None:
-    """An optional header of 1..max_length characters the database can store."""
+def header(name: str) -> str | None:
+    """An optional header, within its limit (web/limits.py), that the database can store."""
     value = request.headers.get(name)
     if value is None:
         return None
     reason = _bad_text(value)
-    if not 1 <= len(value) <= max_length:
-        reason = f"must be 1 to {max_length} characters"
+    limit = HEADERS[name]
+    if not limit.accepts(value):
+        reason = limit.reason
     if reason:
         raise validation_error([{"field": name, "reason": reason}])
     return value

@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from models.schema import PROCESSING_STATUSES, STEP_OUTCOMES, TIMER_STATUSES
 from models.sla import DEFAULT_LADDER, ladder_problem, utcnow
 
+from .limits import ID_MAX, TENANT_NAME
 from .parsing import INT64, MAX_DEPTH
 
 # A year and a day: keeps due_at and step times far from any integer or datetime limit.
@@ -87,7 +88,7 @@ Whole = BeforeValidator(_whole_number)
 WholeInt = Annotated[int, Whole]
 # Output datetimes are always UTC, whatever the database session's time zone.
 UtcDatetime = Annotated[datetime, AfterValidator(_to_utc)]
-Id = Annotated[str, Field(min_length=1, max_length=200)]
+Id = Annotated[str, Field(min_length=1, max_length=ID_MAX)]
 
 
 def constraints(*rules: dict[str, Any]) -> dict[str, Any]:
@@ -351,7 +352,7 @@ class TimerListQuery(RequestModel):
 
 
 class TenantCreate(RequestModel):
-    name: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=TENANT_NAME.max_length)
 
 
 # --------------------------------------------------------------------------- responses

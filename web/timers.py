@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
-from flask import Blueprint, current_app, g
+from flask import Blueprint, g
 
 from models import firing as firing_sql
 from models import timers as timer_sql
@@ -19,6 +19,7 @@ from models.sla import due_at
 from tasks.wakeups import schedule_wakeups
 
 from .cursors import decode_cursor, encode_cursor
+from .limits import PATH_PARAMS
 from .operations import json_response, operation
 from .parsing import header, text_problems
 from .problems import not_found, validation_error
@@ -37,6 +38,7 @@ from .schemas import (
     TimerListQuery,
     TimerPage,
 )
+from .services import services
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ CONFLICT = ("Conflicts with the timer's state", Problem)
 
 
 def _engine():
-    return current_app.extensions["sla"].engine
+    return services().engine
 
 
 def _tenant():
@@ -135,9 +137,9 @@ def _wake_up(timers: list[Timer]) -> None:
     ),
 )
 def start(body: TimerCreate):
-    key = header("Idempotency-Key", max_length=255)
+    key = header("Idempotency-Key")
     # Checked even when the body's correlation_id wins: a bad header is still bad input.
-    correlation = header("X-Correlation-ID", max_length=200)
+    correlation = header("X-Correlation-ID")
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     new, due = _new_timer(body, correlation, key, fingerprint)
     # Most starts are a single statement of their own; the rest (supersede,
@@ -180,8 +182,8 @@ def start(body: TimerCreate):
     ),
 )
 def start_bulk(body: TimerBulkCreate):
-    key = header("Idempotency-Key", max_length=255)
-    correlation = header("X-Correlation-ID", max_length=200)
+    key = header("Idempotency-Key")
+    correlation = header("X-Correlation-ID")
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     starts = [
         _new_timer(item, correlation, None if key is None else f"{key}:{i}", fingerprint)
@@ -316,8 +318,8 @@ def retry(timer_id: UUID):
 
 def _lead_contract(lead_id: str, body_contract: str | None, query_contract: str | None):
     problems = text_problems({"lead_id": lead_id})
-    if not 1 <= len(lead_id) <= 200:
-        problems.append({"field": "lead_id", "reason": "must be 1 to 200 characters"})
+    if not PATH_PARAMS["lead_id"].accepts(lead_id):
+        problems.append({"field": "lead_id", "reason": PATH_PARAMS["lead_id"].reason})
     if problems:
         raise validation_error(problems)
     if body_contract and query_contract and body_contract != query_contract:
