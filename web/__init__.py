@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 
+import click
 import redis
 from flask import Flask
 from sqlalchemy import Engine
@@ -103,9 +104,12 @@ def _check_web_role(engine: Engine, settings: Settings) -> None:
     except Exception as exc:
         if not is_outage(exc):
             raise
+        if click.get_current_context(silent=True) is not None:
+            return  # a CLI command: its own one-line error says it, if it needs the database
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines() or [repr(exc)]
         log.warning(
             "database unreachable at start (%s): the web role is checked on its first connection",
-            exc,
+            reason[0],
         )
 
 

@@ -35,8 +35,9 @@ def _run(args: list[str], database_url: str) -> subprocess.CompletedProcess:
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode != 0, result.stdout
     assert "Traceback" not in result.stderr, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    return last
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr  # no warning or log line before it
+    return lines[0]
 
 
 FLASK = [str(BIN / "flask"), "--app", "web", "tenants"]
