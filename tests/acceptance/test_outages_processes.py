@@ -12,11 +12,9 @@ outage fires on time.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -25,8 +23,8 @@ from devtools.processes import Service
 from tests.support import attempt_log
 from tests.support.common import wait_until
 from tests.support.outage_proxy import OutageProxy
+from tests.support.stack import worker_and_scheduler
 
-BIN = Path(sys.executable).parent
 CONNECT_TIMEOUT_S = 2  # psycopg's minimum
 
 
@@ -43,25 +41,8 @@ def processes(engine, pg_proxy, tmp_path) -> Iterator[tuple[Service, Service]]:
         "DATABASE_URL": pg_proxy.url_for(os.environ["DATABASE_URL"]),
         "SLA_DB_CONNECT_TIMEOUT_SECONDS": str(CONNECT_TIMEOUT_S),
     }
-    worker = Service(
-        [str(BIN / "dramatiq"), "tasks", "--processes", "1", "--threads", "4"],
-        env,
-        tmp_path / "worker.log",
-        ready="is ready for action",
-    )
-    try:
-        scheduler = Service(
-            [str(BIN / "python"), "-m", "tasks.scheduler"],  # the Procfile's scheduler
-            env,
-            tmp_path / "scheduler.log",
-            ready="tasks.actors:sweep@sla",
-        )
-    except BaseException:
-        worker.stop()
-        raise
-    yield worker, scheduler
-    for service in (scheduler, worker):
-        service.stop()
+    with worker_and_scheduler(env, tmp_path) as processes:
+        yield processes
 
 
 def start_due_at(client, leads_and_dues: list[tuple[str, datetime]]) -> list[str]:

@@ -13,11 +13,9 @@ wake-up, and nothing fired twice.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -28,8 +26,8 @@ from tests.support import attempt_log
 from tests.support.common import redis_conn, wait_until
 from tests.support.factories import start_timer
 from tests.support.outage_proxy import OutageProxy
+from tests.support.stack import worker_and_scheduler
 
-BIN = Path(sys.executable).parent
 LATENESS_BOUND_S = 2.0
 
 
@@ -48,25 +46,8 @@ def processes(engine, redis_proxy, tmp_path) -> Iterator[tuple[Service, Service]
         "SLA_REDIS_CHECK_MS": "100",
         "SLA_DIRECT_POLL_MS": "100",
     }
-    worker = Service(
-        [str(BIN / "dramatiq"), "tasks", "--processes", "1", "--threads", "4"],
-        env,
-        tmp_path / "worker.log",
-        ready="is ready for action",
-    )
-    try:
-        scheduler = Service(
-            [sys.executable, "-m", "tasks.scheduler"],
-            env,
-            tmp_path / "scheduler.log",
-            ready="tasks.actors:sweep@sla",
-        )
-    except BaseException:
-        worker.stop()
-        raise
-    yield worker, scheduler
-    for service in (scheduler, worker):
-        service.stop()
+    with worker_and_scheduler(env, tmp_path) as processes:
+        yield processes
 
 
 def due_in(engine, tenant_id, seconds: float) -> dict:
