@@ -62,6 +62,47 @@ def _int(env: dict[str, str], name: str, default: int, *, minimum: int = 0) -> i
 
 
 DEFAULT_RATE_LIMIT = "100/second;3000/minute"
+# 0 s, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h: eight attempts over about 27.6 hours.
+DEFAULT_RETRY_SCHEDULE = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+
+def _schedule(env: dict[str, str], name: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        values = tuple(int(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(
+            f"{name} must be comma-separated whole seconds such as 0,5,300, got {raw!r}"
+        ) from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"{name} must not hold negative delays, got {raw!r}")
+    return values
+
+
+def _flag(env: dict[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1 or 0 (true/false, yes/no, on/off), got {raw!r}")
+
+
+def _seconds(env: dict[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum or value == float("inf"):
+        raise ConfigError(f"{name} must be a finite number >= {minimum}, got {raw!r}")
+    return value
 
 
 def _rate_limit(raw: str) -> str | None:
@@ -118,6 +159,20 @@ class Settings:
     # The Dramatiq queue of wake-ups and sweeps (tasks/broker.py). The tests use their
     # own, so a running stack's worker never consumes their messages, nor they its.
     queue: str = "sla"
+    # Webhook delivery (tasks/delivery.py, docs/webhooks.md).
+    webhook_timeout_seconds: float = 5.0
+    # Delay before each attempt: the first from the event's commit, each next one
+    # from the previous failure. After the last one fails the delivery is FAILED.
+    webhook_retry_schedule: tuple[int, ...] = DEFAULT_RETRY_SCHEDULE
+    webhook_disable_after_seconds: int = 5 * 24 * 3600
+    webhook_allow_private_networks: bool = False
+    # How long a rotated-out secret keeps signing beside the new one.
+    webhook_secret_grace_seconds: int = 24 * 3600
+    # Per subscription, across all workers: requests in flight at once.
+    webhook_max_in_flight: int = 16
+    # Deliveries one claim takes, and concurrent requests per worker process.
+    delivery_batch_size: int = 500
+    delivery_concurrency: int = 64
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -153,6 +208,20 @@ class Settings:
             db_maintenance_role=_role(env, "SLA_DB_MAINTENANCE_ROLE", "sla_maintenance"),
             rate_limit=_rate_limit(env.get("SLA_RATE_LIMIT", DEFAULT_RATE_LIMIT)),
             queue=env.get("SLA_QUEUE") or "sla",
+            webhook_timeout_seconds=_seconds(env, "SLA_WEBHOOK_TIMEOUT_SECONDS", 5.0, minimum=0.1),
+            webhook_retry_schedule=_schedule(
+                env, "SLA_WEBHOOK_RETRY_SCHEDULE", DEFAULT_RETRY_SCHEDULE
+            ),
+            webhook_disable_after_seconds=_int(
+                env, "SLA_WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 24 * 3600, minimum=1
+            ),
+            webhook_allow_private_networks=_flag(env, "SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS", False),
+            webhook_secret_grace_seconds=_int(
+                env, "SLA_WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600, minimum=0
+            ),
+            webhook_max_in_flight=_int(env, "SLA_WEBHOOK_MAX_IN_FLIGHT", 16, minimum=1),
+            delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
+            delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
         )
         if not _QUEUE.fullmatch(settings.queue):
             raise ConfigError(

@@ -25,7 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = MetaData(
     naming_convention={
@@ -49,7 +49,12 @@ EVENT_TYPES = (
     "sla.timer.completed",
     "sla.timer.failed",
     "sla.timer.retried",
+    "webhook.disabled",
 )
+DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
+LEAD_EVENT_OUTCOMES = ("started", "completed", "cancelled", "ignored")
+# The feed's position of an event: its writing transaction's id (a 64-bit xid8).
+TXID = text("(pg_current_xact_id())::text::bigint")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -197,20 +202,152 @@ outbox_events = Table(
     # One event per (timer, kind, step): "<timer_id>:<kind>[:<step>]".
     Column("idempotency_key", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-    # Delivery bookkeeping, used by webhook delivery.
-    Column("delivery_status", Text, nullable=False, server_default="PENDING"),
-    Column("delivery_attempts", Integer, nullable=False, server_default="0"),
-    Column("next_delivery_at", DateTime(timezone=True), server_default=_now()),
-    Column("delivered_at", DateTime(timezone=True)),
-    Column("last_delivery_error", Text),
+    # The writing transaction's id (pg_current_xact_id): the feed's order. An
+    # identity is not commit order, but once every transaction below a snapshot's
+    # xmin has ended, no event can appear behind a (txid, id) cursor (models/feed).
+    Column("txid", BigInteger, nullable=False, server_default=TXID),
     CheckConstraint(_in("event_type", EVENT_TYPES), name="event_type"),
-    CheckConstraint(
-        _in("delivery_status", ("PENDING", "DELIVERED", "FAILED")), name="delivery_status"
-    ),
     UniqueConstraint("tenant_id", "idempotency_key"),
+    # The feed: a tenant's events in (txid, id) order.
+    Index("ix_outbox_events_tenant_txid", "tenant_id", "txid", "id"),
+)
+
+# A tenant's webhook endpoints. Each new outbox event is fanned out to the
+# enabled subscriptions whose event_types match (NULL: every type) by the
+# statement-level trigger of migration 0005, in the transaction that writes it.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("url", Text, nullable=False),
+    Column("event_types", ARRAY(Text)),
+    Column("description", Text),
+    Column("enabled", Boolean, nullable=False, server_default=text("true")),
+    # "whsec_<base64>": signing needs the secret itself, so it is kept, not hashed.
+    Column("secret", Text, nullable=False),
+    # After a rotation the old secret signs beside the new one until it expires.
+    Column("previous_secret", Text),
+    Column("previous_secret_expires_at", DateTime(timezone=True)),
+    # The first failed attempt since the last success; NULL while healthy. The
+    # subscription is disabled once every attempt has failed for
+    # SLA_WEBHOOK_DISABLE_AFTER_SECONDS.
+    Column("failing_since", DateTime(timezone=True)),
+    Column("last_success_at", DateTime(timezone=True)),
+    Column("disabled_at", DateTime(timezone=True)),
+    Column("disabled_reason", Text),
+    # Bumped at each automatic disable: part of the webhook.disabled event's key.
+    Column("disable_count", Integer, nullable=False, server_default="0"),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    CheckConstraint("url ~ '^https?://'", name="url_scheme"),
+    # Listings (newest first, keyset) and the fan-out's lookup by tenant.
+    Index("ix_webhook_subscriptions_tenant_created", "tenant_id", "created_at", "id"),
+)
+
+# One event to one subscription: PENDING until a 2xx (DELIVERED) or the retry
+# schedule runs out (FAILED). Claimed like timers: claim_token plus a lease;
+# a claim whose worker died is claimable again when the lease ends.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column(
+        "subscription_id",
+        UUID(as_uuid=True),
+        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "event_id",
+        BigInteger,
+        ForeignKey("outbox_events.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    # Copied from the event: one timer's events reach a subscription in event order.
+    Column("timer_id", UUID(as_uuid=True)),
+    Column("status", Text, nullable=False, server_default="PENDING"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    Column("claim_token", UUID(as_uuid=True)),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("last_attempt_at", DateTime(timezone=True)),
+    Column("last_status_code", Integer),
+    Column("last_duration_ms", Integer),
+    Column("last_error", Text),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+    UniqueConstraint("subscription_id", "event_id"),
+    # The claim: due work in due order; finished deliveries leave the index.
     Index(
-        "ix_outbox_events_pending",
-        "next_delivery_at",
-        postgresql_where=text("delivery_status = 'PENDING'"),
+        "ix_webhook_deliveries_due",
+        "next_attempt_at",
+        postgresql_where=text("status = 'PENDING'"),
+    ),
+    # Per-timer order: is an earlier event of this timer still pending here?
+    Index(
+        "ix_webhook_deliveries_pending_timer",
+        "subscription_id",
+        "timer_id",
+        "event_id",
+        postgresql_where=text("status = 'PENDING'"),
+    ),
+    # A subscription's deliveries, newest first (GET .../deliveries).
+    Index("ix_webhook_deliveries_subscription", "subscription_id", "id"),
+    Index("ix_webhook_deliveries_event_id", "event_id"),
+)
+
+# Every attempt at a delivery, for GET /v1/webhooks/{id}/deliveries/{delivery_id}.
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("tenant_id", UUID(as_uuid=True), nullable=False),
+    Column(
+        "delivery_id",
+        BigInteger,
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("attempt", Integer, nullable=False),
+    Column("attempted_at", DateTime(timezone=True), nullable=False),
+    Column("status_code", Integer),
+    Column("duration_ms", Integer, nullable=False),
+    Column("error", Text),
+    Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),
+)
+
+# Lead events taken by POST /v1/lead-events: one row per (tenant, event_id), so a
+# replay answers with the recorded outcome; and the lead's history, which decides
+# events that arrive out of order (by occurred_at).
+lead_events = Table(
+    "lead_events",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id"), primary_key=True),
+    Column("event_id", Text, primary_key=True),
+    Column("event_type", Text, nullable=False),
+    Column("lead_id", Text, nullable=False),
+    Column("sla_contract_id", Text, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    # sha256 of the canonical event: the same event_id with another body is a conflict.
+    Column("fingerprint", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text),
+    Column("timer_id", UUID(as_uuid=True)),
+    CheckConstraint(_in("outcome", LEAD_EVENT_OUTCOMES), name="outcome"),
+    Index(
+        "ix_lead_events_lead",
+        "tenant_id",
+        "lead_id",
+        "sla_contract_id",
+        "occurred_at",
     ),
 )
