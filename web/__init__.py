@@ -28,6 +28,7 @@ from . import problems
 from .admin import bp as admin_bp
 from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
+from .events import bp as events_bp
 from .health import REDIS_PROBE_TIMEOUT_MS, schema_heads
 from .health import bp as health_bp
 from .openapi import bp as openapi_bp
@@ -150,7 +151,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     problems.register(app)
     app.register_error_handler(TenantIsolationOff, _isolation_off)
-    for blueprint in (timers_bp, admin_bp, health_bp, openapi_bp):
+    for blueprint in (timers_bp, events_bp, admin_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
     app.cli.add_command(tenants_cli)
 

@@ -31,7 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from models.schema import PROCESSING_STATUSES, STEP_OUTCOMES, TIMER_STATUSES
+from models.schema import EVENT_TYPES, PROCESSING_STATUSES, STEP_OUTCOMES, TIMER_STATUSES
 from models.sla import DEFAULT_LADDER, ladder_problem, utcnow
 
 from .limits import ID_MAX, TENANT_NAME
@@ -485,3 +485,84 @@ class Problem(ResponseModel):
     detail: str
     instance: str
     errors: list[FieldError] | None = Field(default=None, description="Only on 422.")
+
+
+# --------------------------------------------------------------------------- the event feed
+# GET /v1/events (web/events.py): the pull feed of a tenant's outbox events.
+
+FEED_LIMIT = 1000
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+LATEST = "latest"
+_ONE_TYPE = "|".join(re.escape(t) for t in EVENT_TYPES)
+ISSUED_FEED_CURSOR = {
+    "rule": "issued-by-api",
+    "source": "EventPage.next_cursor",
+    "description": "Only a next_cursor this feed returned (or latest); its content is not "
+    "specified.",
+}
+
+
+class EventListQuery(RequestModel):
+    model_config = ConfigDict(strict=False)  # query strings are all text
+
+    after: str | None = Field(
+        default=None,
+        max_length=100,
+        description="The next_cursor of an earlier answer, as returned: the feed goes on "
+        "after it. Absent: from the tenant's first event. latest: from the current end "
+        "(no items, and a next_cursor after which only events not yet served follow). "
+        "Any other string is a 422 (x-constraints: an opaque value has no schema).",
+        json_schema_extra=constraints(ISSUED_FEED_CURSOR),
+    )
+    limit: int = Field(default=100, ge=1, le=FEED_LIMIT)
+    type: str | None = Field(
+        default=None,
+        max_length=1000,
+        description="Only events of these types, comma-separated (e.g. "
+        "sla.timer.due,sla.escalation.triggered); an unknown type is a 422 that lists "
+        "the accepted ones. The cursor still moves past the events left out.",
+        json_schema_extra={"pattern": f"^({_ONE_TYPE})(,({_ONE_TYPE}))*$"},
+    )
+
+    @field_validator("type")
+    @classmethod
+    def _known_types(cls, value: str | None) -> str | None:
+        if value is not None:
+            unknown = [t for t in value.split(",") if t not in EVENT_TYPES]
+            if unknown:
+                raise PydanticCustomError(
+                    "event_type",
+                    "unknown event type {unknown}; accepted (comma-separated): {accepted}",
+                    {"unknown": repr(unknown[0][:100]), "accepted": ", ".join(EVENT_TYPES)},
+                )
+        return value
+
+    @property
+    def types(self) -> list[str] | None:
+        return None if self.type is None else list(dict.fromkeys(self.type.split(",")))
+
+
+class Event(ResponseModel):
+    """An outbox event, in the envelope webhooks deliver too."""
+
+    id: str = Field(
+        description="The event's stable id (evt_...), the webhook-id of its deliveries: "
+        "deduplicate by it."
+    )
+    type: EventType
+    timestamp: str = Field(
+        description="When the event happened, RFC 3339 UTC.",
+        json_schema_extra={"format": "date-time"},
+    )
+    data: dict[str, Any] = Field(
+        description="The payload, with tenant_id; for timer events timer_id, lead_id, "
+        "sla_contract_id and correlation_id, for steps escalation_step, action and target."
+    )
+
+
+class EventPage(ResponseModel):
+    items: list[Event] = Field(description="Oldest first, in the feed's order.")
+    next_cursor: str = Field(
+        description="Always present: store it and pass it as after to read on. With no "
+        "items it is the cursor given, or a later one."
+    )

@@ -24,7 +24,7 @@ from uuid import UUID
 
 import schemathesis
 
-from web.cursors import encode_cursor
+from web.cursors import encode_cursor, encode_feed_cursor
 
 A_VALID_START = "2025-01-02T03:04:05Z"
 
@@ -98,7 +98,9 @@ def _equal_when_both_given(rule: dict[str, Any], value: Any, case: Any, depth: i
 
 
 def _issued_by_api(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
-    # Any position is a cursor the listing could have returned.
+    # Any position is a cursor the listing (or the event feed) could have returned.
+    if rule.get("source") == "EventPage.next_cursor":
+        return encode_feed_cursor((1, 1))
     return encode_cursor(datetime(2025, 1, 1, tzinfo=UTC), UUID(int=1))
 
 
