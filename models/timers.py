@@ -270,10 +270,13 @@ def close_timers(
     now: datetime | None = None,
     *,
     reason: str | None = None,
+    at: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Cancel or complete open timers (already locked by the caller): their
     remaining steps are recorded SKIPPED so they can never fire, and one event
-    per timer is written. ``now`` overrides the database's clock (tests)."""
+    per timer is written. ``now`` overrides the database's clock (tests);
+    ``at`` is when the lead was handled, if not now (a lead event's
+    occurred_at): it dates completed_at or cancelled_at and decides breached."""
     if not timers:
         return []
     status, event_type = (
@@ -284,7 +287,8 @@ def close_timers(
     closed = [
         dict(r)
         for r in conn.execute(
-            SQL.close_timers.text, {"ids": ids, "now": now, "status": status, "reason": reason}
+            SQL.close_timers.text,
+            {"ids": ids, "now": now, "at": at, "status": status, "reason": reason},
         ).mappings()
     ]
     # Events carry the instant the row recorded (the database's, unless given).

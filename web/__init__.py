@@ -31,6 +31,7 @@ from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
 from .events import bp as events_bp
 from .health import REDIS_PROBE_TIMEOUT_MS, schema_heads
 from .health import bp as health_bp
+from .lead_events import bp as lead_events_bp
 from .openapi import bp as openapi_bp
 from .ratelimit import TenantRateLimit
 from .services import Services, engine_for, install
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_error_handler(TenantIsolationOff, _isolation_off)
     for blueprint in (timers_bp, events_bp, admin_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
+    app.register_blueprint(lead_events_bp)
     app.cli.add_command(tenants_cli)
 
     # No token, no dashboard: it can delete and requeue messages.

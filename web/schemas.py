@@ -566,3 +566,200 @@ class EventPage(ResponseModel):
         description="Always present: store it and pass it as after to read on. With no "
         "items it is the cursor given, or a later one."
     )
+
+
+# --------------------------------------------------------------------------- lead events
+# POST /v1/lead-events and /v1/lead-events/bulk (web/lead_events.py): a service's
+# own lead events start, complete or cancel the lead's timer (docs/lead-events.md).
+# Kept together here so the section reads on its own; it uses only the helpers above.
+
+from models.lead_rules import START_TYPES as LEAD_START_TYPES  # noqa: E402
+from models.lead_rules import TYPES as LEAD_EVENT_TYPES  # noqa: E402
+from models.schema import LEAD_EVENT_OUTCOMES  # noqa: E402
+
+# A sender's clock may run a little ahead of ours; an event further in the
+# future is a mistake, and would date a timer that has not started yet.
+LEAD_EVENT_MAX_AHEAD_SECONDS = 300
+LeadEventOutcome = Literal[LEAD_EVENT_OUTCOMES]  # type: ignore[valid-type]
+
+OCCURRED_RANGE = {
+    "rule": "date-time-range",
+    "minimum": EARLIEST_START.isoformat().replace("+00:00", "Z"),
+    "maximum-ahead-seconds": LEAD_EVENT_MAX_AHEAD_SECONDS,
+    "description": "From 1970 to 5 minutes after the request; a leap second (:60) is refused.",
+}
+
+
+def _accepted_type(value: str) -> str:
+    if value not in LEAD_EVENT_TYPES:
+        raise PydanticCustomError(
+            "lead_event_type",
+            "is not an accepted type; accepted types: {accepted}",
+            {"accepted": ", ".join(LEAD_EVENT_TYPES)},
+        )
+    return value
+
+
+class LeadEventCreate(RequestModel):
+    event_id: Id = Field(
+        description="The sender's id of the event, unique per tenant: the same id and event "
+        "again is a replay (no second effect), with another event a 409."
+    )
+    type: Annotated[str, AfterValidator(_accepted_type)] = Field(
+        description="lead.qualified and lead.created start the lead's timer for the contract "
+        "(superseding an open one), lead.contacted completes it, lead.disqualified, "
+        "lead.closed and lead.deleted cancel it. Any other type is a 422.",
+        json_schema_extra={"enum": list(LEAD_EVENT_TYPES)},
+    )
+    lead_id: Id
+    sla_contract_id: Id = "default"
+    occurred_at: Rfc3339 | None = Field(
+        default=None,
+        description="When it happened, RFC 3339 with an offset; defaults to when the server "
+        "decides the event. A start's SLA runs from it (due_at = occurred_at + window), a "
+        "contact is breached if it is after due_at, and events are ordered by it. From 1970 "
+        "to 5 minutes ahead; a leap second (:60) is refused (x-constraints: JSON Schema has "
+        "no bounds for a date-time).",
+        json_schema_extra=constraints(OCCURRED_RANGE),
+    )
+    correlation_id: Id | None = Field(
+        default=None,
+        description="The started timer's; defaults to the X-Correlation-ID header, else a "
+        "new UUID.",
+    )
+    window_seconds: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS), Whole] | None = None
+    window_minutes: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS // 60), Whole] | None = None
+    escalation_steps: list[EscalationStep] = Field(
+        default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The started timer's ladder, as POST /v1/timers takes it (x-constraints: "
+        "JSON Schema cannot compare the items of an array by one property).",
+        json_schema_extra=constraints(UNIQUE_STEPS, ORDERED_STEPS),
+    )
+    data: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any JSON object: the started timer's metadata. Integers within 64 bits, "
+        f"the whole body at most {MAX_DEPTH} levels deep, no NUL characters (x-constraints).",
+        json_schema_extra=constraints(INT64_VALUES, BODY_DEPTH),
+    )
+
+    @staticmethod
+    def _window_for_starts(schema: dict[str, Any]) -> None:
+        # A start type needs exactly one window, given and not null; the other
+        # types ignore both.
+        schema["description"] = (
+            "lead.qualified and lead.created need exactly one of window_seconds and "
+            "window_minutes; the other types ignore them."
+        )
+        schema["allOf"] = [
+            {
+                "if": {
+                    "properties": {"type": {"enum": list(LEAD_START_TYPES)}},
+                    "required": ["type"],
+                },
+                "then": {
+                    "oneOf": [
+                        {
+                            "required": [name],
+                            "properties": {
+                                name: next(
+                                    s
+                                    for s in schema["properties"][name]["anyOf"]
+                                    if s["type"] == "integer"
+                                )
+                            },
+                        }
+                        for name in ("window_seconds", "window_minutes")
+                    ]
+                },
+            }
+        ]
+
+    model_config = ConfigDict(json_schema_extra=_window_for_starts)
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _plausible_instant(cls, value: datetime | None) -> datetime | None:
+        if value is not None and not (
+            EARLIEST_START <= value <= utcnow() + timedelta(seconds=LEAD_EVENT_MAX_AHEAD_SECONDS)
+        ):
+            raise PydanticCustomError(
+                "occurred_range", "must be after 1970 and at most 5 minutes in the future"
+            )
+        return value
+
+    @field_validator("escalation_steps")
+    @classmethod
+    def _usable_ladder(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
+        problem = ladder_problem([s.model_dump() for s in steps])
+        if problem:
+            raise PydanticCustomError("ladder", problem)
+        return steps
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        if data.get("type") in LEAD_START_TYPES:
+            return TimerCreate.cross_field_errors(data)
+        return []
+
+    @property
+    def window(self) -> int | None:
+        return self.window_seconds or (self.window_minutes or 0) * 60 or None
+
+    def canonical(self) -> dict[str, Any]:
+        """The event as its fingerprint sees it: defaults filled in, the instant
+        in UTC and the window in seconds, so equal events are equal here."""
+        body = self.model_dump(mode="json", exclude={"window_minutes"})
+        return {**body, "window_seconds": self.window}
+
+
+class LeadEventBulkCreate(RequestModel):
+    events: list[LeadEventCreate] = Field(
+        min_length=1,
+        max_length=MAX_BULK,
+        description=f"1 to {MAX_BULK} events, taken in order, each as POST /v1/lead-events "
+        "takes it. An event_id given twice is, the second time, a replay of the first (or a "
+        "409 result, with another event).",
+    )
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        items = data.get("events")
+        if not isinstance(items, list) or len(items) > MAX_BULK:
+            return []  # the field error says it all
+        return [
+            {**e, "field": f"events.{i}.{e['field']}"}
+            for i, item in enumerate(items)
+            if isinstance(item, dict)
+            for e in LeadEventCreate.cross_field_errors(item)
+        ]
+
+
+class LeadEventResult(ResponseModel):
+    event_id: str
+    outcome: LeadEventOutcome = Field(
+        description="What the event did to the lead's timer: started, completed, cancelled, "
+        "or ignored (see reason). A replay answers the first outcome."
+    )
+    timer_id: UUID | None = Field(
+        description="The timer started, completed or cancelled; null when ignored."
+    )
+    reason: str | None = Field(description="Why the event was ignored; null otherwise.")
+
+
+class LeadEventBulkItem(ResponseModel):
+    event_id: str
+    status: Literal[200, 201, 409] = Field(
+        description="What POST /v1/lead-events would answer for this event alone: 201 it "
+        "started a timer, 200 any other outcome or a replay, 409 its event_id is recorded "
+        "with another event (nothing done; reason says so)."
+    )
+    replayed: bool = Field(description="True: recorded before; outcome is the first one.")
+    outcome: LeadEventOutcome | None = Field(description="null only with status 409.")
+    timer_id: UUID | None
+    reason: str | None = Field(description="Why ignored, or the conflict (409).")
+
+
+class LeadEventResults(ResponseModel):
+    results: list[LeadEventBulkItem] = Field(description="One per event, in request order.")

@@ -124,16 +124,22 @@ ON CONFLICT DO NOTHING
 
 -- name: close_timers
 -- Cancel or complete timers (locked by the caller), dated by the database's clock.
+-- :at, when given, is the instant the lead was handled (a lead event's
+-- occurred_at): it dates completed_at or cancelled_at and decides breached,
+-- while updated_at still tells when the row changed.
 UPDATE sla_timers SET
     status = :status,
     cancelled_at = CASE WHEN :status = 'CANCELLED'
-                        THEN coalesce(CAST(:now AS timestamptz), now()) END,
+                        THEN coalesce(CAST(:at AS timestamptz), CAST(:now AS timestamptz),
+                                      now()) END,
     completed_at = CASE WHEN :status = 'COMPLETED'
-                        THEN coalesce(CAST(:now AS timestamptz), now()) END,
+                        THEN coalesce(CAST(:at AS timestamptz), CAST(:now AS timestamptz),
+                                      now()) END,
     cancel_reason = CASE WHEN :status = 'CANCELLED' THEN :reason END,
     -- Met when handled at or before the due instant.
     breached = CASE WHEN :status = 'COMPLETED'
-                    THEN due_at < coalesce(CAST(:now AS timestamptz), now()) END,
+                    THEN due_at < coalesce(CAST(:at AS timestamptz), CAST(:now AS timestamptz),
+                                           now()) END,
     -- A dead-lettered timer keeps FAILED so the failure stays visible.
     processing_status = CASE WHEN processing_status = 'FAILED' THEN 'FAILED'
                              ELSE 'COMPLETED' END,
