@@ -36,6 +36,7 @@ from .openapi import bp as openapi_bp
 from .ratelimit import TenantRateLimit
 from .services import Services, engine_for, install
 from .timers import bp as timers_bp
+from .webhooks import bp as webhooks_bp
 
 DASHBOARD_PREFIX = "/dramatiq"
 
@@ -152,7 +153,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     problems.register(app)
     app.register_error_handler(TenantIsolationOff, _isolation_off)
-    for blueprint in (timers_bp, events_bp, admin_bp, health_bp, openapi_bp):
+    for blueprint in (timers_bp, events_bp, webhooks_bp, admin_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(lead_events_bp)
     app.cli.add_command(tenants_cli)

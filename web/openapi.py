@@ -15,7 +15,7 @@ from models import keys as api_keys
 from . import limits
 from .operations import Operation, operation
 from .problems import PROBLEM_JSON
-from .schemas import Problem, Timer, TimerBatch
+from .schemas import DeliveryDetail, Problem, Timer, TimerBatch, Webhook, WebhookCreated
 
 bp = Blueprint("openapi", __name__)
 
@@ -48,6 +48,15 @@ PATH_PARAMS = {
         "The tenant's id. Anything but a UUID names no tenant: 404.",
         {"type": "string", "format": "uuid"},
     ),
+    "webhook_id": (
+        "The webhook subscription's id. Anything but a UUID names no subscription: 404.",
+        {"type": "string", "format": "uuid"},
+    ),
+    "delivery_id": (
+        "The delivery's id, as its subscription's deliveries list it; any other "
+        "number names no delivery: 404.",
+        {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    ),
     "prefix": (
         "The key's prefix, the 12 hexadecimal characters after sla_ (sla_<prefix>_<secret>);"
         " anything else is a 422.",
@@ -66,6 +75,17 @@ _FIRST = {name: "/items/0" + pointer for name, pointer in _ONE.items()}
 LINK_SOURCES: dict[type[BaseModel], dict[str, str]] = {
     model: {name: "$response.body#" + pointer for name, pointer in pointers.items()}
     for model, pointers in [(Timer, _ONE), (TimerBatch, _FIRST)]
+}
+# A subscription leads to its routes; a delivery to its own and its subscription's.
+_WEBHOOK = {"webhook_id": "/id"}
+_DELIVERY = {"webhook_id": "/webhook_id", "delivery_id": "/id"}
+LINK_SOURCES |= {
+    model: {name: "$response.body#" + pointer for name, pointer in pointers.items()}
+    for model, pointers in [
+        (Webhook, _WEBHOOK),
+        (WebhookCreated, _WEBHOOK),
+        (DeliveryDetail, _DELIVERY),
+    ]
 }
 
 

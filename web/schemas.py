@@ -568,6 +568,295 @@ class EventPage(ResponseModel):
     )
 
 
+# --------------------------------------------------------------------------- webhooks
+# Subscriptions, deliveries, retry and replay (web/webhooks.py). Kept together
+# here so the section reads on its own; it uses only the helpers above.
+
+from models.envelope import event_id as _event_id  # noqa: E402
+from models.schema import DELIVERY_STATUSES, EVENT_TYPES  # noqa: E402
+
+WEBHOOK_URL_MAX = 2048
+WEBHOOK_DESCRIPTION_MAX = 1000
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+MAX_REPLAY_EVENTS = 100_000
+EventType = Literal[EVENT_TYPES]  # type: ignore[valid-type]
+DeliveryStatus = Literal[DELIVERY_STATUSES]  # type: ignore[valid-type]
+
+# What a URL must look like before its host is resolved. JSON Schema's pattern
+# keyword says the same (ECMA-262): http or https, lowercase, no whitespace.
+WEBHOOK_URL_PATTERN = r"^https?://\S+$"
+_WEBHOOK_URL = re.compile(r"https?://\S+")
+
+WEBHOOK_DESTINATION = {
+    "rule": "webhook-destination",
+    "description": "The URL's host resolves, and unless the server allows private networks "
+    "(SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS=1) only to public addresses: not loopback, "
+    "private, link-local (cloud metadata), carrier-grade NAT, multicast or reserved. "
+    "The URL carries no user name or password.",
+}
+SINCE_RANGE = {
+    "rule": "date-time-range",
+    "minimum": EARLIEST_START.isoformat().replace("+00:00", "Z"),
+    "maximum-ahead-seconds": 0,
+    "description": "From 1970 to the time of the request: not in the future.",
+}
+UNTIL_AFTER_SINCE = {
+    "rule": "ordered-date-times",
+    "fields": ["since", "until"],
+    "description": "until, when given, is later than since.",
+}
+ISSUED_WEBHOOK_CURSOR = {**ISSUED_CURSOR, "source": "WebhookPage.next_cursor"}
+ISSUED_DELIVERY_CURSOR = {**ISSUED_CURSOR, "source": "DeliveryPage.next_cursor"}
+
+
+def _webhook_url(value: str) -> str:
+    if not _WEBHOOK_URL.fullmatch(value):
+        raise PydanticCustomError(
+            "webhook_url", "must start with http:// or https:// and contain no whitespace"
+        )
+    return value
+
+
+def _unique_types(value: list[str] | None) -> list[str] | None:
+    if value is not None and len(set(value)) != len(value):
+        raise PydanticCustomError("unique_types", "must not name an event type twice")
+    return value
+
+
+WebhookUrl = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=WEBHOOK_URL_MAX,
+        description="Where events are POSTed: an http or https URL of at most "
+        f"{WEBHOOK_URL_MAX} characters whose host resolves, by default only to public "
+        "addresses (x-constraints: checked by resolving the host).",
+        json_schema_extra={"pattern": WEBHOOK_URL_PATTERN, **constraints(WEBHOOK_DESTINATION)},
+    ),
+    AfterValidator(_webhook_url),
+]
+EventTypes = Annotated[
+    list[EventType],
+    Field(min_length=1, max_length=len(EVENT_TYPES), json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_unique_types),
+]
+WebhookDescription = Annotated[str, Field(min_length=1, max_length=WEBHOOK_DESCRIPTION_MAX)]
+
+
+def _no_null_default(schema: dict[str, Any]) -> None:
+    # An optional PATCH field that may not be null: absent means "unchanged",
+    # so the document states no default for it.
+    for prop in schema.get("properties", {}).values():
+        if prop.get("default", 0) is None and "anyOf" not in prop:
+            del prop["default"]
+
+
+class WebhookCreate(RequestModel):
+    url: WebhookUrl
+    event_types: EventTypes | None = Field(
+        default=None,
+        description="The event types to send, each at most once; absent or null: every "
+        "type, including types added later.",
+    )
+    description: WebhookDescription | None = None
+
+
+class WebhookUpdate(RequestModel):
+    """JSON merge semantics: a field left out is unchanged."""
+
+    model_config = ConfigDict(json_schema_extra=_no_null_default)
+
+    url: WebhookUrl = None  # type: ignore[assignment]
+    event_types: EventTypes | None = Field(
+        default=None, description="null: every type, including types added later."
+    )
+    description: WebhookDescription | None = Field(default=None, description="null clears it.")
+    enabled: bool = Field(
+        default=None,  # type: ignore[arg-type]
+        description="false stops deliveries; true after a disable (by request or after "
+        "failing for SLA_WEBHOOK_DISABLE_AFTER_SECONDS) starts the subscription afresh: "
+        "disabled_at, disabled_reason and failing_since are cleared.",
+    )
+
+
+class RotateSecretRequest(RequestModel):
+    grace_seconds: Annotated[int, Field(ge=0, le=MAX_GRACE_SECONDS), Whole] | None = Field(
+        default=None,
+        description="How long the current secret keeps signing beside the new one; "
+        "defaults to SLA_WEBHOOK_SECRET_GRACE_SECONDS (24 h). 0 revokes it at once.",
+    )
+
+
+class ReplayRequest(RequestModel):
+    """The window of events to send again: [since, until)."""
+
+    model_config = ConfigDict(json_schema_extra=constraints(UNTIL_AFTER_SINCE))
+
+    since: Rfc3339 = Field(
+        description="RFC 3339 with an offset: events created at or after this instant are "
+        "sent again. Not in the future (x-constraints).",
+        json_schema_extra=constraints(SINCE_RANGE),
+    )
+    until: Rfc3339 | None = Field(
+        default=None,
+        description="Only events created before this instant; later than since "
+        "(x-constraints: JSON Schema cannot compare two fields).",
+    )
+    event_types: EventTypes | None = Field(
+        default=None,
+        description="Only these types (and only those the subscription takes); absent: all.",
+    )
+
+    @field_validator("since")
+    @classmethod
+    def _not_in_the_future(cls, value: datetime) -> datetime:
+        if not EARLIEST_START <= value <= utcnow():
+            raise PydanticCustomError("since_range", "must be after 1970 and not in the future")
+        return value
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        try:
+            since, until = (
+                None if data.get(k) is None else _to_utc(_rfc3339(data[k]))
+                for k in ("since", "until")
+            )
+        except Exception:  # the field errors say it
+            return []
+        if since is not None and until is not None and until <= since:
+            return [{"field": "until", "reason": "must be later than since"}]
+        return []
+
+
+def _list_query(cursor_rule: dict[str, Any], source: str) -> Any:
+    return Field(
+        default=None,
+        max_length=500,
+        description=f"The next_cursor of a {source}, as returned; any other string is a 422 "
+        "(x-constraints: an opaque value has no schema).",
+        json_schema_extra=constraints(cursor_rule),
+    )
+
+
+class WebhookListQuery(RequestModel):
+    model_config = ConfigDict(strict=False)
+
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = _list_query(ISSUED_WEBHOOK_CURSOR, "page of this listing")
+
+
+class DeliveryListQuery(RequestModel):
+    model_config = ConfigDict(strict=False)
+
+    status: DeliveryStatus | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    cursor: str | None = _list_query(ISSUED_DELIVERY_CURSOR, "page of this listing")
+
+
+class SecretRotation(ResponseModel):
+    previous_secret_expires_at: UtcDatetime = Field(
+        description="Until then the previous secret signs beside the current one."
+    )
+
+
+class Webhook(ResponseModel):
+    id: UUID
+    url: str
+    event_types: list[str] | None = Field(description="null: every event type.")
+    description: str | None
+    enabled: bool
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+    disabled_at: UtcDatetime | None
+    disabled_reason: str | None
+    failing_since: UtcDatetime | None = Field(
+        description="The first failed attempt since the last success; null while healthy."
+    )
+    last_success_at: UtcDatetime | None
+    secret_rotation: SecretRotation | None = Field(
+        description="While a rotation's grace period runs; null otherwise."
+    )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Webhook:
+        ends = row.get("rotation_ends_at")
+        rotation = None if ends is None else {"previous_secret_expires_at": ends}
+        return cls.model_validate({**row, "secret_rotation": rotation})
+
+
+class WebhookCreated(Webhook):
+    secret: str = Field(
+        description="The signing secret (whsec_...). Shown only here and by rotate-secret."
+    )
+
+
+class WebhookPage(ResponseModel):
+    items: list[Webhook]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class SecretRotated(ResponseModel):
+    secret: str = Field(description="The new signing secret (whsec_...). Shown only here.")
+    previous_secret_expires_at: UtcDatetime | None = Field(
+        description="Until then the previous secret signs too; null if it was revoked at once."
+    )
+
+
+class DeliveryAttempt(ResponseModel):
+    attempt: int
+    attempted_at: UtcDatetime
+    status_code: int | None = Field(description="null: no response (timeout, connection error).")
+    duration_ms: int
+    error: str | None
+
+
+class Delivery(ResponseModel):
+    id: int
+    webhook_id: UUID = Field(description="The subscription it goes to.")
+    event_id: str = Field(description='The event\'s id ("evt_..."), its webhook-id header.')
+    event_type: str
+    status: DeliveryStatus
+    attempts: int = Field(description="Attempts of the current retry schedule.")
+    next_attempt_at: UtcDatetime | None = Field(description="null unless PENDING.")
+    last_attempt_at: UtcDatetime | None
+    last_status_code: int | None
+    last_duration_ms: int | None
+    last_error: str | None
+    delivered_at: UtcDatetime | None
+    created_at: UtcDatetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Delivery:
+        return cls.model_validate(
+            {
+                **row,
+                "webhook_id": row["subscription_id"],
+                "event_id": _event_id(row["event_id"]),
+                "next_attempt_at": row["next_attempt_at"] if row["status"] == "PENDING" else None,
+            }
+        )
+
+
+class DeliveryDetail(Delivery):
+    attempt_history: list[DeliveryAttempt] = Field(
+        description="Every attempt, oldest first, across retries and replays."
+    )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> DeliveryDetail:
+        base = Delivery.from_row(row).model_dump()
+        return cls.model_validate({**base, "attempt_history": row["attempts_log"]})
+
+
+class DeliveryPage(ResponseModel):
+    items: list[Delivery]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null at end.")
+
+
+class ReplayResult(ResponseModel):
+    replayed: int = Field(description="Deliveries armed: new ones and ones sent again.")
+
+
 # --------------------------------------------------------------------------- lead events
 # POST /v1/lead-events and /v1/lead-events/bulk (web/lead_events.py): a service's
 # own lead events start, complete or cancel the lead's timer (docs/lead-events.md).

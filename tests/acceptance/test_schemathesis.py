@@ -75,11 +75,17 @@ class _Collect(logging.Handler):
 
 @pytest.fixture
 def live_url(engine):
-    """The app on a free port, with the admin routes on and no rate limit."""
+    """The app on a free port, with the admin routes on, no rate limit, and
+    webhooks to private networks allowed (the hooks' URL is 127.0.0.1's)."""
     from models.config import Settings
     from web import create_app
 
-    env = {**os.environ, "SLA_ADMIN_TOKEN": ADMIN_TOKEN, "SLA_RATE_LIMIT": "off"}
+    env = {
+        **os.environ,
+        "SLA_ADMIN_TOKEN": ADMIN_TOKEN,
+        "SLA_RATE_LIMIT": "off",
+        "SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1",
+    }
     app = create_app(Settings.from_env(env))
     server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -59,6 +59,9 @@ SAMPLE_BODIES: dict[str, Any] = {
         ]
     },
     "TenantCreate": {"name": "outage-tenant"},
+    "WebhookCreate": {"url": "http://93.184.215.14/outage"},  # public: passes the SSRF guard
+    "WebhookUpdate": {"description": "outage"},
+    "ReplayRequest": {"since": "2020-01-01T00:00:00Z"},
 }
 OUTAGE_LEADS = ["outage-single", "outage-bulk-1", "outage-bulk-2"]
 
@@ -280,7 +283,7 @@ def pg_app(engine, settings, pg_proxy, apps):
 
 
 def test_every_database_route_is_in_the_outage_sweep(pg_app, tenant):
-    calls = db_calls(pg_app, tenant_key=tenant[1], values={})
+    calls = db_calls(pg_app, tenant_key=tenant[1], values={"delivery_id": "1"})  # an int
     names = {c.name for c in calls}
     # A sanity floor: the sweep found the routes it is meant to find.
     assert {"POST /v1/timers", "POST /v1/timers/bulk", "GET /v1/timers/<uuid:timer_id>"} <= names
@@ -297,6 +300,8 @@ def test_postgres_down_every_route_is_a_prompt_503_and_the_pool_recovers(
     assert api.get(f"/v1/timers/{timer['id']}").status_code == 200
     values = {"timer_id": timer["id"], "lead_id": "existing", "tenant_id": str(tenant[0])}
     values["prefix"] = "0123456789ab"  # well formed, so the route reaches the database
+    values["webhook_id"] = "00000000-0000-4000-8000-000000000001"
+    values["delivery_id"] = "1"
     calls = db_calls(pg_app, tenant_key=tenant[1], values=values)
     # A key this process has not cached yet needs the database to authenticate: 503, not 401.
     calls.append(Call("GET /v1/timers (uncached key)", "GET", "/v1/timers", other_tenant[1]))

@@ -253,39 +253,90 @@ def _rows_of(engine, tenant_id) -> dict[str, list]:
     return out
 
 
+def _their_webhook(engine, tenant_id) -> tuple[str, str]:
+    """(subscription id, delivery id) of a webhook of the tenant, with one delivery."""
+    from models import webhooks as webhook_sql
+
+    with engine.begin() as conn:
+        sub = webhook_sql.create_subscription(
+            conn,
+            tenant_id,
+            url="http://93.184.215.14/theirs",
+            event_types=None,
+            description=None,
+            secret="whsec_theirs",
+        )
+        delivery = conn.execute(
+            text(
+                "INSERT INTO webhook_deliveries (tenant_id, subscription_id, event_id) "
+                "SELECT tenant_id, :s, id FROM outbox_events WHERE tenant_id = :t "
+                "ORDER BY id LIMIT 1 RETURNING id"
+            ),
+            {"s": sub["id"], "t": tenant_id},
+        ).scalar_one()
+    return str(sub["id"]), str(delivery)
+
+
+def _webhook_rows(engine, tenant_id) -> list[tuple]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for table in ("webhook_subscriptions", "webhook_deliveries")
+            for r in conn.execute(
+                text(f"SELECT * FROM {table} WHERE tenant_id = :t ORDER BY id"), {"t": tenant_id}
+            )
+        ]
+
+
+# Valid bodies, so that a request reaches the lookup of the id (or creates the
+# caller's own object) rather than stopping at validation.
+_BODIES = {
+    ("POST", "/v1/timers"): {"lead_id": "own-lead", "window_seconds": 60},
+    ("POST", "/v1/timers/bulk"): {"timers": [{"lead_id": "own-bulk", "window_seconds": 60}]},
+    ("POST", "/v1/webhooks"): {"url": "http://93.184.215.14/own"},  # a public address
+    ("PATCH", "/v1/webhooks/<uuid:webhook_id>"): {"description": "taken over"},
+    ("POST", "/v1/webhooks/<uuid:webhook_id>/replay"): {"since": "2020-01-01T00:00:00Z"},
+}
+
+
 def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
     app, api, engine, other_tenant, two_tenants_with_history
 ):
     _, theirs = two_tenants_with_history
     routes = _tenant_routes(app)
     assert len(routes) >= 8
+    their_hook, their_delivery = _their_webhook(engine, other_tenant[0])
     before = _rows_of(engine, other_tenant[0])
     assert all(before[table] for table in TENANT_TABLES)  # something to compare
+    hooks_before = _webhook_rows(engine, other_tenant[0])
 
-    values = {"<uuid:timer_id>": theirs["id"], "<path:lead_id>": "lead-b"}
+    values = {
+        "<uuid:timer_id>": theirs["id"],
+        "<path:lead_id>": "lead-b",
+        "<uuid:webhook_id>": their_hook,
+        "<int:delivery_id>": their_delivery,
+    }
     for method, rule in routes:
         path = rule
         for name, value in values.items():
             path = path.replace(name, value)
         assert "<" not in path, f"no value for a parameter of {rule}"
-        body = None
-        if rule == "/v1/timers":
-            body = {"lead_id": "own-lead", "window_seconds": 60}
-        elif rule == "/v1/timers/bulk":
-            body = {"timers": [{"lead_id": "own-bulk", "window_seconds": 60}]}
+        body = _BODIES.get((method, rule))
         response = api.client.open(path, method=method, json=body, headers=api._headers(None, None))
-        if "<uuid:timer_id>" in rule:
+        if "<uuid:timer_id>" in rule or "<uuid:webhook_id>" in rule:
             assert_problem(response, 404)
         elif "<path:lead_id>" in rule:
             # Leads are the tenant's own names: the other tenant's "lead-b" is
             # just a lead this tenant has no open timers for.
             assert response.get_json() == {"items": []}, rule
         elif method == "GET":
-            assert theirs["id"] not in {t["id"] for t in response.get_json()["items"]}, rule
+            ids = {t["id"] for t in response.get_json()["items"]}
+            assert not {theirs["id"], their_hook} & ids, rule
         else:  # a start: it creates this tenant's own timer, never touches theirs
             assert response.status_code == 201, (rule, response.get_json())
 
     assert _rows_of(engine, other_tenant[0]) == before
+    assert _webhook_rows(engine, other_tenant[0]) == hooks_before
 
 
 def test_a_scoped_connection_is_not_reused_with_the_old_tenant(app, tenant, other_tenant):

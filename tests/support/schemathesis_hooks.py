@@ -25,8 +25,12 @@ from uuid import UUID
 import schemathesis
 
 from web.cursors import encode_cursor, encode_feed_cursor
+from web.webhooks import encode_delivery_cursor
 
 A_VALID_START = "2025-01-02T03:04:05Z"
+# The fuzzing app allows private networks (test_schemathesis.py): a URL that
+# resolves without DNS and that nothing listens on (the discard port).
+A_WEBHOOK_URL = "http://127.0.0.1:9/webhook"
 
 
 def _resolve(document: dict[str, Any], schema: Any) -> Any:
@@ -101,6 +105,8 @@ def _issued_by_api(rule: dict[str, Any], value: Any, case: Any, depth: int) -> A
     # Any position is a cursor the listing (or the event feed) could have returned.
     if rule.get("source") == "EventPage.next_cursor":
         return encode_feed_cursor((1, 1))
+    if rule.get("source") == "DeliveryPage.next_cursor":
+        return encode_delivery_cursor(1)
     return encode_cursor(datetime(2025, 1, 1, tzinfo=UTC), UUID(int=1))
 
 
@@ -126,6 +132,28 @@ def _max_depth(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
     return [_max_depth(rule, v, case, depth + 1) for v in value]
 
 
+def _webhook_destination(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    # Whether a host resolves, and where to, is the network's say: any string
+    # becomes the one URL the fuzzing app accepts.
+    return A_WEBHOOK_URL if isinstance(value, str) else value
+
+
+def _ordered_date_times(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    """A later field not after an earlier one is dropped (they are optional)."""
+    if not isinstance(value, dict):
+        return value
+    first, *later = rule["fields"]
+    try:
+        start = datetime.fromisoformat(str(value.get(first)).upper())
+        for name in later:
+            given = value.get(name)
+            if isinstance(given, str) and datetime.fromisoformat(given.upper()) <= start:
+                value.pop(name)
+    except (ValueError, TypeError):  # not date-times: the field errors are the case's
+        pass
+    return value
+
+
 RULES: dict[str, Callable[[dict[str, Any], Any, Any, int], Any]] = {
     "unique": _unique,
     "non-decreasing": _non_decreasing,
@@ -134,6 +162,8 @@ RULES: dict[str, Callable[[dict[str, Any], Any, Any, int], Any]] = {
     "issued-by-api": _issued_by_api,
     "integer-range": _integer_range,
     "max-depth": _max_depth,
+    "webhook-destination": _webhook_destination,
+    "ordered-date-times": _ordered_date_times,
 }
 
 

@@ -114,7 +114,9 @@ def test_no_module_of_models_is_over_400_lines():
     assert {name: n for name, n in sizes.items() if n > 420} == {}
 
 
-@pytest.mark.parametrize("filename", ["tenants.sql", "timers.sql", "firing.sql", "outbox.sql"])
+@pytest.mark.parametrize(
+    "filename", sorted(p.name for p in (ROOT / "models" / "sql").glob("*.sql"))
+)
 def test_every_statement_has_a_name_a_description_and_one_placeholder_style(filename):
     queries = list(Queries(filename))
     assert queries
