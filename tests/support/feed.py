@@ -1,5 +1,12 @@
 """Helpers for the pull feed's tests: writing outbox events straight through
-the repository, and reading GET /v1/events page by page."""
+the repository, waiting for the feed's horizon, and reading GET /v1/events
+page by page.
+
+The feed serves an event once every transaction older than its own has ended,
+on the whole PostgreSQL server: other sessions (other test runs on a shared
+server) can hold it back for a while. ``settle`` waits for that, so a test that
+expects an event to be served asks only once it must be.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +17,10 @@ from sqlalchemy import Connection, text
 
 from models.outbox import insert_events
 from models.sla import utcnow
+from tests.support.common import wait_until
 
 DUE = "sla.timer.due"
+SETTLE_S = 30.0
 
 
 def event_row(tenant_id: UUID, event_type: str = DUE, **payload: Any) -> dict[str, Any]:
@@ -40,6 +49,21 @@ def write_events(conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         ).all()
     )
     return [found[r["idempotency_key"]] for r in rows]
+
+
+def settle(engine, timeout: float = SETTLE_S) -> None:
+    """Wait until every transaction that wrote an event so far has ended, so
+    the feed serves every committed event."""
+    horizon_passed = text(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        " > coalesce((SELECT max(txid) FROM outbox_events), 0)"
+    )
+
+    def passed() -> bool:
+        with engine.connect() as conn:
+            return conn.execute(horizon_passed).scalar_one()
+
+    wait_until(passed, timeout, "the feed's horizon to pass every event written")
 
 
 def ids_of(items: list[dict[str, Any]]) -> list[int]:
