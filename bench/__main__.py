@@ -25,6 +25,9 @@ SCENARIOS = {
     "p3": "bench.p3_recovery",
     "p4": "bench.p4_creation",
     "p5": "bench.p5_memory",
+    "p6": "bench.p6_webhooks",
+    "p6l": "bench.p6_webhooks:Latency",
+    "p6d": "bench.p6_webhooks:Dead",
 }
 
 
@@ -59,6 +62,17 @@ def print_table(results: dict) -> None:
             print("  ".join("-" * w for w in widths))
 
 
+def _overrides(raw: list[str], params: dict) -> dict:
+    """``NAME=VALUE`` pairs for the names this scenario has, typed like its defaults."""
+    out = {}
+    for pair in raw:
+        name, _, value = pair.partition("=")
+        if name in params:
+            default = params[name]
+            out[name] = type(default)(value) if isinstance(default, int | float) else value
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--profile", choices=("quick", "full"), default="quick")
@@ -66,6 +80,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the bench database")
     parser.add_argument(
         "--no-doc", action="store_true", help="do not rewrite the table in docs/performance.md"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a parameter of the scenarios run, e.g. --only p6 --param events=5000",
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
@@ -85,7 +106,8 @@ def main() -> int:
             module = importlib.import_module(module_name)
             if variant:
                 module = getattr(module, variant)
-            params = module.FULL if args.profile == "full" else module.QUICK
+            params = dict(module.FULL if args.profile == "full" else module.QUICK)
+            params.update(_overrides(args.param, params))
             print(f"== {name}: {module.__doc__.strip().splitlines()[0]} {params}", flush=True)
             bench.reset()
             started = time.monotonic()

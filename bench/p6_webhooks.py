@@ -1,0 +1,766 @@
+"""P6 webhooks: outbox events delivered to a local receiver by real worker processes.
+
+Events are written straight to ``outbox_events`` (the firing path's payloads,
+two events per timer: ``sla.timer.due`` and ``sla.escalation.triggered``), and
+the table's trigger writes one delivery per enabled subscription, as for any
+event; after each commit the writer calls ``tasks.delivery.wake_delivery()``
+as the service's writers do. Subscriptions are rows inserted directly (a secret
+from ``models.signatures.new_secret()``). The receiver is ``bench/receiver.py``,
+a process of its own on the same two cores: each figure includes it. Times are
+``time.time()`` on this machine: the writer's just after its commit returned,
+the receiver's when it had read the whole request it answered 2xx.
+
+- ``p6``, throughput: N events committed at once (a backlog), until the
+  receiver has answered 2xx for every one; deliveries/s. Beside it, the bare
+  HTTP limit: the same signed POSTs from two processes of threads with pooled
+  urllib3 connections (as the workers send), no database.
+- ``p6l``, latency: events committed at a steady rate (500/s: every 20 ms, a
+  transaction of 10) for S seconds; commit to receipt, p50 and p99.
+- ``p6d``, a dead receiver: tenant A's endpoint reads every request and never
+  answers (each attempt a timeout), while tenant B's is fast. Both tenants'
+  events stream in at a steady rate, tenant A's timers fall due throughout,
+  then tenant B gets a burst. Measured: B's latency and burst rate and the
+  timers' lateness, beside the same run with A having no subscription at all
+  (the baseline). The dead phase runs first, so any warm-up favours the
+  baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from .common import ROOT, Bench, Service, percentile, running, seed_timers, worker
+from .receiver import ReceiverProcess
+
+QUICK = {
+    "events": 20_000,
+    "worker_processes": 2,
+    "worker_threads": 8,
+    "bare_threads": 16,
+    "verify_every": 100,
+}
+FULL = {**QUICK, "events": 100_000}
+
+LATENCY_QUICK = {"rate": 500, "seconds": 20, "tick_ms": 20, "worker_processes": 2}
+LATENCY_FULL = {**LATENCY_QUICK, "seconds": 60}
+
+DEAD_QUICK = {
+    "rate_a": 250,  # tenant A's events per second, to the dead endpoint
+    "rate_b": 250,  # tenant B's, to the fast one
+    "seconds": 20,
+    "tick_ms": 20,
+    "timers_per_s": 50,  # tenant A's timers falling due, for the firing lateness
+    "burst": 5_000,  # tenant B's burst after the stream
+    "worker_processes": 2,
+    "timeout_s": 5.0,  # SLA_WEBHOOK_TIMEOUT_SECONDS: each dead attempt lasts this long
+}
+DEAD_FULL = {**DEAD_QUICK, "seconds": 60, "burst": 20_000, "timers_per_s": 100}
+
+TARGET_RATE = 2_000
+TARGET_P50_MS = 100
+TARGET_P99_MS = 1_000
+TARGET_SLOWDOWN = 0.10
+# "Not measurably" for timer firing: medians within this, p99 within 10 % + this.
+FIRING_NOISE_MS = 10.0
+
+ALLOW_PRIVATE = {"SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1"}
+
+# Two events per timer, as a firing writes them: due, then the step. ``ord`` keeps
+# each timer's due event before its step in id order (the order a subscription
+# must see them in). Timer ids are derived from the series and a salt: unique.
+_EVENTS = """
+INSERT INTO outbox_events (tenant_id, timer_id, event_type, payload, correlation_id,
+                           idempotency_key)
+SELECT %(tenant)s, t.id, k.event_type,
+       jsonb_build_object(
+           'type', k.event_type, 'timer_id', t.id, 'lead_id', 'lead-' || %(salt)s || g,
+           'sla_contract_id', 'default', 'started_at', now() - interval '30 minutes',
+           'due_at', now(), 'correlation_id', 'bench-' || %(salt)s || g,
+           'occurred_at', now()) || k.extra,
+       'bench-' || %(salt)s || g, t.id::text || k.suffix
+FROM generate_series(1, %(timers)s) AS g,
+     LATERAL (SELECT md5(%(salt)s || ':' || g)::uuid AS id) AS t,
+     (VALUES (1, 'sla.timer.due', ':due', '{}'::jsonb),
+             (2, 'sla.escalation.triggered', ':step:1',
+              '{"escalation_step": 1, "action": "notify", "target": "owner"}'::jsonb))
+         AS k(ord, event_type, suffix, extra)
+ORDER BY g, k.ord
+RETURNING id
+"""
+
+
+def subscribe(bench: Bench, tenant: str, url: str, secret: str) -> str:
+    """A subscription to every event type, as POST /v1/webhooks would create it."""
+    with bench.connect() as c:
+        return str(
+            c.execute(
+                "INSERT INTO webhook_subscriptions (tenant_id, url, secret, description)"
+                " VALUES (%s, %s, %s, 'bench') RETURNING id",
+                (tenant, url, secret),
+            ).fetchone()[0]
+        )
+
+
+def write_events(conn, tenant: str, timers: int, salt: str) -> list[int]:
+    """2 x ``timers`` events in the connection's transaction; their outbox ids."""
+    rows = conn.execute(_EVENTS, {"tenant": tenant, "timers": timers, "salt": salt})
+    return [r[0] for r in rows]
+
+
+def _wake() -> None:
+    from tasks.delivery import wake_delivery  # once the bench environment is set
+
+    wake_delivery()
+
+
+def _services(bench: Bench, out_dir: Path, name: str, processes: int, threads: int, env: dict):
+    log = out_dir / f"{name}.log"
+    log.unlink(missing_ok=True)
+    env = {**ALLOW_PRIVATE, **env}
+    return (
+        worker(bench, log, processes=processes, threads=threads, extra_env=env),
+        Service(
+            [sys.executable, "-m", "tasks.scheduler"],
+            {**bench.env, **env},
+            log,
+            ready="Registered periodic actors",
+        ),
+    )
+
+
+def _receiver(out_dir: Path, name: str, routes: list[str], **kw) -> ReceiverProcess:
+    log = out_dir / f"{name}-receiver.log"
+    log.unlink(missing_ok=True)
+    return ReceiverProcess(log, routes, **kw)
+
+
+def _wait_received(receiver: ReceiverProcess, path: str, n: int, timeout: float) -> list:
+    """(seconds since the start, ids received) samples until ``n`` or the timeout."""
+    started = time.time()
+    samples = []
+    while True:
+        got = receiver.received(path)
+        samples.append((time.time() - started, got))
+        if got >= n or time.time() - started > timeout:
+            return samples
+        time.sleep(0.2)
+
+
+def _delivery_counts(bench: Bench) -> dict:
+    with bench.connect() as c:
+        rows = c.execute("SELECT status, count(*) FROM webhook_deliveries GROUP BY 1").fetchall()
+        attempts = c.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
+    return {**{status.lower(): n for status, n in rows}, "attempts": attempts}
+
+
+class CpuMeter:
+    """CPU seconds of the workers (process groups), the receiver and the bench
+    database's backends between ``start()`` and ``stop()``. Backends that connect
+    in between lose their CPU before the first sample: a lower bound."""
+
+    def __init__(self, bench: Bench, groups: dict[str, list[int]]):
+        self.bench, self.groups = bench, groups
+
+    def _sample(self) -> dict[str, float]:
+        import psutil
+
+        def cpu(pids) -> float:
+            total = 0.0
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            return total
+
+        def tree(pid: int) -> list[int]:
+            try:
+                return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+            except psutil.Error:
+                return []
+
+        with self.bench.connect() as c:
+            backends = [
+                r[0]
+                for r in c.execute(
+                    "SELECT pid FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ]
+        out = {
+            name: cpu([p for pid in pids for p in tree(pid)]) for name, pids in self.groups.items()
+        }
+        out["postgres"] = cpu(backends)
+        return out
+
+    def start(self) -> None:
+        self._start = self._sample()
+
+    def stop(self) -> dict[str, float]:
+        end = self._sample()
+        return {k: round(end[k] - self._start.get(k, 0.0), 2) for k in end}
+
+
+# --------------------------------------------------------------------------- P6 throughput
+
+
+def run(bench: Bench, params: dict, out_dir: Path) -> dict:
+    from models.signatures import new_secret
+
+    n_timers = params["events"] // 2
+    n = 2 * n_timers
+    tenant, _ = bench.tenant()
+    secret = new_secret()
+    receiver = _receiver(
+        out_dir,
+        "p6",
+        ["/fast=fast"],
+        secrets={"/fast": secret},
+        verify_every=params["verify_every"],
+    )
+    try:
+        bare = _bare(receiver.url("/fast"), secret, min(n, 20_000), params["bare_threads"])
+        receiver.reset()
+        subscribe(bench, tenant, receiver.url("/fast"), secret)
+        with running(
+            *_services(
+                bench, out_dir, "p6", params["worker_processes"], params["worker_threads"], {}
+            )
+        ) as services:
+            meter = CpuMeter(
+                bench, {"workers": [services[0].pid], "receiver": [receiver.service.pid]}
+            )
+            with bench.connect() as c:  # written in one transaction: a backlog of n
+                started = time.perf_counter()
+                with c.transaction():
+                    ids = write_events(c, tenant, n_timers, "p6-")
+                write_s = time.perf_counter() - started
+                committed = time.time()
+            meter.start()
+            _wake()
+            samples = _wait_received(receiver, "/fast", n, 60 + n / 500)
+            cpu = meter.stop()
+        stats = receiver.stats()["/fast"]
+        receipts = receiver.receipts()["/fast"]
+    finally:
+        receiver.stop()
+    firsts = [v[0] for v in receipts.values() if v[0] is not None]
+    received = len(firsts)
+    done_s = (max(firsts) - committed) if firsts else float("nan")
+    rate = received / done_s if firsts else 0.0
+    missing = sum(1 for i in ids if f"evt_{i}" not in receipts or receipts[f"evt_{i}"][0] is None)
+    counts = _delivery_counts(bench)
+    _plot_throughput(samples, out_dir / "p6-throughput.png", n)
+    per = {k: round(v / received * 1e6) if received else None for k, v in cpu.items()}
+    return {
+        "params": params,
+        "figures": {
+            "events": n,
+            "received": received,
+            "missing": missing,
+            "seconds_commit_to_last": round(done_s, 2),
+            "deliveries_per_s": round(rate),
+            "write_s": round(write_s, 2),
+            "receiver": stats,
+            "deliveries": counts,
+            "cpu_seconds": cpu,
+            "cpu_us_per_delivery": per,
+            "bare_http": bare,
+        },
+        "plots": ["p6-throughput.png"],
+        "rows": [
+            {
+                "figure": f"{n:,} events to a fast receiver: deliveries/s",
+                "value": rate,
+                "unit": "deliveries/s",
+                "beside": f"bare signed POSTs, {bare['processes']}x{bare['threads']} threads",
+                "beside_value": bare["per_s"],
+                "ratio": rate / bare["per_s"] if bare["per_s"] else None,
+                "target": f">= {TARGET_RATE:,}/s",
+                "met": rate >= TARGET_RATE and missing == 0,
+            },
+            {
+                "figure": "received / duplicates / bad signatures",
+                "value": f"{received:,} / {stats['duplicates']} / {stats['bad_signatures']}",
+                "unit": f"of {n:,} ({stats['verified']} verified)",
+                "target": "all / - / 0",
+                "met": missing == 0 and stats["bad_signatures"] == 0,
+            },
+            {
+                "figure": "CPU per delivery: workers",
+                "value": per.get("workers"),
+                "unit": "µs",
+                "beside": "receiver / PostgreSQL",
+                "beside_value": f"{per.get('receiver')} / {per.get('postgres')}",
+                "target": "",
+                "met": None,
+            },
+        ],
+    }
+
+
+def _bare(url: str, secret: str, n: int, threads: int, processes: int = 2) -> dict:
+    """Signed POSTs/s from ``processes`` processes of ``threads`` threads, no database."""
+    per_process = n // processes
+    started = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.p6_webhooks",
+                "bare",
+                "--url",
+                url,
+                "--secret",
+                secret,
+                "--n",
+                str(per_process),
+                "--threads",
+                str(threads),
+                "--offset",
+                str(i * per_process),
+            ],
+            cwd=ROOT,
+        )
+        for i in range(processes)
+    ]
+    for p in procs:
+        p.wait()
+    elapsed = time.perf_counter() - started
+    total = per_process * processes
+    return {
+        "posts": total,
+        "seconds": round(elapsed, 2),
+        "per_s": round(total / elapsed),
+        "processes": processes,
+        "threads": threads,
+    }
+
+
+def bare_client(url: str, secret: str, n: int, threads: int, offset: int) -> None:
+    """What a worker does per delivery, minus the database: sign, POST, read the answer."""
+    import urllib3
+
+    from models.signatures import headers
+
+    pool = urllib3.PoolManager(maxsize=threads, retries=False)
+    body = (
+        '{"id":"evt_%d","type":"sla.escalation.triggered","timestamp":"2026-12-01T00:00:00Z",'
+        '"data":{"tenant_id":"00000000-0000-0000-0000-000000000000","lead_id":"lead-1",'
+        '"escalation_step":1,"action":"notify","target":"owner"}}'
+    )
+
+    def work(k: int) -> None:
+        for i in range(offset + k, offset + n, threads):
+            msg = body % i
+            h = headers([secret], f"evt_{i}", int(time.time()), msg)
+            h["content-type"] = "application/json"
+            pool.request("POST", url, body=msg.encode(), headers=h, timeout=5.0)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+
+
+def _plot_throughput(samples: list, path: Path, n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([s for s, _ in samples], [c for _, c in samples])
+    ax.set_xlabel("seconds since the commit")
+    ax.set_ylabel("events received (distinct webhook-ids)")
+    ax.set_title(f"P6: {n:,} events delivered to a local receiver")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- steady streams
+
+
+class Stream(threading.Thread):
+    """Writes ``rate`` events a second for ``seconds`` (a transaction every tick),
+    waking delivery after each commit; remembers each event's commit time."""
+
+    def __init__(
+        self, bench: Bench, tenant: str, rate: int, seconds: float, tick_ms: int, salt: str
+    ):
+        super().__init__(daemon=True)
+        self.bench, self.tenant, self.salt = bench, tenant, salt
+        self.ticks = int(seconds * 1000 / tick_ms)
+        self.tick_s = tick_ms / 1000
+        self.timers_per_tick = max(1, round(rate * self.tick_s / 2))
+        self.committed: dict[int, float] = {}  # outbox id -> commit time
+        self.late_ticks = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with self.bench.connect() as c:
+                started = time.monotonic()
+                for tick in range(self.ticks):
+                    pause = started + tick * self.tick_s - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                    elif pause < -self.tick_s:
+                        self.late_ticks += 1
+                    with c.transaction():
+                        ids = write_events(
+                            c, self.tenant, self.timers_per_tick, f"{self.salt}{tick}-"
+                        )
+                    at = time.time()
+                    _wake()
+                    for i in ids:
+                        self.committed[i] = at
+        except BaseException as exc:  # reported by the scenario
+            self.error = exc
+
+    @property
+    def events(self) -> int:
+        return self.ticks * self.timers_per_tick * 2
+
+
+def _latencies(stream: Stream, receipts: dict[str, list]) -> dict:
+    values, missing = [], 0
+    for outbox_id, at in stream.committed.items():
+        got = receipts.get(f"evt_{outbox_id}")
+        if got is None or got[0] is None:
+            missing += 1
+        else:
+            values.append((got[0] - at) * 1000)
+    return {
+        "events": len(stream.committed),
+        "received": len(values),
+        "missing": missing,
+        "p50_ms": round(percentile(values, 50), 1),
+        "p99_ms": round(percentile(values, 99), 1),
+        "max_ms": round(max(values), 1) if values else None,
+        "late_ticks": stream.late_ticks,
+        "values_ms": values,
+    }
+
+
+def run_latency(bench: Bench, params: dict, out_dir: Path) -> dict:
+    from models.signatures import new_secret
+
+    tenant, _ = bench.tenant()
+    secret = new_secret()
+    receiver = _receiver(
+        out_dir, "p6l", ["/fast=fast"], secrets={"/fast": secret}, verify_every=100
+    )
+    try:
+        subscribe(bench, tenant, receiver.url("/fast"), secret)
+        with running(*_services(bench, out_dir, "p6l", params["worker_processes"], 8, {})):
+            stream = Stream(
+                bench, tenant, params["rate"], params["seconds"], params["tick_ms"], "p6l-"
+            )
+            stream.start()
+            stream.join()
+            if stream.error:
+                raise stream.error
+            _wait_received(receiver, "/fast", stream.events, 30)
+        receipts = receiver.receipts()["/fast"]
+        stats = receiver.stats()["/fast"]
+    finally:
+        receiver.stop()
+    result = _latencies(stream, receipts)
+    values = result.pop("values_ms")
+    _plot_latency(
+        {"commit to receipt": values},
+        out_dir / "p6l-latency.png",
+        f"P6: commit to receipt at {params['rate']} events/s",
+    )
+    rate = f"{params['rate']} events/s for {params['seconds']} s"
+    return {
+        "params": params,
+        "figures": {**result, "receiver": stats, "deliveries": _delivery_counts(bench)},
+        "plots": ["p6l-latency.png"],
+        "rows": [
+            {
+                "figure": f"commit to receipt p50 ({rate})",
+                "value": result["p50_ms"],
+                "unit": "ms",
+                "beside": "p99",
+                "beside_value": result["p99_ms"],
+                "target": f"p50 <= {TARGET_P50_MS} ms",
+                "met": result["p50_ms"] <= TARGET_P50_MS and result["missing"] == 0,
+            },
+            {
+                "figure": "commit to receipt p99",
+                "value": result["p99_ms"],
+                "unit": "ms",
+                "beside": "max",
+                "beside_value": result["max_ms"],
+                "target": f"p99 <= {TARGET_P99_MS:,} ms",
+                "met": result["p99_ms"] <= TARGET_P99_MS,
+            },
+            {
+                "figure": "received / duplicates",
+                "value": f"{result['received']:,} / {stats['duplicates']}",
+                "unit": f"of {result['events']:,}",
+                "target": "all",
+                "met": result["missing"] == 0,
+            },
+        ],
+    }
+
+
+def _plot_latency(series: dict[str, list[float]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, values in series.items():
+        if values:
+            ordered = sorted(values)
+            ax.plot(ordered, [(i + 1) / len(ordered) for i in range(len(ordered))], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms")
+    ax.set_ylabel("fraction (cumulative)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- dead receiver
+
+
+def _firing_lateness(bench: Bench, prefix: str) -> list[float]:
+    with bench.connect() as c:
+        return [
+            float(v)
+            for (v,) in c.execute(
+                "SELECT extract(epoch FROM e.executed_at - t.due_at) * 1000"
+                " FROM sla_escalation_events e JOIN sla_timers t ON t.id = e.timer_id"
+                " WHERE t.lead_id LIKE %s",
+                (f"lead-{prefix}%",),
+            )
+        ]
+
+
+def _dead_phase(
+    bench: Bench, params: dict, out_dir: Path, receiver: ReceiverProcess, dead: bool
+) -> dict:
+    from models.signatures import new_secret
+    from tasks.wakeups import schedule_wakeups
+
+    name = "dead" if dead else "baseline"
+    bench.reset()
+    receiver.reset()
+    tenant_a, _ = bench.tenant()
+    tenant_b, _ = bench.tenant()
+    subscribe(bench, tenant_b, receiver.url("/b"), new_secret())
+    if dead:
+        subscribe(bench, tenant_a, receiver.url("/a"), new_secret())
+    env = {"SLA_WEBHOOK_TIMEOUT_SECONDS": str(params["timeout_s"])}
+    with running(*_services(bench, out_dir, f"p6d-{name}", params["worker_processes"], 8, env)):
+        # Tenant A's timers, falling due evenly over the stream (a one-step ladder:
+        # a due and a step event each, to A's endpoint when it has one).
+        t0 = datetime.now(UTC) + timedelta(seconds=3)
+        n_timers = int(params["timers_per_s"] * params["seconds"])
+        seed_timers(
+            bench,
+            tenant_a,
+            n_timers,
+            "%(t0)s::timestamptz + make_interval(secs => (g - 1)::float / %(rate)s)",
+            prefix=f"{name}-",
+            params={"t0": t0, "rate": params["timers_per_s"]},
+        )
+        with bench.connect() as c:
+            instants = [r[0] for r in c.execute("SELECT DISTINCT next_fire_at FROM sla_timers")]
+        schedule_wakeups(instants)
+        time.sleep(max(0.0, (t0 - datetime.now(UTC)).total_seconds()))
+        streams = [
+            Stream(bench, tenant_a, params["rate_a"], params["seconds"], params["tick_ms"], "a-"),
+            Stream(bench, tenant_b, params["rate_b"], params["seconds"], params["tick_ms"], "b-"),
+        ]
+        for s in streams:
+            s.start()
+        for s in streams:
+            s.join()
+            if s.error:
+                raise s.error
+        _wait_received(receiver, "/b", streams[1].events, 30)
+        latency = _latencies(streams[1], receiver.receipts()["/b"])
+        # Then B's burst, with A's dead deliveries still waiting for their timeouts.
+        before = receiver.received("/b")
+        with bench.connect() as c:
+            with c.transaction():
+                write_events(c, tenant_b, params["burst"] // 2, "burst-")
+            committed = time.time()
+        _wake()
+        _wait_received(receiver, "/b", before + params["burst"], 60 + params["burst"] / 200)
+        receipts = receiver.receipts()["/b"]
+        burst_firsts = [v[0] for k, v in receipts.items() if v[0] is not None and v[0] >= committed]
+        burst_s = max(burst_firsts) - committed if burst_firsts else float("nan")
+        stats = receiver.stats()
+    firing = _firing_lateness(bench, f"{name}-")
+    with bench.connect() as c:
+        a_attempts = c.execute(
+            "SELECT count(*) FROM webhook_attempts WHERE tenant_id = %s", (tenant_a,)
+        ).fetchone()[0]
+    values = latency.pop("values_ms")
+    return {
+        "b_latency": latency,
+        "b_latency_values": values,
+        "b_burst": {
+            "events": params["burst"],
+            "received": len(burst_firsts),
+            "seconds": round(burst_s, 2),
+            "per_s": round(len(burst_firsts) / burst_s) if burst_firsts else 0,
+        },
+        "firing": {
+            "timers": n_timers,
+            "fired": len(firing),
+            "p50_ms": round(percentile(firing, 50), 1),
+            "p99_ms": round(percentile(firing, 99), 1),
+            "max_ms": round(max(firing), 1) if firing else None,
+        },
+        "firing_values": firing,
+        "a_attempts": a_attempts,
+        "receiver": stats,
+    }
+
+
+def run_dead(bench: Bench, params: dict, out_dir: Path) -> dict:
+    receiver = _receiver(out_dir, "p6d", ["/a=dead", "/b=fast"])
+    try:
+        dead = _dead_phase(bench, params, out_dir, receiver, dead=True)
+        base = _dead_phase(bench, params, out_dir, receiver, dead=False)
+    finally:
+        receiver.stop()
+    _plot_latency(
+        {
+            "B, A's endpoint dead": dead.pop("b_latency_values"),
+            "B, A without endpoint": base.pop("b_latency_values"),
+            "timers, A's endpoint dead": dead.pop("firing_values"),
+            "timers, A without endpoint": base.pop("firing_values"),
+        },
+        out_dir / "p6d-dead.png",
+        "P6: tenant B's deliveries and timer lateness beside a dead endpoint",
+    )
+
+    def slowdown(d: float, b: float) -> float | None:
+        return round(d / b - 1, 3) if b else None
+
+    rate_d, rate_b = dead["b_burst"]["per_s"], base["b_burst"]["per_s"]
+    rate_slow = round(1 - rate_d / rate_b, 3) if rate_b else None
+    lat_d, lat_b = dead["b_latency"], base["b_latency"]
+    fire_d, fire_b = dead["firing"], base["firing"]
+    firing_same = (
+        fire_d["fired"] == fire_d["timers"]
+        and fire_d["p50_ms"] <= fire_b["p50_ms"] + FIRING_NOISE_MS
+        and fire_d["p99_ms"] <= fire_b["p99_ms"] * 1.1 + FIRING_NOISE_MS
+    )
+    return {
+        "params": params,
+        "figures": {"dead": dead, "baseline": base},
+        "plots": ["p6d-dead.png"],
+        "rows": [
+            {
+                "figure": f"dead endpoint (A): B's burst of {params['burst']:,}, deliveries/s",
+                "value": rate_d,
+                "unit": "deliveries/s",
+                "beside": "A without endpoint",
+                "beside_value": rate_b,
+                "ratio": round(rate_d / rate_b, 3) if rate_b else None,
+                "target": f"slowdown <= {TARGET_SLOWDOWN:.0%}",
+                "met": rate_slow is not None and rate_slow <= TARGET_SLOWDOWN,
+            },
+            {
+                "figure": f"dead endpoint: B's latency p50 ({params['rate_b']}/s)",
+                "value": lat_d["p50_ms"],
+                "unit": "ms",
+                "beside": "A without endpoint",
+                "beside_value": lat_b["p50_ms"],
+                "ratio": round(lat_d["p50_ms"] / lat_b["p50_ms"], 3) if lat_b["p50_ms"] else None,
+                "target": f"<= +{TARGET_SLOWDOWN:.0%}",
+                "met": (slowdown(lat_d["p50_ms"], lat_b["p50_ms"]) or 0) <= TARGET_SLOWDOWN,
+            },
+            {
+                "figure": "dead endpoint: B's latency p99",
+                "value": lat_d["p99_ms"],
+                "unit": "ms",
+                "beside": "A without endpoint",
+                "beside_value": lat_b["p99_ms"],
+                "ratio": round(lat_d["p99_ms"] / lat_b["p99_ms"], 3) if lat_b["p99_ms"] else None,
+                "target": f"<= +{TARGET_SLOWDOWN:.0%}",
+                "met": (slowdown(lat_d["p99_ms"], lat_b["p99_ms"]) or 0) <= TARGET_SLOWDOWN
+                and lat_d["missing"] == 0,
+            },
+            {
+                "figure": f"dead endpoint: timer lateness p50 / p99 ({params['timers_per_s']}/s)",
+                "value": f"{fire_d['p50_ms']} / {fire_d['p99_ms']}",
+                "unit": "ms",
+                "beside": "A without endpoint",
+                "beside_value": f"{fire_b['p50_ms']} / {fire_b['p99_ms']}",
+                "target": f"not measurably (p50 +{FIRING_NOISE_MS:g} ms, p99 +10 % +"
+                f"{FIRING_NOISE_MS:g} ms)",
+                "met": firing_same,
+            },
+            {
+                "figure": "dead endpoint: attempts to A (all timeouts)",
+                "value": dead["a_attempts"],
+                "unit": "attempts",
+                "beside": f"{params['timeout_s']:g} s timeout, in flight per subscription",
+                "beside_value": _max_in_flight(),
+                "target": "",
+                "met": None,
+            },
+        ],
+    }
+
+
+def _max_in_flight() -> int:
+    from models.config import get_settings
+
+    return get_settings().webhook_max_in_flight
+
+
+class Latency:
+    """P6 latency: events committed at 500/s, commit to receipt p50 and p99."""
+
+    QUICK = LATENCY_QUICK
+    FULL = LATENCY_FULL
+    run = staticmethod(run_latency)
+
+
+class Dead:
+    """P6 dead receiver: tenant A's endpoint never answers; tenant B's deliveries and timer firing beside the same run without it."""  # noqa: E501
+
+    QUICK = DEAD_QUICK
+    FULL = DEAD_FULL
+    run = staticmethod(run_dead)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=("bare",))
+    parser.add_argument("--url")
+    parser.add_argument("--secret")
+    parser.add_argument("--n", type=int)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--offset", type=int, default=0)
+    args = parser.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    bare_client(args.url, args.secret, args.n, args.threads, args.offset)
