@@ -285,11 +285,21 @@ webhook_deliveries = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
     UniqueConstraint("subscription_id", "event_id"),
-    # The claim: due work in due order; finished deliveries leave the index.
+    # The claim, per subscription: due work in due order; finished deliveries
+    # leave the index.
     Index(
         "ix_webhook_deliveries_due",
+        "subscription_id",
         "next_attempt_at",
         postgresql_where=text("status = 'PENDING'"),
+    ),
+    # A subscription's requests in flight (live leases), bounded by
+    # SLA_WEBHOOK_MAX_IN_FLIGHT across all workers.
+    Index(
+        "ix_webhook_deliveries_in_flight",
+        "subscription_id",
+        "lease_expires_at",
+        postgresql_where=text("status = 'PENDING' AND claim_token IS NOT NULL"),
     ),
     # Per-timer order: is an earlier event of this timer still pending here?
     Index(

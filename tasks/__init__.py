@@ -6,6 +6,6 @@ importing this package sets the broker and declares every actor.
 """
 
 from .broker import broker
-from .actors import sweep, wake_up
+from .actors import deliver, sweep, wake_up
 
-__all__ = ["broker", "sweep", "wake_up"]
+__all__ = ["broker", "deliver", "sweep", "wake_up"]

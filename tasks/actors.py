@@ -1,8 +1,9 @@
-"""Dramatiq actors: the wake-up (a hint to fire now) and the periodic sweep.
+"""Dramatiq actors: the wake-up (a hint to fire now), the periodic sweep and
+webhook delivery (a hint to deliver now, tasks/delivery.py).
 
-A PostgreSQL outage fails both, and Dramatiq's own retries (a few seconds'
+A PostgreSQL outage fails them, and Dramatiq's own retries (a few seconds'
 worth) would leave timers that fell due during a longer one to the next
-scheduler tick, up to a minute after the database is back. Instead, either
+scheduler tick, up to a minute after the database is back. Instead, an
 actor that cannot reach the database asks for a catch-up sweep about a second
 later, deduplicated per instant in Redis: however many wake-ups fail, a
 couple of sweeps at most are pending at any time, each trying once and asking
@@ -22,6 +23,7 @@ from periodiq import cron
 from models.errors import is_outage
 
 from .broker import QUEUE, broker
+from .delivery import DELIVER, run_delivery
 from .sweeper import sweep_once
 from .wakeups import WAKE_UP, fire_with_help
 
@@ -76,6 +78,19 @@ def wake_up(eta_ms: int | None = None, fan_out: bool = True) -> None:
         if not is_outage(exc):
             raise
         catch_up_after(exc, "wake-up")
+
+
+@dramatiq.actor(actor_name=DELIVER, queue_name=QUEUE, max_retries=0)
+def deliver() -> None:
+    """Deliver due webhooks until caught up (bounded). Messages are hints:
+    duplicates only wake loops that are running already."""
+    try:
+        run_delivery()
+    except Exception as exc:
+        if not is_outage(exc):
+            raise
+        # The catch-up sweep wakes delivery again.
+        catch_up_after(exc, "webhook delivery")
 
 
 class TickActor(dramatiq.Actor):

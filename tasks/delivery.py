@@ -1,7 +1,657 @@
-"""Webhook delivery (placeholder: the delivery worker replaces this module)."""
+"""Webhook delivery: claim due deliveries, POST them signed, record the outcomes.
+
+The fan-out happens in the database (a trigger writes one PENDING delivery per
+new event and enabled matching subscription); this module sends them.
+
+A delivery loop (``deliver_due``), run by the ``deliver`` actor, by the
+scheduler's direct path while Redis is down, and woken by the minute sweep:
+
+1. claims as many due deliveries as this process has free sending slots
+   (``SLA_DELIVERY_CONCURRENCY``), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
+   statement (models/sql/deliveries.sql): SKIP LOCKED, a lease of twice the
+   timeout plus a margin, each subscription within its in-flight room
+   (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all workers), per-timer order;
+2. hands each to a thread of the process's pool, which checks the destination
+   (models/destinations.py, cached a few seconds per URL), connects to the
+   checked address itself (a DNS answer that changes afterwards cannot
+   redirect it) and POSTs the envelope's exact bytes, signed, without
+   following redirects, within ``SLA_WEBHOOK_TIMEOUT_SECONDS``;
+3. records whatever has completed, every few milliseconds, in one statement
+   (attempt rows, retries, subscription health, auto-disable), then claims
+   again. A slow receiver holds only its own subscription's slots: the loop
+   keeps claiming and recording for the others meanwhile.
+
+It ends when nothing is due and nothing is in flight, or after
+``LOOP_SECONDS`` (then it asks for another loop if work was left). At most
+``MAX_LOOPS`` run per process; a ``deliver`` message beyond that wakes the
+running ones instead, so delivery never takes every worker thread from the
+timers' wake-ups.
+
+Prompt start: ``wake_delivery()`` after every commit that wrote events sets
+``sla:delivery:wake`` (NX, ``WAKE_FLAG_MS``) and sends a ``deliver`` message
+only when it was not set; a loop deletes the flag before each claim, so an
+event committed after the delete sends again and one committed before is seen
+by the claim. Retries due within the wake-up horizon get a delayed message
+(``sla:delivery:retry:<epoch_ms>``, deduplicated per second); later ones, and
+anything a lost message missed, are found by the minute sweep.
+
+At least once: an outcome is recorded only where the claim token still
+matches; a worker that dies mid-request leaves its claim to end with its lease,
+and the delivery is sent again (same ``webhook-id``). A lost claim is not
+counted as an attempt.
+"""
 
 from __future__ import annotations
 
+import base64
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+from urllib.parse import urlsplit
+from uuid import UUID, uuid4
 
-def wake_delivery() -> None:
-    """Ask for a delivery round soon, after a commit that wrote events. Never raises."""
+import redis
+import urllib3
+from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
+
+from models import deliveries as delivery_sql
+from models import envelope, signatures
+from models.config import Settings, get_settings
+from models.db import get_maintenance_engine
+from models.deliveries import Outcome, retry_after_seconds
+from models.destinations import Destination, UnsafeDestination, check
+from models.errors import connection_lost
+
+from .broker import broker, redis_client
+
+log = logging.getLogger(__name__)
+
+# The actor's name (tasks/actors.py declares it; importing ``tasks`` does).
+DELIVER = "deliver"
+WAKE_KEY = "sla:delivery:wake"
+# How long a wake flag waits for a loop to delete it: if its message is lost,
+# the next commit after this sends another.
+WAKE_FLAG_MS = 1000
+RETRY_KEY = "sla:delivery:retry:{}"
+RETRY_BUCKET_MS = 1000
+RETRY_KEY_GRACE_MS = 5000
+# After a Redis error, leave Redis alone this long (requests must stay cheap).
+REDIS_BACKOFF_S = 1.0
+
+# A loop's wall time before it hands over to a fresh message.
+LOOP_SECONDS = 20.0
+MAX_LOOPS = 2
+# Gather completions this long before recording them in one statement.
+RECORD_GATHER_S = 0.005
+# With nothing left to claim, look again at least this often (a kick, a
+# completion or a new message come sooner).
+IDLE_WAIT_S = 0.5
+# The lease covers a request (the timeout), its recording and a margin.
+LEASE_MARGIN_S = 10.0
+# How long a destination check (DNS) is trusted.
+DESTINATION_TTL_S = 5.0
+MAX_POOLS = 512
+USER_AGENT = "sla-timers-webhooks/1"
+# Read this much of a failed response's body into the attempt's error.
+ERROR_BODY_BYTES = 200
+# Drain at most this much more to keep the connection; otherwise close it.
+DRAIN_MAX_BYTES = 64 * 1024
+
+_TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
+
+
+# ------------------------------------------------------------------ waking
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis_client(get_settings())
+
+
+class _Redis:
+    """The module's Redis client, left alone for a moment after an error."""
+
+    def __init__(self) -> None:
+        self._down_until = 0.0
+
+    def client(self) -> redis.Redis:
+        return _client()
+
+    def run(self, what: str, call) -> Any:
+        if time.monotonic() < self._down_until:
+            return None
+        try:
+            return call(self.client())
+        except (redis.RedisError, OSError) as exc:
+            self._down_until = time.monotonic() + REDIS_BACKOFF_S
+            log.warning("%s: Redis is unavailable (%s); the sweep delivers instead", what, exc)
+        except Exception as exc:  # dramatiq's ConnectionError and the like
+            self._down_until = time.monotonic() + REDIS_BACKOFF_S
+            log.warning("%s failed (%s); the sweep delivers instead", what, exc)
+        return None
+
+
+_redis = _Redis()
+
+
+def _send_deliver(delay_ms: int | None = None) -> None:
+    broker.get_actor(DELIVER).send_with_options(delay=delay_ms)
+
+
+def wake_delivery(*, force: bool = False) -> bool:
+    """Ask for a delivery loop soon, after a commit that wrote events. Never
+    raises, and costs one Redis command (none for a second after Redis
+    failed): the flag debounces a stream of commits into a few messages.
+    ``force`` sends a message even if one is pending (the sweep). Returns
+    whether a message was sent."""
+
+    def wake(client: redis.Redis) -> bool:
+        fresh = client.set(WAKE_KEY, 1, nx=True, px=WAKE_FLAG_MS)
+        if fresh or force:
+            _send_deliver()
+            return True
+        return False
+
+    return bool(_redis.run("waking delivery", wake))
+
+
+def _clear_wake_flag() -> None:
+    _redis.run("clearing the delivery wake flag", lambda client: client.delete(WAKE_KEY))
+
+
+def schedule_retries(delays_s: Iterable[float]) -> int:
+    """A delayed ``deliver`` message per second-bucket holding a retry within
+    the wake-up horizon (later ones are the sweep's). Never raises."""
+    settings = get_settings()
+    now_ms = int(time.time() * 1000)
+    etas = sorted(
+        {
+            -(-(now_ms + int(d * 1000)) // RETRY_BUCKET_MS) * RETRY_BUCKET_MS
+            for d in delays_s
+            if d <= settings.wakeup_horizon_seconds
+        }
+    )
+    if not etas:
+        return 0
+
+    def send(client: redis.Redis) -> int:
+        pipe = client.pipeline(transaction=False)
+        for eta in etas:
+            pipe.set(RETRY_KEY.format(eta), 1, nx=True, px=eta - now_ms + RETRY_KEY_GRACE_MS)
+        sent = 0
+        for eta, fresh in zip(etas, pipe.execute(), strict=True):
+            if fresh:
+                _send_deliver(max(eta - now_ms, 0) or None)
+                sent += 1
+        return sent
+
+    return _redis.run("scheduling delivery retries", send) or 0
+
+
+# ------------------------------------------------------------------ sending
+
+
+class Sender:
+    """POSTs one claimed delivery: the destination checked (cached briefly per
+    URL), the connection pinned to the checked address, keep-alive pools per
+    destination. Thread-safe; never raises for the receiver's behaviour."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.timeout = urllib3.Timeout(total=settings.webhook_timeout_seconds)
+        self._lock = threading.Lock()
+        self._destinations: dict[str, tuple[float, Destination | UnsafeDestination]] = {}
+        self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            pool.close()
+
+    def destination(self, url: str) -> Destination:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._destinations.get(url)
+        if cached is None or cached[0] < now:
+            try:
+                found: Destination | UnsafeDestination = check(
+                    url, allow_private=self.settings.webhook_allow_private_networks
+                )
+            except UnsafeDestination as exc:
+                found = exc
+            with self._lock:
+                if len(self._destinations) > 4 * MAX_POOLS:
+                    self._destinations.clear()
+                self._destinations[url] = (now + DESTINATION_TTL_S, found)
+        else:
+            found = cached[1]
+        if isinstance(found, UnsafeDestination):
+            raise found
+        return found
+
+    def _pool(self, dest: Destination) -> urllib3.HTTPConnectionPool:
+        address = dest.addresses[0]  # all were checked; connect to this one, not to a new lookup
+        key = (dest.scheme, address, dest.port, dest.host)
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None:
+                self._pools.move_to_end(key)
+                return pool
+            common = {
+                "port": dest.port,
+                "timeout": self.timeout,
+                "maxsize": self.settings.webhook_max_in_flight,
+                "block": False,
+                "retries": False,
+            }
+            if dest.scheme == "https":
+                pool = urllib3.HTTPSConnectionPool(
+                    address,
+                    server_hostname=dest.host,
+                    assert_hostname=dest.host,
+                    cert_reqs="CERT_REQUIRED",
+                    **common,
+                )
+            else:
+                pool = urllib3.HTTPConnectionPool(address, **common)
+            self._pools[key] = pool
+            if len(self._pools) > MAX_POOLS:
+                _, old = self._pools.popitem(last=False)
+                old.close()
+            return pool
+
+    def send(self, row: Mapping[str, Any], token: UUID) -> Outcome:
+        started = time.monotonic()
+        base = {
+            "delivery_id": row["id"],
+            "subscription_id": row["subscription_id"],
+            "token": token,
+            "attempt": row["attempts"] + 1,
+        }
+
+        def outcome(status: int | None, error: str | None, retry_after: float | None = None):
+            ms = int((time.monotonic() - started) * 1000)
+            return Outcome(**base, status_code=status, duration_ms=ms, error=error,
+                           retry_after_s=retry_after)  # fmt: skip
+
+        try:
+            dest = self.destination(row["url"])
+        except UnsafeDestination as exc:
+            return outcome(None, f"unsafe destination, not sent: {exc}")
+        event = {
+            "id": row["event_id"],
+            "tenant_id": row["tenant_id"],
+            "event_type": row["event_type"],
+            "payload": row["payload"],
+            "created_at": row["created_at"],
+        }
+        body = envelope.body(event)
+        secrets = [row["secret"]]
+        if row.get("previous_secret"):
+            secrets.append(row["previous_secret"])
+        headers = signatures.headers(
+            secrets, envelope.event_id(row["event_id"]), int(time.time()), body
+        )
+        parts = urlsplit(row["url"])
+        headers["content-type"] = "application/json"
+        headers["user-agent"] = USER_AGENT
+        headers["host"] = parts.netloc.rpartition("@")[2]
+        if parts.username is not None:
+            raw = f"{parts.username}:{parts.password or ''}".encode()
+            headers["authorization"] = "Basic " + base64.b64encode(raw).decode()
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        try:
+            response = self._pool(dest).urlopen(
+                "POST",
+                target,
+                body=body.encode(),
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                timeout=self.timeout,
+                preload_content=False,
+                release_conn=False,
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+            return outcome(None, f"connection failed: {_reason(exc)}")
+        except urllib3.exceptions.TimeoutError:
+            return outcome(None, f"timed out after {self.settings.webhook_timeout_seconds:g} s")
+        except urllib3.exceptions.HTTPError as exc:
+            return outcome(None, f"connection failed: {_reason(exc)}")
+        except OSError as exc:
+            return outcome(None, f"connection failed: {exc}")
+        return self._finish(response, outcome)
+
+    def _finish(self, response, outcome) -> Outcome:
+        status = response.status
+        try:
+            snippet = b""
+            if not 200 <= status < 300:
+                snippet = response.read(ERROR_BODY_BYTES, decode_content=False) or b""
+            remaining = response.length_remaining
+            if remaining is not None and remaining <= DRAIN_MAX_BYTES:
+                response.drain_conn()
+            else:
+                response.close()  # chunked or large: not worth reading to keep the connection
+        except (urllib3.exceptions.HTTPError, OSError):
+            response.close()
+        finally:
+            response.release_conn()
+        if 200 <= status < 300:
+            return outcome(status, None)
+        if 300 <= status < 400:
+            where = response.headers.get("location", "")
+            return outcome(status, f"HTTP {status}: redirects are not followed ({where})")
+        retry_after = retry_after_seconds(response.headers.get("retry-after"))
+        text = snippet.decode("utf-8", "replace").strip()
+        error = f"HTTP {status}" + (f": {text}" if text else "")
+        return outcome(status, error, retry_after)
+
+
+def _reason(exc: BaseException) -> str:
+    inner = getattr(exc, "reason", None)
+    return str(inner or exc)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+class _Slots:
+    """The process's free sending slots (one per pool thread)."""
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._lock = threading.Lock()
+
+    def take(self, most: int) -> int:
+        with self._lock:
+            n = min(most, self._free)
+            self._free -= n
+            return n
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self._free += n
+
+
+class Courier:
+    """A process's sending capacity for one configuration: the thread pool,
+    its slots and the sender."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sender = Sender(settings)
+        self.slots = _Slots(settings.delivery_concurrency)
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.delivery_concurrency, thread_name_prefix="webhook"
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.sender.close()
+
+
+_couriers: dict[Settings, Courier] = {}
+_couriers_lock = threading.Lock()
+
+
+def close_couriers() -> None:
+    """Stop every courier's threads and close its connections (tests, shutdown)."""
+    with _couriers_lock:
+        couriers = list(_couriers.values())
+        _couriers.clear()
+    for courier in couriers:
+        courier.close()
+
+
+def courier_for(settings: Settings) -> Courier:
+    with _couriers_lock:
+        courier = _couriers.get(settings)
+        if courier is None:
+            courier = _couriers[settings] = Courier(settings)
+        return courier
+
+
+@dataclass
+class DeliveryReport:
+    claims: int = 0
+    claimed: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    dead: int = 0  # FAILED: the schedule ran out
+    disabled: int = 0  # subscriptions disabled
+    lost: int = 0  # outcomes not recorded: the claim was taken over
+    more: bool = False  # stopped with work left
+
+
+class _Loop:
+    """One running loop: its completion queue, and whether it was kicked
+    (asked to claim again) since its last claim."""
+
+    def __init__(self) -> None:
+        self.done: queue.Queue[Any] = queue.Queue()
+        self.kicked = False
+
+
+_KICK = object()  # put by a kick: claim again
+_LOST = object()  # a send that raised (a bug): its delivery waits for the lease
+_loops: set[_Loop] = set()
+_loops_lock = threading.Lock()
+
+
+def _kick_all() -> int:
+    with _loops_lock:
+        for loop in _loops:
+            loop.kicked = True
+            loop.done.put(_KICK)
+        return len(_loops)
+
+
+def lease_seconds(settings: Settings) -> float:
+    return 2 * settings.webhook_timeout_seconds + LEASE_MARGIN_S
+
+
+def run_delivery(
+    engine: Engine | None = None, settings: Settings | None = None
+) -> DeliveryReport | None:
+    """The ``deliver`` actor's work: a loop, unless ``MAX_LOOPS`` already run in
+    this process (then they are kicked to claim again, and None is returned).
+    A loop that stopped with work left asks for another."""
+    engine = engine or get_maintenance_engine()
+    settings = settings or get_settings()
+    loop = _Loop()
+    with _loops_lock:
+        if len(_loops) >= MAX_LOOPS:
+            loop = None
+        else:
+            _loops.add(loop)
+    if loop is None:
+        _kick_all()
+        return None
+    try:
+        report = deliver_due(engine, settings, _loop=loop)
+    finally:
+        with _loops_lock:
+            _loops.discard(loop)
+    if report.more:
+        wake_delivery(force=True)
+    return report
+
+
+def deliver_due(
+    engine: Engine,
+    settings: Settings,
+    *,
+    max_seconds: float = LOOP_SECONDS,
+    use_redis: bool = True,
+    now=None,
+    _loop: _Loop | None = None,
+) -> DeliveryReport:
+    """Claim, send and record until nothing is due and nothing is in flight, or
+    for ``max_seconds`` (see the module). ``use_redis`` False (the scheduler's
+    direct path) leaves the wake flag and retry messages alone. ``now``, a
+    callable, overrides the database's clock (tests)."""
+    courier = courier_for(settings)
+    loop = _loop or _Loop()
+    report = DeliveryReport()
+    deadline = time.monotonic() + max_seconds
+    in_flight = 0
+    brought_work = False  # the last claim found something
+
+    def completed(future) -> None:
+        courier.slots.give(1)
+        try:
+            loop.done.put(future.result())
+        except BaseException:  # a bug in sending: the lease returns the delivery
+            log.exception("sending a webhook failed unexpectedly")
+            loop.done.put(_LOST)
+
+    while True:
+        claiming = time.monotonic() < deadline
+        asked = claimed = 0
+        if claiming:
+            asked = courier.slots.take(settings.delivery_batch_size)
+        if asked:
+            loop.kicked = False
+            if use_redis:
+                _clear_wake_flag()
+            token = uuid4()
+            try:
+                rows = _claim(engine, settings, token, asked, now)
+            except BaseException:
+                courier.slots.give(asked)
+                raise
+            claimed = len(rows)
+            courier.slots.give(asked - claimed)
+            brought_work = claimed > 0
+            report.claims += 1
+            report.claimed += claimed
+            in_flight += claimed
+            for row in rows:
+                courier.pool.submit(courier.sender.send, row, token).add_done_callback(completed)
+        if in_flight == 0:
+            if claiming and asked and not claimed:
+                with _loops_lock:  # kicked since the claim: claim again
+                    if loop.kicked:
+                        continue
+            # Caught up; or out of time; or every slot is another loop's, which
+            # goes on claiming.
+            report.more = not claiming and (brought_work or loop.kicked)
+            return report
+        # A claim that filled every slot asked for leaves work behind: record what
+        # is done and claim again soon. Otherwise wait for a completion.
+        wait = RECORD_GATHER_S if claimed and claimed == asked else IDLE_WAIT_S
+        outcomes = []
+        for item in _gather(loop.done, wait, in_flight):
+            if item is _KICK:
+                continue
+            in_flight -= 1
+            if item is not _LOST:
+                outcomes.append(item)
+        if outcomes:
+            _record(engine, settings, outcomes, report, use_redis=use_redis, now=now)
+
+
+def _gather(done: queue.Queue, wait: float, most: int) -> list[Any]:
+    """The first completion within ``wait`` seconds, then whatever else
+    completes within ``RECORD_GATHER_S``, up to ``most`` of them."""
+    try:
+        items = [done.get(timeout=wait)]
+    except queue.Empty:
+        return []
+    until = time.monotonic() + RECORD_GATHER_S
+    while sum(i is not _KICK for i in items) < most:
+        left = until - time.monotonic()
+        try:
+            items.append(done.get(timeout=left) if left > 0 else done.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
+def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> list[dict]:
+    schedule = settings.webhook_retry_schedule
+    return _retrying(
+        engine,
+        lambda conn: delivery_sql.claim_due(
+            conn,
+            token,
+            limit=limit,
+            max_in_flight=settings.webhook_max_in_flight,
+            lease_seconds=lease_seconds(settings),
+            first_delay=float(schedule[0]) if schedule else 0.0,
+            now=None if now is None else now(),
+        ),
+    )
+
+
+def _record(
+    engine: Engine,
+    settings: Settings,
+    outcomes: list[Outcome],
+    report: DeliveryReport,
+    *,
+    use_redis: bool,
+    now,
+) -> None:
+    schedule = settings.webhook_retry_schedule
+    disabled = _retrying(
+        engine,
+        lambda conn: delivery_sql.record_outcomes(
+            conn,
+            outcomes,
+            schedule,
+            disable_after_seconds=settings.webhook_disable_after_seconds,
+            now=None if now is None else now(),
+        ),
+    )
+    retries = []
+    for o in outcomes:
+        status, delay = delivery_sql.decide(o, schedule)
+        if status == delivery_sql.DELIVERED:
+            report.delivered += 1
+        else:
+            report.failed_attempts += 1
+            if status == delivery_sql.FAILED:
+                report.dead += 1
+            else:
+                retries.append(delay)
+    report.disabled += len(disabled)
+    for sub in disabled:
+        log.warning(
+            "webhook subscription %s (%s) disabled: %s",
+            sub["id"],
+            sub["url"],
+            sub["disabled_reason"],
+        )
+    if use_redis:
+        schedule_retries(retries)
+        if disabled:
+            wake_delivery()  # webhook.disabled goes to the tenant's other subscriptions
+
+
+def _retrying(engine: Engine, work):
+    """``work`` in a transaction of its own, retried after deadlocks and
+    serialization failures (two rounds recording the same subscriptions)."""
+    for pause in (0.05, 0.2, 0.5, None):
+        try:
+            with engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as exc:
+            transient = not connection_lost(exc) and (
+                getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
+            )
+            if pause is None or not transient:
+                raise
+            time.sleep(pause)
+    raise AssertionError("unreachable")

@@ -13,6 +13,10 @@ scheduler, which sends the minute sweep, and beside it a ``DirectFiring``:
   return are noticed, and runs the firing routine ``fire_due`` in-process. Every
   minute it also returns rows whose lease expired, as the sweep would: the
   sweep is a Redis message too.
+- a third thread delivers webhooks from the database alone meanwhile
+  (``deliver_due`` in-process, without Redis: no wake flag, no retry
+  messages), looking for due deliveries every ``SLA_DIRECT_POLL_MS``; so an
+  event committed while Redis is down still reaches its receivers.
 - once Redis answers again it schedules the wake-ups of the whole horizon
   (timers that entered it during the outage, and the wake-ups a restarted Redis
   lost), then goes on firing directly for ``HANDOVER_S`` while the workers'
@@ -45,6 +49,7 @@ from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 
 from .broker import redis_client
+from .delivery import deliver_due, wake_delivery
 from .firing import fire_due
 from .sweeper import rescue_lost_work, schedule_horizon
 
@@ -92,6 +97,7 @@ class DirectFiring:
         self.active = False  # firing directly
         self.periods = 0  # how many times direct firing started
         self.fired = 0  # steps written by direct firing
+        self.delivered = 0  # webhooks delivered directly
         self._redis_back_at: float | None = None
         self._changed = threading.Event()
         self._stopped = threading.Event()
@@ -100,7 +106,11 @@ class DirectFiring:
     # -- control
 
     def start(self) -> DirectFiring:
-        for target, name in ((self._watch, "redis-watch"), (self._fire_loop, "direct-firing")):
+        for target, name in (
+            (self._watch, "redis-watch"),
+            (self._fire_loop, "direct-firing"),
+            (self._deliver_loop, "direct-delivery"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -193,6 +203,39 @@ class DirectFiring:
                     str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
                     poll,
                     exc_info=not failing,
+                )
+                failing = True
+                self._stopped.wait(poll)
+
+    # -- direct delivery
+
+    def _deliver_loop(self) -> None:
+        """While firing directly, deliver due webhooks too, on a thread of its
+        own so that a slow receiver never delays firing."""
+        poll = self.settings.direct_poll_ms / 1000
+        failing, was_active = False, False
+        while not self._stopped.is_set():
+            if not self.active:
+                if was_active:
+                    was_active = False
+                    wake_delivery(force=True)  # the workers take over
+                self._stopped.wait(poll)
+                continue
+            was_active = True
+            try:
+                report = deliver_due(
+                    self.engine, self.settings, max_seconds=max(poll, 1.0), use_redis=False
+                )
+                self.delivered += report.delivered
+                failing = False
+                if not report.claimed:
+                    self._stopped.wait(poll)
+            except Exception as exc:  # the database may be down too: keep trying
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "direct delivery failed (%s); retrying every %.2f s",
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
+                    poll,
                 )
                 failing = True
                 self._stopped.wait(poll)

@@ -2,6 +2,9 @@
 
 Every minute (periodiq), on any number of schedulers at once:
 
+0. ask for a webhook delivery loop (tasks/delivery.py), whatever the wake
+   flag says: deliveries whose wake-up was lost, or whose retry lies beyond
+   the wake-up horizon, go out within a minute;
 1. return rows whose lease expired (their worker died mid-batch) to PENDING;
 2. fire everything due, through the same routine as the wake-up actor;
 3. schedule wake-ups for timers entering the horizon.
@@ -23,6 +26,7 @@ from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.sla import utcnow
 
+from .delivery import wake_delivery
 from .firing import FireReport
 from .wakeups import fire_with_help, schedule_wakeups
 
@@ -63,6 +67,7 @@ def schedule_horizon(engine: Engine, settings: Settings) -> int:
 def sweep_once() -> SweepReport:
     settings = get_settings()
     engine = get_maintenance_engine()
+    wake_delivery(force=True)
     rescued = rescue_lost_work(engine)
     fired = fire_with_help()
     # Includes the later steps and retries the firing above just stored.

@@ -24,6 +24,7 @@ from models.db import get_maintenance_engine
 from models.sla import utcnow, wakeup_instant
 
 from .broker import broker, redis_client
+from .delivery import wake_delivery
 from .firing import FireReport, fire_due
 
 log = logging.getLogger(__name__)
@@ -91,5 +92,7 @@ def fire_with_help(*, fan_out: bool = True) -> FireReport:
             except redis.RedisError as exc:
                 log.warning("could not ask for help with a burst: %s", exc)
         fire_due(engine, settings, report=report)
+    if report.became_due or report.steps or report.dead_lettered:
+        wake_delivery()  # the batches committed events: send them
     schedule_wakeups(report.next_fire_times)
     return report

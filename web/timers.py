@@ -16,6 +16,7 @@ from models import firing as firing_sql
 from models import timers as timer_sql
 from models.db import tenant_scope
 from models.sla import due_at
+from tasks.delivery import wake_delivery
 from tasks.wakeups import schedule_wakeups
 
 from .cursors import decode_cursor, encode_cursor
@@ -117,6 +118,7 @@ def _wake_up(timers: list[Timer]) -> None:
         schedule_wakeups([t.due_at for t in timers])
     except Exception:
         log.exception("scheduling wake-ups for %d timer(s) failed", len(timers))
+    wake_delivery()  # their sla.timer.started events (never raises)
 
 
 @bp.post("/v1/timers")
@@ -250,6 +252,7 @@ def _finish(timer_id: UUID, verb: str, reason: str | None):
         if row is None:
             raise not_found("timer")
         timer = _with_escalations(conn, [row])[0]
+    wake_delivery()  # after the commit of its event, if it wrote one
     return json_response(timer)
 
 
@@ -313,6 +316,7 @@ def retry(timer_id: UUID):
             schedule_wakeups([row["next_fire_at"]])
         except Exception:  # the sweep fires it anyway
             log.exception("scheduling the wake-up of retried timer %s failed", tid)
+        wake_delivery()  # sla.timer.retried
     return json_response(timer)
 
 
@@ -335,6 +339,8 @@ def _finish_lead(lead_id: str, verb: str, contract: str | None, reason: str | No
             conn, g.tenant_id, lead_id, verb, sla_contract_id=contract, reason=reason
         )
         items = _with_escalations(conn, rows)
+    if items:
+        wake_delivery()
     return json_response(TimerItems(items=items))
 
 

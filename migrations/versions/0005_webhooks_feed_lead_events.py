@@ -232,8 +232,14 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_deliveries_due",
         "webhook_deliveries",
-        ["next_attempt_at"],
+        ["subscription_id", "next_attempt_at"],
         postgresql_where=sa.text("status = 'PENDING'"),
+    )
+    op.create_index(
+        "ix_webhook_deliveries_in_flight",
+        "webhook_deliveries",
+        ["subscription_id", "lease_expires_at"],
+        postgresql_where=sa.text("status = 'PENDING' AND claim_token IS NOT NULL"),
     )
     op.create_index(
         "ix_webhook_deliveries_pending_timer",

@@ -1,0 +1,191 @@
+"""Webhook deliveries, the worker side (models/sql/deliveries.sql): claim due
+deliveries, decide and record their attempts' outcomes, disable a
+subscription that keeps failing.
+
+Functions take a SQLAlchemy ``Connection`` and leave transactions to the
+caller; tasks/delivery.py sends the requests. The decisions are pure:
+
+- a 2xx is DELIVERED; anything else is a failed attempt, retried after the
+  schedule's next delay (``SLA_WEBHOOK_RETRY_SCHEDULE``: entry i is the delay
+  before attempt i + 1), or FAILED once the schedule has run out;
+- a 429 or 503 with ``Retry-After`` (seconds or an HTTP date) waits at least
+  that long, capped at ``MAX_RETRY_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import Connection
+
+from .outbox import insert_events, to_json
+from .sql import Queries
+
+SQL = Queries("deliveries.sql")
+
+DELIVERED, PENDING, FAILED = "DELIVERED", "PENDING", "FAILED"
+WEBHOOK_DISABLED = "webhook.disabled"
+# A receiver may ask for a pause, not for an endless one.
+MAX_RETRY_AFTER_S = 24 * 3600
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+ERROR_MAX_CHARS = 1000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt's result, as tasks/delivery.py saw it."""
+
+    delivery_id: int
+    subscription_id: UUID
+    token: UUID
+    attempt: int  # this attempt's number, from 1
+    status_code: int | None
+    duration_ms: int
+    error: str | None = None
+    retry_after_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds from ``now`` (delta-seconds or an HTTP date);
+    None if absent or unreadable. Capped at ``MAX_RETRY_AFTER_S``."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), MAX_RETRY_AFTER_S))
+    try:
+        at = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    seconds = (at - (now or datetime.now(UTC))).total_seconds()
+    return float(min(max(seconds, 0.0), MAX_RETRY_AFTER_S))
+
+
+def decide(outcome: Outcome, schedule: Sequence[int]) -> tuple[str, float]:
+    """(new status, seconds until the next attempt) after ``outcome``."""
+    if outcome.ok:
+        return DELIVERED, 0.0
+    if outcome.attempt >= len(schedule):
+        return FAILED, 0.0
+    delay = float(schedule[outcome.attempt])
+    if outcome.retry_after_s is not None and outcome.status_code in RETRY_AFTER_STATUSES:
+        delay = max(delay, min(outcome.retry_after_s, MAX_RETRY_AFTER_S))
+    return PENDING, delay
+
+
+def claim_due(
+    conn: Connection,
+    token: UUID,
+    *,
+    limit: int,
+    max_in_flight: int,
+    lease_seconds: float,
+    first_delay: float,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due deliveries under ``token`` (see the SQL) and
+    return each with its subscription's URL and secrets and its event. Commit
+    right after, so the lease and the in-flight count are visible to all."""
+    rows = conn.execute(
+        SQL.claim_due.text,
+        {
+            "token": token,
+            "limit": limit,
+            "max_in_flight": max_in_flight,
+            "lease": lease_seconds,
+            "first_delay": first_delay,
+            "now": now,
+        },
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def _health(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
+    """Per subscription: did its last outcome of the round succeed, did any."""
+    health: dict[UUID, dict[str, Any]] = {}
+    for o in outcomes:  # in the order they completed
+        h = health.setdefault(o.subscription_id, {"id": o.subscription_id, "succeeded": False})
+        h["ok"] = o.ok
+        h["succeeded"] = h["succeeded"] or o.ok
+    return list(health.values())
+
+
+def record_outcomes(
+    conn: Connection,
+    outcomes: Sequence[Outcome],
+    schedule: Sequence[int],
+    *,
+    disable_after_seconds: int,
+    now: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Record a round's attempts in one statement, then write a
+    ``webhook.disabled`` event for each subscription this round disabled
+    (returned). Outcomes of deliveries taken over since their claim are
+    dropped."""
+    if not outcomes:
+        return []
+    rows = []
+    for o in outcomes:
+        status, delay = decide(o, schedule)
+        rows.append(
+            {
+                "id": o.delivery_id,
+                "token": o.token,
+                "attempt": o.attempt,
+                "status": status,
+                "delay": delay,
+                "status_code": o.status_code,
+                "duration_ms": o.duration_ms,
+                "error": None if o.error is None else o.error[:ERROR_MAX_CHARS],
+            }
+        )
+    result = conn.execute(
+        SQL.record_outcomes.text,
+        {
+            "outcomes": to_json(rows),
+            "health": to_json(_health(outcomes)),
+            "disable_after": disable_after_seconds,
+            "disabled_reason": disabled_reason(disable_after_seconds),
+            "now": now,
+        },
+    ).mappings()
+    disabled = [dict(r) for r in result if r["disabled_now"]]
+    if disabled:
+        insert_events(conn, [disabled_event(s) for s in disabled])
+    return disabled
+
+
+def disabled_reason(disable_after_seconds: int) -> str:
+    return f"every attempt failed for {disable_after_seconds} s"
+
+
+def disabled_event(sub: Mapping[str, Any]) -> dict[str, Any]:
+    """The outbox row of ``webhook.disabled``: the tenant's, of no timer, once
+    per automatic disable of the subscription."""
+    return {
+        "tenant_id": sub["tenant_id"],
+        "timer_id": None,
+        "event_type": WEBHOOK_DISABLED,
+        "payload": {
+            "type": WEBHOOK_DISABLED,
+            "subscription_id": sub["id"],
+            "url": sub["url"],
+            "failing_since": sub["failing_since"],
+            "reason": sub["disabled_reason"],
+            "occurred_at": sub["at"],
+        },
+        "correlation_id": f"webhook:{sub['id']}",
+        "idempotency_key": f"webhook:{sub['id']}:disabled:{sub['disable_count']}",
+        "created_at": sub["at"],
+    }

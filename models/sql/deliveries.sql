@@ -1,0 +1,155 @@
+-- Webhook delivery, the worker side: claim due deliveries, record their
+-- attempts' outcomes, and find when the next one falls due.
+--
+-- As on the firing path the database's clock decides what is due and when a
+-- lease ends: statements write coalesce(CAST(:now AS timestamptz), now()),
+-- tests pass an instant in :now, production passes NULL.
+
+-- name: claim_due
+-- Claim up to :limit due deliveries under :token, each subscription within its in-flight room.
+-- Subscriptions are visited in random order and locked (FOR NO KEY UPDATE
+-- SKIP LOCKED: the fan-out trigger's foreign-key lock does not conflict with
+-- it), so two claimers never count the same subscription's room at once and
+-- one subscription's backlog cannot fill a batch while others wait. A
+-- subscription's room is :max_in_flight less its live claims (PENDING rows
+-- whose lease has not ended; ix_webhook_deliveries_in_flight counts them). A
+-- delivery is held back while an earlier event of the same timer is still
+-- PENDING for the subscription (per-timer order); first attempts wait for
+-- :first_delay seconds after the event was written. A row under a live lease
+-- (made due again by a retry request while in flight) is left to its claimer.
+-- The claim moves
+-- next_attempt_at to the lease's end: a claim whose worker died is due again
+-- then, and any claimer takes it over under a new token.
+WITH clock AS (
+    SELECT coalesce(CAST(:now AS timestamptz), now()) AS at
+),
+subs AS (
+    SELECT s.id
+    FROM webhook_subscriptions s, clock
+    WHERE s.enabled
+      AND EXISTS (
+          SELECT FROM webhook_deliveries w
+          WHERE w.subscription_id = s.id AND w.status = 'PENDING'
+            AND w.next_attempt_at <= clock.at)
+    ORDER BY random()
+    FOR NO KEY UPDATE OF s SKIP LOCKED
+),
+picked AS (
+    SELECT p.id
+    FROM subs
+    CROSS JOIN LATERAL (
+        SELECT w.id
+        FROM webhook_deliveries w, clock
+        WHERE w.subscription_id = subs.id
+          AND w.status = 'PENDING'
+          AND w.next_attempt_at <= clock.at
+          AND (w.lease_expires_at IS NULL OR w.lease_expires_at <= clock.at)
+          AND (w.attempts > 0
+               OR w.next_attempt_at <= clock.at - make_interval(secs => :first_delay))
+          AND (w.timer_id IS NULL OR NOT EXISTS (
+              SELECT FROM webhook_deliveries e
+              WHERE e.subscription_id = w.subscription_id AND e.timer_id = w.timer_id
+                AND e.status = 'PENDING' AND e.event_id < w.event_id))
+        ORDER BY w.next_attempt_at, w.event_id
+        LIMIT greatest(0, :max_in_flight - (
+            SELECT count(*) FROM webhook_deliveries f, clock
+            WHERE f.subscription_id = subs.id AND f.status = 'PENDING'
+              AND f.claim_token IS NOT NULL AND f.lease_expires_at > clock.at))
+        FOR UPDATE OF w SKIP LOCKED
+    ) p
+    LIMIT :limit
+)
+UPDATE webhook_deliveries d SET
+    claim_token = :token,
+    lease_expires_at = clock.at + make_interval(secs => :lease),
+    next_attempt_at = clock.at + make_interval(secs => :lease),
+    last_attempt_at = clock.at
+FROM picked, clock, webhook_subscriptions s, outbox_events e
+WHERE d.id = picked.id AND s.id = d.subscription_id AND e.id = d.event_id
+RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, d.timer_id, s.url, s.secret,
+          CASE WHEN s.previous_secret_expires_at > clock.at THEN s.previous_secret END
+              AS previous_secret,
+          e.id AS event_id, e.event_type, e.payload, e.created_at
+
+-- name: record_outcomes
+-- Record a round's attempts: the deliveries still carrying their token, an attempt row each, and their subscriptions' health.
+-- :outcomes holds one row per attempt (id, token, attempt, status, delay,
+-- status_code, duration_ms, error; status and delay decided by the caller
+-- from the schedule). A delivery taken over since its claim (the token
+-- changed) is left alone and gets no attempt row. :health holds one row per
+-- subscription: ok (its last outcome of the round succeeded) and succeeded
+-- (any did). A success ends the failure streak; a failure starts one if none
+-- is running. A subscription failing for :disable_after seconds is disabled
+-- at that failure; it is returned for its webhook.disabled event. Only
+-- subscriptions with a recorded outcome change.
+WITH clock AS (
+    SELECT coalesce(CAST(:now AS timestamptz), now()) AS at
+),
+outcome AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS r(
+        id bigint, token uuid, attempt int, status text, delay float8,
+        status_code int, duration_ms int, error text)
+),
+recorded AS (
+    UPDATE webhook_deliveries d SET
+        status = o.status,
+        attempts = o.attempt,
+        next_attempt_at = CASE WHEN o.status = 'PENDING'
+                               THEN clock.at + make_interval(secs => o.delay)
+                               ELSE d.next_attempt_at END,
+        claim_token = NULL,
+        lease_expires_at = NULL,
+        last_status_code = o.status_code,
+        last_duration_ms = o.duration_ms,
+        last_error = o.error,
+        delivered_at = CASE WHEN o.status = 'DELIVERED' THEN clock.at ELSE d.delivered_at END
+    FROM outcome o, clock
+    WHERE d.id = o.id AND d.claim_token = o.token
+    RETURNING d.id, d.tenant_id, d.subscription_id
+),
+attempts AS (
+    INSERT INTO webhook_attempts
+        (tenant_id, delivery_id, attempt, attempted_at, status_code, duration_ms, error)
+    SELECT r.tenant_id, r.id, o.attempt,
+           clock.at - make_interval(secs => o.duration_ms / 1000.0),
+           o.status_code, o.duration_ms, o.error
+    FROM recorded r JOIN outcome o ON o.id = r.id, clock
+    ORDER BY r.id
+),
+health AS (
+    SELECT * FROM jsonb_to_recordset(CAST(:health AS jsonb)) AS h(
+        id uuid, ok boolean, succeeded boolean)
+    WHERE h.id IN (SELECT subscription_id FROM recorded)
+),
+locked AS (
+    -- In id order: two rounds touching the same subscriptions never deadlock.
+    SELECT id FROM webhook_subscriptions
+    WHERE id IN (SELECT id FROM health)
+    ORDER BY id
+    FOR NO KEY UPDATE
+)
+UPDATE webhook_subscriptions s SET
+    last_success_at = CASE WHEN h.succeeded THEN clock.at ELSE s.last_success_at END,
+    failing_since = CASE
+        WHEN h.ok THEN NULL
+        WHEN h.succeeded THEN clock.at
+        ELSE coalesce(s.failing_since, clock.at) END,
+    enabled = s.enabled AND (h.ok OR h.succeeded OR s.failing_since IS NULL
+                             OR s.failing_since > clock.at - make_interval(secs => :disable_after)),
+    disabled_at = CASE
+        WHEN s.enabled AND NOT (h.ok OR h.succeeded) AND s.failing_since IS NOT NULL
+             AND s.failing_since <= clock.at - make_interval(secs => :disable_after)
+        THEN clock.at ELSE s.disabled_at END,
+    disabled_reason = CASE
+        WHEN s.enabled AND NOT (h.ok OR h.succeeded) AND s.failing_since IS NOT NULL
+             AND s.failing_since <= clock.at - make_interval(secs => :disable_after)
+        THEN :disabled_reason ELSE s.disabled_reason END,
+    disable_count = CASE
+        WHEN s.enabled AND NOT (h.ok OR h.succeeded) AND s.failing_since IS NOT NULL
+             AND s.failing_since <= clock.at - make_interval(secs => :disable_after)
+        THEN s.disable_count + 1 ELSE s.disable_count END,
+    updated_at = clock.at
+FROM health h JOIN locked l ON l.id = h.id, clock
+WHERE s.id = h.id
+RETURNING s.id, s.tenant_id, s.url, s.enabled, s.disabled_at = clock.at AS disabled_now,
+          s.disable_count, s.failing_since, s.disabled_reason, clock.at AS at

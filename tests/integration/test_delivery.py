@@ -1,0 +1,589 @@
+"""Webhook delivery (tasks/delivery.py) against real PostgreSQL and a real local
+HTTP receiver (tests/support/receiver.py).
+
+Subscriptions are written straight to the database, as the maintenance role;
+events go through models.outbox.insert_events, so the fan-out trigger writes
+their deliveries as in production. The delivery loop runs in-process
+(``deliver_due``), with settings that allow the receiver's loopback address and
+retry after (0, 1, 1) seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from uuid import uuid4
+
+import pytest
+from sqlalchemy import text
+from standardwebhooks.webhooks import Webhook
+
+from models import deliveries as delivery_sql
+from models.outbox import insert_events
+from models.signatures import new_secret
+from tasks.delivery import close_couriers, deliver_due, lease_seconds
+from tests.support.receiver import Receiver, Reply
+
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture
+def dsettings(settings):
+    """Settings for delivery tests: loopback allowed, quick retries and timeouts."""
+    yield dataclasses.replace(
+        settings,
+        webhook_allow_private_networks=True,
+        webhook_retry_schedule=(0, 1, 1),
+        webhook_timeout_seconds=TIMEOUT_S,
+        delivery_concurrency=16,
+    )
+    close_couriers()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver() as r:
+        yield r
+
+
+def subscribe(engine, tenant_id, url: str, **columns) -> dict:
+    """A subscription row, written directly (the API is tested elsewhere)."""
+    values = {"tenant_id": tenant_id, "url": url, "secret": new_secret(), **columns}
+    names = ", ".join(values)
+    params = ", ".join(f":{k}" for k in values)
+    with engine.begin() as conn:
+        row = conn.execute(
+            text(f"INSERT INTO webhook_subscriptions ({names}) VALUES ({params}) RETURNING *"),
+            values,
+        )
+        return dict(row.mappings().one())
+
+
+def emit(engine, tenant_id, *, timer_id=None, n: int = 1, event_type="sla.timer.due") -> list:
+    """``n`` events of one timer (a new one by default), in one transaction; their ids."""
+    timer_id = timer_id or uuid4()
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "timer_id": timer_id,
+            "event_type": event_type,
+            "payload": {"type": event_type, "timer_id": timer_id, "lead_id": "lead-1", "n": i},
+            "correlation_id": "corr-1",
+            "idempotency_key": f"{timer_id}:{event_type}:{uuid4()}",
+            "created_at": now,
+        }
+        for i in range(n)
+    ]
+    with engine.begin() as conn:
+        insert_events(conn, rows)
+        return list(
+            conn.execute(
+                text("SELECT id FROM outbox_events WHERE timer_id = :t ORDER BY id"),
+                {"t": timer_id},
+            ).scalars()
+        )
+
+
+def deliveries(engine, subscription_id=None) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT * FROM webhook_deliveries "
+                "WHERE CAST(:s AS uuid) IS NULL OR subscription_id = :s ORDER BY id"
+            ),
+            {"s": subscription_id},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+def attempts(engine, delivery_id) -> list[dict]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM webhook_attempts WHERE delivery_id = :d ORDER BY id"),
+            {"d": delivery_id},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+def deliver_until(engine, settings, done, timeout: float = 10, what="deliveries") -> None:
+    """Run delivery loops until ``done()``."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s"
+        report = deliver_due(engine, settings, max_seconds=2, use_redis=False)
+        if not report.claimed:
+            time.sleep(0.05)
+
+
+def all_finished(engine) -> bool:
+    return all(d["status"] != "PENDING" for d in deliveries(engine))
+
+
+# -- signing ---------------------------------------------------------------------
+
+
+def test_signatures_verify_with_standardwebhooks_own_verifier(engine, tenant, dsettings, receiver):
+    sub = subscribe(engine, tenant[0], receiver.url + "/hook")
+    [event_id] = emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    [request] = receiver.received()
+    assert request.method == "POST" and request.path == "/hook"
+    assert request.headers["content-type"] == "application/json"
+    assert request.webhook_id == f"evt_{event_id}"
+    payload = Webhook(sub["secret"]).verify(request.body, request.headers)
+    assert payload["id"] == f"evt_{event_id}"
+    assert payload["type"] == "sla.timer.due"
+    assert payload["data"]["tenant_id"] == str(tenant[0])
+    [d] = deliveries(engine)
+    assert (d["status"], d["attempts"], d["last_status_code"]) == ("DELIVERED", 1, 200)
+    assert d["delivered_at"] is not None and d["claim_token"] is None
+
+
+def test_during_a_rotation_both_secrets_sign_and_either_verifies(
+    engine, tenant, dsettings, receiver
+):
+    sub = subscribe(engine, tenant[0], receiver.url)
+    old, new = sub["secret"], new_secret()
+    with engine.begin() as conn:  # a rotation, as the API writes it
+        conn.execute(
+            text(
+                "UPDATE webhook_subscriptions SET secret = :new, previous_secret = :old, "
+                "previous_secret_expires_at = now() + interval '1 hour' WHERE id = :id"
+            ),
+            {"new": new, "old": old, "id": sub["id"]},
+        )
+    emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    [request] = receiver.received()
+    assert len(request.headers["webhook-signature"].split(" ")) == 2
+    for secret in (old, new):
+        assert Webhook(secret).verify(request.body, request.headers)["type"] == "sla.timer.due"
+
+
+def test_an_expired_previous_secret_no_longer_signs(engine, tenant, dsettings, receiver):
+    sub = subscribe(
+        engine,
+        tenant[0],
+        receiver.url,
+        previous_secret=new_secret(),
+        previous_secret_expires_at=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+    [request] = receiver.received()
+    assert len(request.headers["webhook-signature"].split(" ")) == 1
+    Webhook(sub["secret"]).verify(request.body, request.headers)
+
+
+# -- retries ---------------------------------------------------------------------
+
+
+def test_a_receiver_failing_twice_gets_the_same_id_each_time_and_is_delivered_once(
+    engine, tenant, dsettings, receiver
+):
+    subscribe(engine, tenant[0], receiver.url)
+    receiver.script(Reply(500, body=b"boom"), Reply(502))
+    [event_id] = emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    requests = receiver.received()
+    assert [r.status for r in requests] == [500, 502, 200]
+    assert {r.webhook_id for r in requests} == {f"evt_{event_id}"}
+    # Retried after the schedule's 1 s, not at once.
+    assert requests[1].at - requests[0].at >= 0.9
+    [d] = deliveries(engine)
+    assert (d["status"], d["attempts"]) == ("DELIVERED", 3)
+    tries = attempts(engine, d["id"])
+    assert [(a["attempt"], a["status_code"]) for a in tries] == [(1, 500), (2, 502), (3, 200)]
+    assert tries[0]["error"] == "HTTP 500: boom"
+    assert all(a["duration_ms"] >= 0 for a in tries)
+
+
+def test_a_dead_receiver_ends_failed_after_the_schedule(engine, tenant, dsettings, receiver):
+    sub = subscribe(engine, tenant[0], receiver.url)
+    receiver.default = Reply(503)
+    emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    assert len(receiver.received()) == len(dsettings.webhook_retry_schedule) == 3
+    [d] = deliveries(engine)
+    assert (d["status"], d["attempts"], d["last_status_code"]) == ("FAILED", 3, 503)
+    assert [a["attempt"] for a in attempts(engine, d["id"])] == [1, 2, 3]
+    with engine.connect() as conn:
+        failing_since = conn.execute(
+            text("SELECT failing_since FROM webhook_subscriptions WHERE id = :id"),
+            {"id": sub["id"]},
+        ).scalar_one()
+    assert failing_since is not None
+
+
+def test_a_connection_refused_and_a_timeout_are_failed_attempts(engine, tenant, dsettings):
+    with Receiver(Reply(hang=True)) as hanging:
+        subscribe(engine, tenant[0], hanging.url)
+        closed = Receiver()
+        closed.close()  # nothing listens on its port any more
+        subscribe(engine, tenant[0], closed.url)
+        emit(engine, tenant[0])
+        started = time.monotonic()
+        deliver_due(engine, dsettings, max_seconds=0.1, use_redis=False)
+        assert time.monotonic() - started < TIMEOUT_S + 1.5  # the timeout bounds a hang
+    errors = sorted(d["last_error"] for d in deliveries(engine))
+    assert errors[0].startswith("connection failed"), errors
+    assert errors[1] == f"timed out after {TIMEOUT_S:g} s", errors
+    assert all(d["status"] == "PENDING" and d["attempts"] == 1 for d in deliveries(engine))
+
+
+@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("form", ["seconds", "http-date"])
+def test_retry_after_is_honoured_on_429_and_503(engine, tenant, dsettings, receiver, status, form):
+    value = (
+        "30"
+        if form == "seconds"
+        else format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    )
+    receiver.script(Reply(status, headers={"Retry-After": value}))
+    subscribe(engine, tenant[0], receiver.url)
+    emit(engine, tenant[0])
+    deliver_due(engine, dsettings, max_seconds=0.5, use_redis=False)
+
+    [d] = deliveries(engine)
+    assert (d["status"], d["attempts"]) == ("PENDING", 1)
+    wait = (d["next_attempt_at"] - d["last_attempt_at"]).total_seconds()
+    assert 27 <= wait <= 31  # not the schedule's 1 s
+    deliver_due(engine, dsettings, max_seconds=0.2, use_redis=False)
+    assert len(receiver.received()) == 1  # not sent again before then
+
+
+def test_retry_after_on_other_statuses_is_ignored_and_capped_at_a_day():
+    from models.deliveries import MAX_RETRY_AFTER_S, Outcome, decide
+
+    def outcome(status, retry_after):
+        return Outcome(1, uuid4(), uuid4(), 1, status, 5, "x", retry_after)
+
+    assert decide(outcome(500, 30.0), (0, 1, 1)) == ("PENDING", 1.0)
+    assert decide(outcome(429, 10 * MAX_RETRY_AFTER_S), (0, 1, 1)) == (
+        "PENDING",
+        float(MAX_RETRY_AFTER_S),
+    )
+    assert decide(outcome(429, 0.5), (0, 5)) == ("PENDING", 5.0)  # never sooner than the schedule
+
+
+def test_redirects_are_not_followed(engine, tenant, dsettings, receiver):
+    receiver.script(Reply(302, headers={"Location": receiver.url + "/elsewhere"}), path="/hook")
+    subscribe(engine, tenant[0], receiver.url + "/hook")
+    emit(engine, tenant[0])
+    deliver_due(engine, dsettings, max_seconds=0.5, use_redis=False)
+
+    assert [r.path for r in receiver.received()] == ["/hook"]
+    [d] = deliveries(engine)
+    assert (d["status"], d["last_status_code"]) == ("PENDING", 302)
+    assert "redirects are not followed" in d["last_error"]
+
+
+def test_a_non_zero_first_delay_holds_the_first_attempt(engine, tenant, dsettings, receiver):
+    later = dataclasses.replace(dsettings, webhook_retry_schedule=(2, 1))
+    subscribe(engine, tenant[0], receiver.url)
+    emit(engine, tenant[0])
+    deliver_due(engine, later, max_seconds=0.3, use_redis=False)
+    assert receiver.received() == []
+    time.sleep(2)
+    deliver_until(engine, later, lambda: all_finished(engine))
+    assert len(receiver.received()) == 1
+
+
+# -- order and isolation -----------------------------------------------------------
+
+
+def test_one_timers_events_arrive_in_order_when_the_first_is_retried(
+    engine, tenant, dsettings, receiver
+):
+    subscribe(engine, tenant[0], receiver.url)
+    receiver.script(Reply(500))  # the first event's first attempt
+    ids = emit(engine, tenant[0], n=3)
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    got = [(r.webhook_id, r.status) for r in receiver.received()]
+    first, second, third = (f"evt_{i}" for i in ids)
+    assert got == [(first, 500), (first, 200), (second, 200), (third, 200)]
+
+
+def test_events_without_a_timer_are_not_held_back_by_a_retry(engine, tenant, dsettings, receiver):
+    sub = subscribe(engine, tenant[0], receiver.url)
+    receiver.script(Reply(500))
+    emit(engine, tenant[0])
+    deliver_due(engine, dsettings, max_seconds=0.3, use_redis=False)  # fails, retried in 1 s
+    with engine.begin() as conn:
+        delivery_sql.insert_events(
+            conn,
+            [
+                delivery_sql.disabled_event(
+                    {
+                        "id": uuid4(),
+                        "tenant_id": tenant[0],
+                        "url": sub["url"],
+                        "failing_since": None,
+                        "disabled_reason": "test",
+                        "disable_count": 1,
+                        "at": datetime.now(UTC),
+                    }
+                )
+            ],
+        )
+    deliver_due(engine, dsettings, max_seconds=0.3, use_redis=False)
+    assert [r.json()["type"] for r in receiver.received()] == ["sla.timer.due", "webhook.disabled"]
+
+
+def test_a_dead_subscription_does_not_delay_another_tenants_deliveries(
+    engine, tenant, other_tenant, dsettings
+):
+    with Receiver(Reply(hang=True)) as dead, Receiver() as alive:
+        subscribe(engine, tenant[0], dead.url)
+        subscribe(engine, other_tenant[0], alive.url)
+        for _ in range(5):
+            emit(engine, tenant[0])
+        loop = threading.Thread(
+            target=deliver_due,
+            args=(engine, dsettings),
+            kwargs={"max_seconds": 3, "use_redis": False},
+        )
+        loop.start()
+        try:
+            dead.wait_for(5, timeout=3)  # the dead one holds five requests open...
+            committed = time.time()
+            emit(engine, other_tenant[0])
+            emit(engine, other_tenant[0])
+            # ...while the other tenant's events, committed meanwhile, arrive at once.
+            got = alive.wait_for(2, timeout=TIMEOUT_S)
+            assert max(r.at for r in got) - committed < 0.75 * TIMEOUT_S
+        finally:
+            loop.join()
+
+
+def test_in_flight_requests_per_subscription_are_bounded_across_claimers(
+    engine, tenant, other_tenant, dsettings, receiver
+):
+    narrow = dataclasses.replace(dsettings, webhook_max_in_flight=3)
+    busy = subscribe(engine, tenant[0], receiver.url)
+    other = subscribe(engine, other_tenant[0], receiver.url)
+    for _ in range(10):
+        emit(engine, tenant[0])
+    emit(engine, other_tenant[0])
+
+    def claim(limit=100):
+        with engine.begin() as conn:
+            return delivery_sql.claim_due(
+                conn, uuid4(), limit=limit, max_in_flight=3, lease_seconds=30, first_delay=0
+            )
+
+    first, second = claim(), claim()
+    assert sorted(r["subscription_id"] for r in first) == sorted([busy["id"]] * 3 + [other["id"]])
+    assert second == []  # the busy one's room is full, by another claimer's claims
+    assert narrow.webhook_max_in_flight == 3
+
+
+def test_two_concurrent_claimers_never_claim_the_same_delivery(engine, tenant):
+    subs = [subscribe(engine, tenant[0], f"http://127.0.0.1:9/{i}") for i in range(4)]
+    for _ in range(150):
+        emit(engine, tenant[0])
+    assert len(deliveries(engine)) == 600
+    claimed: list[list[int]] = [[], []]
+    barrier = threading.Barrier(2)
+
+    def claimer(k: int) -> None:
+        barrier.wait()
+        while True:
+            with engine.begin() as conn:
+                rows = delivery_sql.claim_due(
+                    conn, uuid4(), limit=50, max_in_flight=1000, lease_seconds=60, first_delay=0
+                )
+            if not rows:
+                return
+            claimed[k] += [r["id"] for r in rows]
+
+    threads = [threading.Thread(target=claimer, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(claimed[0]).isdisjoint(claimed[1])
+    assert len(claimed[0]) + len(claimed[1]) == 600 == len(set(claimed[0] + claimed[1]))
+    assert len(subs) == 4
+
+
+def test_a_killed_claimers_lease_ends_and_the_delivery_is_sent_again(
+    engine, tenant, dsettings, receiver
+):
+    subscribe(engine, tenant[0], receiver.url)
+    [event_id] = emit(engine, tenant[0])
+    with engine.begin() as conn:  # a claimer that dies before recording anything
+        [lost] = delivery_sql.claim_due(
+            conn, uuid4(), limit=10, max_in_flight=10, lease_seconds=1, first_delay=0
+        )
+    assert deliver_due(engine, dsettings, max_seconds=0.2, use_redis=False).claimed == 0
+    time.sleep(1.1)
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+
+    [request] = receiver.received()
+    assert request.webhook_id == f"evt_{event_id}"
+    [d] = deliveries(engine)
+    assert (d["id"], d["status"], d["attempts"]) == (lost["id"], "DELIVERED", 1)
+
+
+def test_an_outcome_recorded_after_the_claim_was_taken_over_is_dropped(engine, tenant, dsettings):
+    subscribe(engine, tenant[0], "http://127.0.0.1:9/")
+    emit(engine, tenant[0])
+    with engine.begin() as conn:
+        [old] = delivery_sql.claim_due(
+            conn, uuid4(), limit=1, max_in_flight=10, lease_seconds=0, first_delay=0
+        )
+    with engine.begin() as conn:
+        [new] = delivery_sql.claim_due(
+            conn, (token := uuid4()), limit=1, max_in_flight=10, lease_seconds=60, first_delay=0
+        )
+    stale = delivery_sql.Outcome(old["id"], old["subscription_id"], uuid4(), 1, 200, 3)
+    with engine.begin() as conn:
+        delivery_sql.record_outcomes(conn, [stale], (0, 1), disable_after_seconds=100)
+    [d] = deliveries(engine)
+    assert (d["status"], d["claim_token"], attempts(engine, d["id"])) == ("PENDING", token, [])
+    assert new["id"] == old["id"]
+
+
+def test_a_disabled_subscriptions_deliveries_wait(engine, tenant, dsettings, receiver):
+    sub = subscribe(engine, tenant[0], receiver.url)
+    emit(engine, tenant[0])
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE webhook_subscriptions SET enabled = false WHERE id = :id"),
+            {"id": sub["id"]},
+        )
+    deliver_due(engine, dsettings, max_seconds=0.3, use_redis=False)
+    assert receiver.received() == []
+    assert deliveries(engine)[0]["status"] == "PENDING"
+
+
+# -- the SSRF guard at delivery ---------------------------------------------------------
+
+
+def test_a_private_destination_is_not_sent_to_and_the_attempt_says_why(
+    engine, tenant, dsettings, receiver
+):
+    guarded = dataclasses.replace(dsettings, webhook_allow_private_networks=False)
+    subscribe(engine, tenant[0], receiver.url)  # 127.0.0.1: a row the API would refuse
+    emit(engine, tenant[0])
+    deliver_due(engine, guarded, max_seconds=0.5, use_redis=False)
+
+    assert receiver.received() == []
+    [d] = deliveries(engine)
+    assert (d["status"], d["attempts"], d["last_status_code"]) == ("PENDING", 1, None)
+    assert d["last_error"].startswith("unsafe destination, not sent: 127.0.0.1 resolves to a")
+    assert "loopback" in d["last_error"]
+
+
+def test_the_connection_goes_to_the_checked_address_not_to_a_new_lookup(
+    engine, tenant, dsettings, receiver, monkeypatch
+):
+    # The check saw 127.0.0.1 for a name that no longer resolves at all (a
+    # rebinding attacker's answer may change): the request still goes to the
+    # checked address, with the URL's host in its Host header.
+    from models.destinations import Destination
+    from tasks import delivery
+
+    def checked(url, *, allow_private):
+        return Destination(url, "http", "rebind.invalid", receiver.port, ("127.0.0.1",))
+
+    monkeypatch.setattr(delivery, "check", checked)
+    subscribe(engine, tenant[0], f"http://rebind.invalid:{receiver.port}/pinned?x=1")
+    emit(engine, tenant[0])
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+    [request] = receiver.received()
+    assert request.path == "/pinned?x=1"
+    assert request.headers["host"] == f"rebind.invalid:{receiver.port}"
+
+
+# -- auto-disable -------------------------------------------------------------------
+
+
+def set_failing_since(engine, sub_id, seconds_ago: float) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE webhook_subscriptions SET failing_since = now() - make_interval(secs => :s)"
+                " WHERE id = :id"
+            ),
+            {"s": seconds_ago, "id": sub_id},
+        )
+
+
+def subscription(engine, sub_id) -> dict:
+    with engine.connect() as conn:
+        return dict(
+            conn.execute(text("SELECT * FROM webhook_subscriptions WHERE id = :id"), {"id": sub_id})
+            .mappings()
+            .one()
+        )
+
+
+def test_a_subscription_failing_for_the_configured_time_is_disabled_with_an_event(
+    engine, tenant, dsettings
+):
+    quick = dataclasses.replace(dsettings, webhook_disable_after_seconds=60)
+    with Receiver(Reply(500)) as dead, Receiver() as watcher:
+        sub = subscribe(engine, tenant[0], dead.url)
+        subscribe(engine, tenant[0], watcher.url, event_types=["webhook.disabled"])
+        emit(engine, tenant[0])
+        deliver_due(engine, quick, max_seconds=0.3, use_redis=False)
+        assert subscription(engine, sub["id"])["enabled"]  # a first failure never disables
+        set_failing_since(engine, sub["id"], 61)
+        time.sleep(1)  # the retry is due
+        deliver_due(engine, quick, max_seconds=0.5, use_redis=False)
+
+        s = subscription(engine, sub["id"])
+        assert (s["enabled"], s["disable_count"]) == (False, 1)
+        assert s["disabled_at"] is not None and "60 s" in s["disabled_reason"]
+        with engine.connect() as conn:
+            event = dict(
+                conn.execute(
+                    text("SELECT * FROM outbox_events WHERE event_type = 'webhook.disabled'")
+                )
+                .mappings()
+                .one()
+            )
+        assert event["tenant_id"] == tenant[0] and event["timer_id"] is None
+        assert event["idempotency_key"] == f"webhook:{sub['id']}:disabled:1"
+        assert event["payload"]["subscription_id"] == str(sub["id"])
+        assert event["payload"]["url"] == dead.url
+        # The tenant's other subscription receives it.
+        deliver_until(
+            engine, quick, lambda: watcher.received(), what="webhook.disabled to the watcher"
+        )
+        assert watcher.received()[0].json()["type"] == "webhook.disabled"
+        # The disabled one's delivery waits, PENDING.
+        assert len(dead.received()) == 2
+
+
+def test_a_success_resets_the_failure_clock(engine, tenant, dsettings, receiver):
+    quick = dataclasses.replace(dsettings, webhook_disable_after_seconds=60)
+    sub = subscribe(engine, tenant[0], receiver.url)
+    set_failing_since(engine, sub["id"], 3600)  # failing for an hour
+    emit(engine, tenant[0])
+    deliver_until(engine, quick, lambda: all_finished(engine))
+
+    s = subscription(engine, sub["id"])
+    assert (s["enabled"], s["failing_since"]) == (True, None)
+    assert s["last_success_at"] is not None
+    receiver.script(Reply(500))
+    emit(engine, tenant[0])
+    deliver_due(engine, quick, max_seconds=0.3, use_redis=False)
+    s = subscription(engine, sub["id"])
+    assert s["enabled"] and s["failing_since"] is not None  # a new streak, not disabled
+
+
+def test_lease_covers_twice_the_timeout(dsettings):
+    assert lease_seconds(dsettings) >= 2 * dsettings.webhook_timeout_seconds
