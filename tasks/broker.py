@@ -12,7 +12,7 @@ scheduler fires them from PostgreSQL (``tasks/scheduler.py``).
   unacknowledged messages (``dramatiq:__acks__.<worker>.<queue>``, sets), the
   workers' heartbeats (``dramatiq:__heartbeats__``, a sorted set) and the dead
   messages of a queue (``dramatiq:<queue>.XQ`` and ``.XQ.msgs``, kept a week).
-  Wake-ups and sweeps are these messages.
+  Wake-ups, sweeps and delivery loops (``deliver``) are these messages.
 - ``sla:wakeup:<epoch_ms>`` (``tasks/wakeups.py``): set NX when a wake-up for
   that instant is enqueued, so many timers due in the same bucket share one
   message. Expires 5 s after the instant; losing it only costs a duplicate
@@ -21,6 +21,14 @@ scheduler fires them from PostgreSQL (``tasks/scheduler.py``).
   sweep that could not reach PostgreSQL asks for a catch-up sweep at that
   instant, so however many fail together one sweep is pending per instant.
   Expires 5 s after the instant.
+- ``sla:delivery:wake`` (``tasks/delivery.py``): set NX for 1 s by
+  ``wake_delivery()`` after a commit that wrote events; a ``deliver`` message
+  is sent only when it was not set, and a delivery loop deletes it before each
+  claim, so a stream of commits costs a few messages, not one each. Losing it
+  costs a duplicate (harmless) message.
+- ``sla:delivery:retry:<epoch_ms>`` (``tasks/delivery.py``): set NX when a
+  delayed ``deliver`` message is sent for the second (rounded up) at which
+  webhook retries fall due within the wake-up horizon. Expires 5 s after it.
 - ``LIMITS:{LIMITER/sla-writes/<tenant>/<amount>/<multiples>/<unit>}`` and the
   same key with ``/-1`` appended (``web/ratelimit.py``, the ``limits``
   library's layout): the current and previous window of a tenant's
