@@ -766,3 +766,25 @@ def test_a_since_with_an_offset_is_read_as_that_instant(hooks, engine):
     assert hooks.post(f"/v1/webhooks/{sub['id']}/replay", {"since": early}).get_json() == {
         "replayed": 1
     }
+
+
+def test_retry_and_replay_wake_delivery_after_their_commit(hooks, engine, monkeypatch):
+    import tasks.delivery
+
+    for i in range(2):
+        hooks.start(lead_id=f"wake-{i}")
+    sub = subscribe(hooks)
+    woke: list[int] = []
+
+    def wake() -> None:
+        # Another connection already sees the armed rows: the commit came first.
+        woke.append(len(deliveries_of(engine, sub["id"])))
+
+    monkeypatch.setattr(tasks.delivery, "wake_delivery", wake)
+    since = (utcnow() - timedelta(hours=1)).isoformat()
+    assert hooks.post(f"/v1/webhooks/{sub['id']}/replay", {"since": since}).status_code == 202
+    assert woke == [2]
+    first = deliveries_of(engine, sub["id"])[0]
+    set_delivery(engine, first["id"], status="FAILED")
+    retry = hooks.post(f"/v1/webhooks/{sub['id']}/deliveries/{first['id']}/retry")
+    assert retry.status_code == 202 and woke == [2, 2]
