@@ -54,6 +54,7 @@ def test_the_feed_pages_through_every_event_once_in_order(api, engine, tenant):
 def test_one_transactions_events_share_a_txid_and_keep_their_id_order(engine, tenant):
     with engine.begin() as conn:
         ids = write_events(conn, [event_row(tenant[0], n=n) for n in range(3)])
+    settle(engine)
     rows = _rows(engine, ids)
     assert len({rows[i]["txid"] for i in ids}) == 1
     with engine.begin() as conn:

@@ -12,6 +12,7 @@ pages the feed all along.
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import text
 
+from tests.support.api import Api
 from tests.support.feed import event_row, ids_of, page, read_to_end, settle, write_events
 
 NAIVE = text("SELECT id FROM outbox_events WHERE tenant_id = :t AND id > :last ORDER BY id")
@@ -55,22 +57,34 @@ def test_a_naive_id_cursor_skips_an_event_the_feed_serves(api, engine, tenant):
 
 # -- random writers, and the forced interleaving among them, with a paging reader
 
-WRITERS = 3  # for the tenant, plus one for the other tenant
-TRANSACTIONS = 25  # per writer
+WRITERS = 3  # for the tenant, plus one for the other tenant and one through the API
+API_STARTS = 15
+TRANSACTIONS = 25  # per writer, at least
+# The writers go on until the reader has been served this many events, so the
+# reader surely pages while they write, even when another session on the
+# server holds the feed back for a while (up to WRITE_FOR_AT_MOST_S).
+SERVED_WHILE_WRITING = 20
+WRITE_FOR_AT_MOST_S = 30.0
 FORCED = 3  # forced out-of-order pairs
 ABORT_ONE_IN = 8
 
 
 @dataclass
 class Reader:
-    """Counts the pages the reader has read, so a writer can wait for one."""
+    """Counts the reader's pages and the events served, for the writers."""
 
     pages: int = 0
+    served: int = 0
+    deadline: float = field(default_factory=lambda: time.monotonic() + WRITE_FOR_AT_MOST_S)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def read_one(self) -> None:
+    def read_one(self, served: int) -> None:
         with self.lock:
             self.pages += 1
+            self.served += served
+
+    def writers_may_stop(self) -> bool:
+        return self.served >= SERVED_WHILE_WRITING or time.monotonic() > self.deadline
 
     def wait_for_pages(self, n: int, timeout: float = 10.0) -> None:
         start = self.pages
@@ -80,12 +94,14 @@ class Reader:
             time.sleep(0.005)
 
 
-def _writer(engine, tenant_id, seed: int, failures: list) -> None:
+def _writer(engine, tenant_id, seed: int, reader: Reader, failures: list) -> None:
     """Transactions of 1 to 3 events, inserted one by one with pauses between,
     so ids interleave across transactions; some roll back."""
     rng = random.Random(seed)
     try:
-        for t in range(TRANSACTIONS):
+        for t in itertools.count():
+            if t >= TRANSACTIONS and reader.writers_may_stop():
+                break
             with engine.connect() as conn:
                 txn = conn.begin()
                 for k in range(rng.randint(1, 3)):
@@ -98,6 +114,16 @@ def _writer(engine, tenant_id, seed: int, failures: list) -> None:
                     txn.commit()
             time.sleep(rng.uniform(0, 0.003))
     except Exception as exc:  # reported by the test
+        failures.append(exc)
+
+
+def _api_starts(app, key: str, failures: list) -> None:
+    """Timers started through the API: their sla.timer.started events."""
+    try:
+        api = Api(app.test_client(), key)
+        for n in range(API_STARTS):
+            api.start(lead_id=f"lead-{n}")
+    except Exception as exc:
         failures.append(exc)
 
 
@@ -120,39 +146,38 @@ def _forced_pairs(engine, tenant_id, reader: Reader, pairs: list, failures: list
 
 
 def test_concurrent_writers_and_a_paging_reader_see_every_event_exactly_once(
-    api, engine, tenant, other_tenant
+    app, api, engine, tenant, other_tenant
 ):
     failures: list = []
     pairs: list = []
     reader = Reader()
     threads = [
-        threading.Thread(target=_writer, args=(engine, tenant[0], seed, failures))
-        for seed in range(WRITERS)
+        threading.Thread(target=_writer, args=(engine, owner, seed, reader, failures))
+        for seed, owner in enumerate([tenant[0]] * WRITERS + [other_tenant[0]])
     ]
-    threads.append(threading.Thread(target=_writer, args=(engine, other_tenant[0], 99, failures)))
+    threads.append(threading.Thread(target=_api_starts, args=(app, tenant[1], failures)))
     threads.append(
         threading.Thread(target=_forced_pairs, args=(engine, tenant[0], reader, pairs, failures))
     )
     for thread in threads:
         thread.start()
 
-    seen: list[int] = []
-    read_while_writing = 0
+    served: list[dict] = []
     cursor = None
     rng = random.Random(7)
     while any(t.is_alive() for t in threads):
         items, cursor = page(api, after=cursor, limit=rng.randint(1, 7))
-        seen += ids_of(items)
-        read_while_writing += len(items)
-        reader.read_one()
+        served += items
+        reader.read_one(len(items))
         time.sleep(0.002)
     for thread in threads:
         thread.join()
     assert not failures, failures
 
+    read_while_writing = len(served)
     settle(engine)
-    items, _ = read_to_end(api, after=cursor, limit=50)
-    seen += ids_of(items)
+    served += read_to_end(api, after=cursor, limit=50)[0]
+    seen = ids_of(served)
 
     with engine.connect() as conn:
         committed = dict(
@@ -171,4 +196,5 @@ def test_concurrent_writers_and_a_paging_reader_see_every_event_exactly_once(
     assert seen != sorted(seen)
     assert len(pairs) == FORCED
     assert all(a < b and seen.index(a) < seen.index(b) for a, b in pairs)
-    assert read_while_writing > 0, "the reader should page while the writers write"
+    assert read_while_writing >= SERVED_WHILE_WRITING, "the feed was held back too long"
+    assert sum(item["type"] == "sla.timer.started" for item in served) == API_STARTS
