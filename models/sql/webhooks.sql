@@ -141,7 +141,8 @@ SELECT count(*) FROM (
 -- name: replay
 -- Arm a delivery of every event in the window to the subscription: a new row
 -- for an event it never had (also one from before the subscription existed),
--- a fresh retry schedule for one it had.
+-- a fresh retry schedule for one it had. A delivery in flight loses its
+-- claim and may be sent twice: receivers deduplicate by webhook-id.
 INSERT INTO webhook_deliveries (tenant_id, subscription_id, event_id, timer_id)
 SELECT e.tenant_id, CAST(:subscription AS uuid), e.id, e.timer_id
 FROM outbox_events e
