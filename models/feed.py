@@ -48,14 +48,10 @@ class Page:
     next: Position  # where the next page starts
 
 
-def end_position(horizon: int) -> Position:
-    """Just past every event a snapshot with this horizon can see."""
-    return (horizon - 1, MAX_ID)
-
-
 def latest(conn: Connection) -> Position:
-    """The current end of the feed: only events not yet served follow it."""
-    return end_position(conn.execute(SQL.horizon.text).scalar_one())
+    """The current end of the feed, just past every event below the horizon:
+    only events not yet served can follow it."""
+    return (conn.execute(SQL.horizon.text).scalar_one() - 1, MAX_ID)
 
 
 def read_page(
@@ -68,10 +64,11 @@ def read_page(
     """Up to ``limit`` of the tenant's events after ``after`` (of ``types`` only,
     if given), and the position to read on from.
 
-    The next position is the last event's when the page is full; else the
-    ``SCAN_ROWS``-th event after ``after`` when a type filter stopped there;
-    else the end of what this snapshot can see (never behind ``after``): a
-    consumer's cursor moves past the events its filter leaves out.
+    A page reads at most ``SCAN_ROWS`` events past ``after`` (``limit`` without
+    a type filter). The next position is the last event's when the page is
+    full; else the last event read, whatever its type, so the cursor moves past
+    what a filter leaves out; else, nothing new below the horizon, ``after``
+    itself. A consumer whose cursor came back unchanged has nothing to read yet.
     """
     scan = limit if types is None else max(limit, SCAN_ROWS)
     rows = conn.execute(
@@ -85,10 +82,9 @@ def read_page(
             "limit": limit,
         },
     ).all()
-    summary = rows[0]._mapping
     events = [dict(r._mapping) for r in rows if r.id is not None]
     if len(events) == limit:
         return Page(events, (events[-1]["txid"], events[-1]["id"]))
-    if summary["bound_id"] is not None:  # stopped at the scan's bound
-        return Page(events, (summary["bound_txid"], summary["bound_id"]))
-    return Page(events, max(after, end_position(summary["horizon"])))
+    if rows[0].last_id is not None:
+        return Page(events, (rows[0].last_txid, rows[0].last_id))
+    return Page(events, after)

@@ -7,12 +7,13 @@
 -- Up to :limit wanted events after a position, below the horizon, within :scan events.
 -- One statement, so the horizon and the rows come from the same snapshot
 -- (pg_current_snapshot() is the statement's own). The explicit tenant_id lets
--- ix_outbox_events_tenant_txid (tenant_id, txid, id) serve both ranges; row-level
--- security says the same. The bound is the :scan-th event past the position
--- (read from the index alone, when there are that many): the page stops there,
--- so a type filter that matches little still answers promptly, and the caller
--- moves its cursor to the bound. Horizon and bound come on every row, and on a
--- single row of NULL events when the page is empty.
+-- ix_outbox_events_tenant_txid (tenant_id, txid, id) serve every range; row-level
+-- security says the same. The range ends at the horizon, or sooner at the
+-- :scan-th event past the position (read from the index alone, when there are
+-- that many), so a type filter that matches little still answers promptly.
+-- last_* is the range's last event, whatever its type: where the cursor goes
+-- when the page is not full (NULL: nothing new, the cursor stays).
+-- They come on every row, and on a single row of NULL events when the page is empty.
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
 ), bound AS MATERIALIZED (
@@ -25,10 +26,17 @@ WITH horizon AS MATERIALIZED (
     OFFSET :scan - 1
     LIMIT 1
 ), upto AS MATERIALIZED (
-    -- The page's last possible position: the bound, else all the horizon allows.
     SELECT coalesce(b.txid, h.xmin - 1) AS txid,
            coalesce(b.id, 9223372036854775807) AS id
     FROM horizon h LEFT JOIN bound b ON true
+), last AS MATERIALIZED (
+    SELECT txid, id
+    FROM outbox_events
+    WHERE tenant_id = :tenant_id
+      AND (txid, id) > (:after_txid, :after_id)
+      AND (txid, id) <= ((SELECT txid FROM upto), (SELECT id FROM upto))
+    ORDER BY txid DESC, id DESC
+    LIMIT 1
 ), page AS (
     SELECT e.id, e.txid, e.tenant_id, e.event_type, e.payload, e.created_at
     FROM outbox_events e
@@ -39,10 +47,10 @@ WITH horizon AS MATERIALIZED (
     ORDER BY e.txid, e.id
     LIMIT :limit
 )
-SELECT h.xmin AS horizon, b.txid AS bound_txid, b.id AS bound_id,
+SELECT l.txid AS last_txid, l.id AS last_id,
        p.id, p.txid, p.tenant_id, p.event_type, p.payload, p.created_at
-FROM horizon h
-LEFT JOIN bound b ON true
+FROM (SELECT) AS one
+LEFT JOIN last l ON true
 LEFT JOIN page p ON true
 ORDER BY p.txid, p.id
 
