@@ -563,8 +563,10 @@ class Event(ResponseModel):
 class EventPage(ResponseModel):
     items: list[Event] = Field(description="Oldest first, in the feed's order.")
     next_cursor: str = Field(
-        description="Always present: store it and pass it as after to read on. With no "
-        "items it is the cursor given, or a later one."
+        description="Always present: store it and pass it as after to read on. It comes "
+        "back unchanged when there was nothing new to read: wait before polling again. "
+        "It moves past the events a type filter leaves out, so a page can be empty with "
+        "a new cursor: read on at once."
     )
 
 
