@@ -46,7 +46,8 @@ def _start(after: str | None) -> feed.Position | None:
         "no event is ever skipped, even when transactions commit out of order. The price: "
         "an event appears once every transaction older than its own has ended, so a "
         "long-running transaction on the database delays the feed. Poll with the "
-        "next_cursor of the previous answer; it is present even when items is empty."
+        "next_cursor of the previous answer, always present; when it comes back "
+        "unchanged there was nothing new to read, so wait before polling again."
     ),
 )
 def list_events(query: EventListQuery):
