@@ -23,6 +23,15 @@ insert-attempt log of tests/support/attempt_log.py, by the database's clock), an
 lateness of each step (its first attempt minus its due instant) inside and
 outside the fault windows, and for the steps due while Redis was stopped.
 
+With ``webhooks`` (the default of ``make chaos``) the tenant also has a webhook
+subscription to every event type, pointed at a flaky receiver
+(``bench/receiver.py``: 500 on ``webhook_fail`` of the requests, no answer
+until past the timeout on a further ``webhook_hang``), so deliveries are
+claimed, sent, retried and recorded by the workers being killed. At the end
+every event must have been answered 2xx by the receiver; a ``webhook-id``
+answered 2xx twice is a duplicate, reported as a figure (delivery is at least
+once, not exactly once).
+
 The PostgreSQL restart, the FLUSHALL and the Redis stop need servers of our own: ``main()``
 starts a dedicated embedded PostgreSQL and Redis (``devtools/services.py``) under
 ``.data/chaos-pg`` and ``.data/chaos-redis`` on their own ports, never the
@@ -36,6 +45,7 @@ FLUSHDB.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
@@ -91,6 +101,19 @@ FULL = {
     # After the last timer: late writes would show as duplicates, deaf workers as deaf.
     "settle_s": 3.0,
     "seed": 1,
+    # Webhooks to a flaky receiver (bench/receiver.py); 0 leaves them out.
+    "webhooks": 1,
+    "webhook_fail": 0.20,  # answered 500
+    "webhook_hang": 0.05,  # a further 5 %: no answer until past the timeout
+    "webhook_timeout_s": 1.0,  # SLA_WEBHOOK_TIMEOUT_SECONDS
+    # Short retries, so every event gets through within the run: the chance that
+    # twelve attempts all fail is 0.25^12, about 6e-8 per event.
+    "webhook_retry_schedule": "0,1,1,2,2,2,2,2,2,2,2,2",
+    # One subscription takes every event: room for the hangs (5 % of attempts,
+    # 1 s each) beside the quick answers at the run's event rate.
+    "webhook_max_in_flight": 64,
+    # After the timers, how long the deliveries may still take.
+    "webhook_deadline_s": 300.0,
 }
 # The version in the default test suite: a few seconds, shared servers.
 SMALL = {
@@ -113,6 +136,7 @@ SMALL = {
     "window_tail_s": 5.0,
     "deadline_s": 20.0,
     "settle_s": 1.0,
+    "webhooks": 0,
 }
 
 READY_WORKER = "Worker process is ready for action"
@@ -387,10 +411,16 @@ class Chaos:
 # --------------------------------------------------------------------------- the run
 
 
-def _seed(bench: Bench, params: dict) -> tuple[datetime, list[datetime]]:
+def _seed(
+    bench: Bench, params: dict, webhooks: _Webhooks | None = None
+) -> tuple[datetime, list[datetime]]:
     from tasks.wakeups import schedule_wakeups  # only once the environment is set
 
     tenant, _ = bench.tenant()
+    if webhooks:  # before any event: the trigger fans out only to existing subscriptions
+        from .p6_webhooks import subscribe
+
+        subscribe(bench, tenant, webhooks.url, webhooks.secret)
     n = params["timers"]
     t0 = datetime.now(UTC) + timedelta(seconds=params["due_in_s"])
     seed_timers(
@@ -435,6 +465,9 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
         for name in ("pg_restart_at_s", "pause_at_s", "redis_outage_at_s")
     ):
         raise ValueError("a PostgreSQL restart, a Redis pause or stop needs servers of our own")
+    webhooks = _Webhooks(params, log_dir) if params.get("webhooks") else None
+    if webhooks:  # every worker and scheduler sends to it, with the run's settings
+        bench = dataclasses.replace(bench, env={**bench.env, **webhooks.env})
     chaos = Chaos(bench, params, log_dir, own)
     n = params["timers"]
     with bench.connect() as c:  # the tables' owner
@@ -444,7 +477,7 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
     try:
         chaos.start()
         booted = time.time()
-        t0_dt, _ = _seed(bench, params)
+        t0_dt, _ = _seed(bench, params, webhooks)
         t0 = t0_dt.timestamp()
         last_due = t0 + params["spread_s"] + params["step2_after_s"]
         timeline = _timeline(params, t0, last_due, chaos.rng)
@@ -479,6 +512,17 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
                     complete_at = time.time()
                     break
                 time.sleep(0.1)
+            if webhooks and complete_at is not None:
+                # Then every event to the receiver (the kills have ended by now).
+                until = time.time() + params["webhook_deadline_s"]
+                while time.time() < until and not webhooks.done(EVENTS_PER_TIMER * n):
+                    chaos.watch()
+                    if time.time() >= next_sample:
+                        chaos.sample_polling()
+                        next_sample = time.time() + 1.0
+                    time.sleep(0.5)
+                if webhooks.done(EVENTS_PER_TIMER * n):
+                    webhooks.complete_at = time.time()
         finally:
             progress.close()
             for _ in range(max(1, round(params["settle_s"]))):
@@ -489,10 +533,14 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
         with bench.connect() as c:
             figures = check(c, n)
             step_times = [(s, float(a), float(b)) for s, a, b in c.execute(_STEP_TIMES)]
+            if webhooks:
+                figures.update(webhooks.figures(c, last_due))
     finally:
         for t in threads:
             t.join(60)
         chaos.stop()
+        if webhooks:
+            webhooks.stop()
 
     figures.update(
         _lateness(step_times, chaos.faults, params["window_lead_s"], params["window_tail_s"])
@@ -535,6 +583,81 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
         # (step, due instant, lateness) of every step: for the plot, not the JSON.
         "step_times": step_times,
     }
+
+
+class _Webhooks:
+    """The run's webhook subscription: a flaky receiver process and what it saw."""
+
+    PATH = "/hook"
+
+    def __init__(self, params: dict, log_dir: Path):
+        from models.signatures import new_secret
+
+        from .receiver import ReceiverProcess
+
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.secret = new_secret()
+        timeout = params["webhook_timeout_s"]
+        # A hang outlasts the sender's timeout, then the receiver closes the connection.
+        spec = f"{self.PATH}=flaky:{params['webhook_fail']},{params['webhook_hang']},{timeout + 1}"
+        self.receiver = ReceiverProcess(
+            log_dir / "receiver.log", [spec], secrets={self.PATH: self.secret}, verify_every=50
+        )
+        self.url = self.receiver.url(self.PATH)
+        self.env = {
+            "SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1",
+            "SLA_WEBHOOK_TIMEOUT_SECONDS": str(timeout),
+            "SLA_WEBHOOK_RETRY_SCHEDULE": params["webhook_retry_schedule"],
+            "SLA_WEBHOOK_MAX_IN_FLIGHT": str(params["webhook_max_in_flight"]),
+        }
+        self.complete_at: float | None = None
+
+    def done(self, expected: int) -> bool:
+        try:
+            return self.receiver.received(self.PATH) >= expected
+        except OSError:
+            return False
+
+    def figures(self, conn, last_due: float) -> dict:
+        """Every event against the receiver's record: received, duplicates, latency."""
+        receipts = self.receiver.receipts()[self.PATH]
+        stats = self.receiver.stats()[self.PATH]
+        events = conn.execute("SELECT id, extract(epoch FROM created_at) FROM outbox_events")
+        latency, missing, total = [], 0, 0
+        for outbox_id, created in events:
+            total += 1
+            got = receipts.get(f"evt_{outbox_id}")
+            if got is None or got[0] is None:
+                missing += 1
+            else:
+                latency.append(got[0] - float(created))
+        statuses = dict(
+            conn.execute("SELECT status, count(*) FROM webhook_deliveries GROUP BY 1").fetchall()
+        )
+        attempts = conn.execute("SELECT count(*) FROM webhook_attempts").fetchone()[0]
+        return {
+            "webhook_events": total,
+            "webhook_received": total - missing,
+            "webhook_missing": missing,
+            # The same webhook-id answered 2xx more than once: at least once, not exactly once.
+            "webhook_duplicates": stats["duplicates"],
+            "webhook_ids_duplicated": stats["ids_duplicated"],
+            "webhook_requests": stats["requests"],
+            "webhook_answered_2xx": stats["answered_2xx"],
+            "webhook_answered_500": stats["answered_500"],
+            "webhook_hung": stats["hung"],
+            "webhook_verified": stats["verified"],
+            "webhook_bad_signatures": stats["bad_signatures"],
+            "webhook_deliveries": statuses,
+            "webhook_attempts_recorded": attempts,
+            "webhook_latency": _dist(latency),
+            "webhook_complete_s_after_last_due": (
+                round(self.complete_at - last_due, 1) if self.complete_at else None
+            ),
+        }
+
+    def stop(self) -> None:
+        self.receiver.stop()
 
 
 class _Progress:
@@ -814,7 +937,65 @@ def rows(result: dict) -> list[dict]:
             "target": "",
             "met": f["complete_s_after_last_due"] is not None,
         },
+        *_webhook_rows(f),
         {"figure": "run duration", "value": f"{f['duration_s']:.0f} s", "target": "", "met": None},
+    ]
+
+
+def _webhook_rows(f: dict) -> list[dict]:
+    """The webhook figures, when the run had its flaky receiver."""
+    if "webhook_events" not in f:
+        return []
+    late = f["webhook_latency"]
+    done = f["webhook_complete_s_after_last_due"]
+    statuses = f["webhook_deliveries"]
+    return [
+        {
+            "figure": "webhook events answered 2xx by the flaky receiver",
+            "value": f"{f['webhook_received']:,} of {f['webhook_events']:,}",
+            "target": "all",
+            "met": f["webhook_missing"] == 0 and f["webhook_events"] > 0,
+        },
+        {
+            "figure": "webhook duplicates (same webhook-id answered 2xx again)",
+            "value": f"{f['webhook_duplicates']} ({f['webhook_ids_duplicated']} ids)",
+            "target": "a figure: at least once",
+            "met": None,
+        },
+        {
+            "figure": "receiver: requests / 2xx / 500 / hung past the timeout",
+            "value": f"{f['webhook_requests']:,} / {f['webhook_answered_2xx']:,} / "
+            f"{f['webhook_answered_500']:,} / {f['webhook_hung']:,}",
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "signatures verified (a sample) / bad",
+            "value": f"{f['webhook_verified']:,} / {f['webhook_bad_signatures']}",
+            "target": "- / 0",
+            "met": f["webhook_bad_signatures"] == 0,
+        },
+        {
+            "figure": "deliveries DELIVERED / PENDING / FAILED; attempts recorded",
+            "value": f"{statuses.get('DELIVERED', 0):,} / {statuses.get('PENDING', 0):,} / "
+            f"{statuses.get('FAILED', 0):,}; {f['webhook_attempts_recorded']:,}",
+            "target": "all / 0 / 0",
+            "met": statuses.get("PENDING", 0) == 0 and statuses.get("FAILED", 0) == 0,
+        },
+        {
+            "figure": "webhook event to first 2xx p50 / p99 / max",
+            "value": "none"
+            if not late["n"]
+            else f"{late['p50_s']:.2f} / {late['p99_s']:.2f} / {late['max_s']:.2f} s",
+            "target": "",
+            "met": None,
+        },
+        {
+            "figure": "all webhooks received, after the last due instant",
+            "value": "never" if done is None else f"{done:.1f} s",
+            "target": "",
+            "met": done is not None,
+        },
     ]
 
 
@@ -1034,6 +1215,8 @@ def main(argv: list[str] | None = None) -> int:
                 default=default,
                 help=f"default {default} ('none' leaves it out)",
             )
+        elif isinstance(default, str):
+            parser.add_argument(flag, default=default, help=f"default {default}")
         elif isinstance(default, float):
             parser.add_argument(flag, type=float, default=default, help=f"default {default}")
         else:
