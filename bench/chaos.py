@@ -1042,6 +1042,22 @@ after it ended; the kills go on throughout and have no window. The steps due whi
 was stopped, from its stop to its start, are reported on their own (target p99 ≤ 2 s):
 only the schedulers' firing from PostgreSQL can fire them.
 
+With webhooks on (the default; `--webhooks 0` leaves them out) the tenant also has a
+webhook subscription to every event type, pointed at a flaky receiver
+(`bench/receiver.py`, a process of its own) that answers 500 to 20 % of requests and,
+on a further 5 %, reads the request and answers nothing until past the sender's timeout
+(`SLA_WEBHOOK_TIMEOUT_SECONDS=1`), then closes the connection. The workers being killed
+claim, send, retry and record these deliveries; the retry schedule is shortened to
+`0,1,1,2,2,2,2,2,2,2,2,2` (twelve attempts all failing: about 6e-8 per event) and
+`SLA_WEBHOOK_MAX_IN_FLIGHT` raised to 64, so that one subscription taking every event has
+room for the hung requests. After the timers, the run waits (at most 300 s) until the
+receiver has answered 2xx to every event's `webhook-id`, and checks it against the outbox:
+every event received, none FAILED or still PENDING, no bad signature in the sample it
+verifies. Duplicates, the same `webhook-id` answered 2xx more than once (a worker killed
+between the receiver's answer and its record, a lease that ended), are a figure, not a
+failure: delivery is at least once, and receivers deduplicate by `webhook-id`
+([docs/webhooks.md](webhooks.md)).
+
 ```sh
 make chaos                                  # about 7 minutes on 2 cores
 make chaos CHAOS_ARGS='--timers 5000 --no-doc --results /tmp/chaos.json'
