@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from tests.support.api import Api, assert_problem
+from tests.support.common import redis_conn
 
 URL = "/v1/lead-events"
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -178,6 +179,33 @@ def test_started_and_closed_timers_write_their_outbox_events(api, engine):
     with engine.connect() as conn:
         types = conn.execute(text("SELECT event_type FROM outbox_events ORDER BY id")).scalars()
         assert list(types) == ["sla.timer.started", "sla.timer.cancelled"]
+
+
+def test_a_start_schedules_its_wake_up_and_events_wake_delivery(api, engine, monkeypatch):
+    import tasks.delivery
+
+    wakes = []
+    monkeypatch.setattr(tasks.delivery, "wake_delivery", lambda: wakes.append(1))
+    send(api, event("e-1", "lead.qualified", window_seconds=5), 201)
+    assert redis_conn().keys("sla:wakeup:*")
+    assert len(wakes) == 1
+    send(api, event("e-2", "lead.contacted"), 200)
+    assert len(wakes) == 2
+    # Nothing written, nothing to deliver: an ignored event, a replay.
+    send(api, event("e-3", "lead.closed"), 200)
+    send(api, event("e-2", "lead.contacted"), 200)
+    assert len(wakes) == 2
+
+
+def test_a_start_succeeds_while_redis_is_down(api, engine, monkeypatch):
+    import redis
+
+    from tasks import wakeups
+
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    monkeypatch.setattr(wakeups, "_redis", lambda: dead)
+    send(api, event("e-1", "lead.qualified", window_seconds=5), 201)
+    assert len(open_timers(engine)) == 1
 
 
 # ----------------------------------------------------------------- bad input
