@@ -413,3 +413,26 @@ def test_racing_requests_of_one_event_id_take_it_once(app, tenant, engine):
     assert sorted(status for status, _ in results) == [200] * (threads - 1) + [201]
     assert len({b["timer_id"] for _, b in results}) == 1
     assert len(timers(engine)) == 1 and outbox_count(engine) == 1
+
+
+def test_racing_requests_of_one_event_id_for_different_leads_take_one_and_409_the_rest(
+    app, tenant, engine
+):
+    threads, results = 6, []
+    barrier = threading.Barrier(threads)
+
+    def send_it(n: int) -> None:
+        api = Api(app.test_client(), tenant[1])
+        barrier.wait()
+        response = api.post(URL, event("e-1", "lead.qualified", f"lead-{n}", occurred_at=ago(60)))
+        results.append(response.status_code)
+
+    workers = [threading.Thread(target=send_it, args=(n,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert sorted(results) == [201] + [409] * (threads - 1)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM sla_timers")).scalar_one() == 1
+    assert len(recorded(engine)) == 1
