@@ -11,11 +11,10 @@ scheduler's direct path while Redis is down, and woken by the minute sweep:
    statement (models/sql/deliveries.sql): SKIP LOCKED, a lease of twice the
    timeout plus a margin, each subscription within its in-flight room
    (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all workers), per-timer order;
-2. hands each to a thread of the process's pool, which checks the destination
-   (models/destinations.py, cached a few seconds per URL), connects to the
-   checked address itself (a DNS answer that changes afterwards cannot
-   redirect it) and POSTs the envelope's exact bytes, signed, without
-   following redirects, within ``SLA_WEBHOOK_TIMEOUT_SECONDS``;
+2. hands each to a thread of the process's pool, which sends it
+   (tasks/sender.py: the destination checked again, the connection pinned to
+   the checked address, the envelope's exact bytes POSTed signed, no redirect
+   followed, all within ``SLA_WEBHOOK_TIMEOUT_SECONDS``);
 3. records whatever has completed, every few milliseconds, in one statement
    (attempt rows, retries, subscription health, auto-disable), then claims
    again. A slow receiver holds only its own subscription's slots: the loop
@@ -43,34 +42,29 @@ counted as an attempt.
 
 from __future__ import annotations
 
-import base64
 import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
-from urllib.parse import urlsplit
 from uuid import UUID, uuid4
 
 import redis
-import urllib3
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from models import deliveries as delivery_sql
-from models import envelope, signatures
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
-from models.deliveries import Outcome, retry_after_seconds
-from models.destinations import Destination, UnsafeDestination, check
+from models.deliveries import Outcome
 from models.errors import connection_lost
 
 from .broker import broker, redis_client
+from .sender import Sender
 
 log = logging.getLogger(__name__)
 
@@ -96,14 +90,6 @@ RECORD_GATHER_S = 0.005
 IDLE_WAIT_S = 0.5
 # The lease covers a request (the timeout), its recording and a margin.
 LEASE_MARGIN_S = 10.0
-# How long a destination check (DNS) is trusted.
-DESTINATION_TTL_S = 5.0
-MAX_POOLS = 512
-USER_AGENT = "sla-timers-webhooks/1"
-# Read this much of a failed response's body into the attempt's error.
-ERROR_BODY_BYTES = 200
-# Drain at most this much more to keep the connection; otherwise close it.
-DRAIN_MAX_BYTES = 64 * 1024
 
 _TRANSIENT_SQLSTATES = frozenset({"40P01", "40001", "55P03"})
 
@@ -196,173 +182,6 @@ def schedule_retries(delays_s: Iterable[float]) -> int:
     return _redis.run("scheduling delivery retries", send) or 0
 
 
-# ------------------------------------------------------------------ sending
-
-
-class Sender:
-    """POSTs one claimed delivery: the destination checked (cached briefly per
-    URL), the connection pinned to the checked address, keep-alive pools per
-    destination. Thread-safe; never raises for the receiver's behaviour."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.timeout = urllib3.Timeout(total=settings.webhook_timeout_seconds)
-        self._lock = threading.Lock()
-        self._destinations: dict[str, tuple[float, Destination | UnsafeDestination]] = {}
-        self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
-
-    def close(self) -> None:
-        with self._lock:
-            pools, self._pools = list(self._pools.values()), OrderedDict()
-        for pool in pools:
-            pool.close()
-
-    def destination(self, url: str) -> Destination:
-        now = time.monotonic()
-        with self._lock:
-            cached = self._destinations.get(url)
-        if cached is None or cached[0] < now:
-            try:
-                found: Destination | UnsafeDestination = check(
-                    url, allow_private=self.settings.webhook_allow_private_networks
-                )
-            except UnsafeDestination as exc:
-                found = exc
-            with self._lock:
-                if len(self._destinations) > 4 * MAX_POOLS:
-                    self._destinations.clear()
-                self._destinations[url] = (now + DESTINATION_TTL_S, found)
-        else:
-            found = cached[1]
-        if isinstance(found, UnsafeDestination):
-            raise found
-        return found
-
-    def _pool(self, dest: Destination) -> urllib3.HTTPConnectionPool:
-        address = dest.addresses[0]  # all were checked; connect to this one, not to a new lookup
-        key = (dest.scheme, address, dest.port, dest.host)
-        with self._lock:
-            pool = self._pools.get(key)
-            if pool is not None:
-                self._pools.move_to_end(key)
-                return pool
-            common = {
-                "port": dest.port,
-                "timeout": self.timeout,
-                "maxsize": self.settings.webhook_max_in_flight,
-                "block": False,
-                "retries": False,
-            }
-            if dest.scheme == "https":
-                pool = urllib3.HTTPSConnectionPool(
-                    address,
-                    server_hostname=dest.host,
-                    assert_hostname=dest.host,
-                    cert_reqs="CERT_REQUIRED",
-                    **common,
-                )
-            else:
-                pool = urllib3.HTTPConnectionPool(address, **common)
-            self._pools[key] = pool
-            if len(self._pools) > MAX_POOLS:
-                _, old = self._pools.popitem(last=False)
-                old.close()
-            return pool
-
-    def send(self, row: Mapping[str, Any], token: UUID) -> Outcome:
-        started = time.monotonic()
-        base = {
-            "delivery_id": row["id"],
-            "subscription_id": row["subscription_id"],
-            "token": token,
-            "attempt": row["attempts"] + 1,
-        }
-
-        def outcome(status: int | None, error: str | None, retry_after: float | None = None):
-            ms = int((time.monotonic() - started) * 1000)
-            return Outcome(**base, status_code=status, duration_ms=ms, error=error,
-                           retry_after_s=retry_after)  # fmt: skip
-
-        try:
-            dest = self.destination(row["url"])
-        except UnsafeDestination as exc:
-            return outcome(None, f"unsafe destination, not sent: {exc}")
-        event = {
-            "id": row["event_id"],
-            "tenant_id": row["tenant_id"],
-            "event_type": row["event_type"],
-            "payload": row["payload"],
-            "created_at": row["created_at"],
-        }
-        body = envelope.body(event)
-        secrets = [row["secret"]]
-        if row.get("previous_secret"):
-            secrets.append(row["previous_secret"])
-        headers = signatures.headers(
-            secrets, envelope.event_id(row["event_id"]), int(time.time()), body
-        )
-        parts = urlsplit(row["url"])
-        headers["content-type"] = "application/json"
-        headers["user-agent"] = USER_AGENT
-        headers["host"] = parts.netloc.rpartition("@")[2]
-        if parts.username is not None:
-            raw = f"{parts.username}:{parts.password or ''}".encode()
-            headers["authorization"] = "Basic " + base64.b64encode(raw).decode()
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        try:
-            response = self._pool(dest).urlopen(
-                "POST",
-                target,
-                body=body.encode(),
-                headers=headers,
-                retries=False,
-                redirect=False,
-                assert_same_host=False,
-                timeout=self.timeout,
-                preload_content=False,
-                release_conn=False,
-            )
-        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
-            return outcome(None, f"connection failed: {_reason(exc)}")
-        except urllib3.exceptions.TimeoutError:
-            return outcome(None, f"timed out after {self.settings.webhook_timeout_seconds:g} s")
-        except urllib3.exceptions.HTTPError as exc:
-            return outcome(None, f"connection failed: {_reason(exc)}")
-        except OSError as exc:
-            return outcome(None, f"connection failed: {exc}")
-        return self._finish(response, outcome)
-
-    def _finish(self, response, outcome) -> Outcome:
-        status = response.status
-        try:
-            snippet = b""
-            if not 200 <= status < 300:
-                snippet = response.read(ERROR_BODY_BYTES, decode_content=False) or b""
-            remaining = response.length_remaining
-            if remaining is not None and remaining <= DRAIN_MAX_BYTES:
-                response.drain_conn()
-            else:
-                response.close()  # chunked or large: not worth reading to keep the connection
-        except (urllib3.exceptions.HTTPError, OSError):
-            response.close()
-        finally:
-            response.release_conn()
-        if 200 <= status < 300:
-            return outcome(status, None)
-        if 300 <= status < 400:
-            where = response.headers.get("location", "")
-            return outcome(status, f"HTTP {status}: redirects are not followed ({where})")
-        retry_after = retry_after_seconds(response.headers.get("retry-after"))
-        text = snippet.decode("utf-8", "replace").strip()
-        error = f"HTTP {status}" + (f": {text}" if text else "")
-        return outcome(status, error, retry_after)
-
-
-def _reason(exc: BaseException) -> str:
-    inner = getattr(exc, "reason", None)
-    return str(inner or exc)
-
-
 # ------------------------------------------------------------------ the loop
 
 
@@ -391,7 +210,9 @@ class Courier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sender = Sender(settings)
-        self.slots = _Slots(settings.delivery_concurrency)
+        # Twice the threads: the next claim is on its way while the last is sent
+        # (the lease, twice the timeout and more, covers the wait in the queue).
+        self.slots = _Slots(2 * settings.delivery_concurrency)
         self.pool = ThreadPoolExecutor(
             max_workers=settings.delivery_concurrency, thread_name_prefix="webhook"
         )
@@ -504,8 +325,10 @@ def deliver_due(
     courier = courier_for(settings)
     loop = _loop or _Loop()
     report = DeliveryReport()
+    recorder = _Recorder(engine, settings, loop, report, use_redis=use_redis, now=now)
     deadline = time.monotonic() + max_seconds
-    in_flight = 0
+    # Claimed and not yet recorded: being sent, or sent and waiting for the recorder.
+    sending = unrecorded = 0
     brought_work = False  # the last claim found something
 
     def completed(future) -> None:
@@ -516,61 +339,131 @@ def deliver_due(
             log.exception("sending a webhook failed unexpectedly")
             loop.done.put(_LOST)
 
-    while True:
-        claiming = time.monotonic() < deadline
-        asked = claimed = 0
-        if claiming:
-            asked = courier.slots.take(settings.delivery_batch_size)
-        if asked:
-            loop.kicked = False
-            if use_redis:
-                _clear_wake_flag()
-            token = uuid4()
-            try:
-                rows = _claim(engine, settings, token, asked, now)
-            except BaseException:
-                courier.slots.give(asked)
-                raise
-            claimed = len(rows)
-            courier.slots.give(asked - claimed)
-            brought_work = claimed > 0
-            report.claims += 1
-            report.claimed += claimed
-            in_flight += claimed
-            for row in rows:
-                courier.pool.submit(courier.sender.send, row, token).add_done_callback(completed)
-        if in_flight == 0:
-            if claiming and asked and not claimed:
-                with _loops_lock:  # kicked since the claim: claim again
-                    if loop.kicked:
-                        continue
-            # Caught up; or out of time; or every slot is another loop's, which
-            # goes on claiming.
-            report.more = not claiming and (brought_work or loop.kicked)
-            return report
-        # A claim that filled every slot asked for leaves work behind: record what
-        # is done and claim again soon. Otherwise wait for a completion.
-        wait = RECORD_GATHER_S if claimed and claimed == asked else IDLE_WAIT_S
-        outcomes = []
-        for item in _gather(loop.done, wait, in_flight):
-            if item is _KICK:
-                continue
-            in_flight -= 1
-            if item is not _LOST:
-                outcomes.append(item)
-        if outcomes:
-            _record(engine, settings, outcomes, report, use_redis=use_redis, now=now)
+    try:
+        while True:
+            claiming = time.monotonic() < deadline
+            asked = claimed = 0
+            if claiming:
+                asked = courier.slots.take(settings.delivery_batch_size)
+            if asked:
+                loop.kicked = False
+                if use_redis:
+                    _clear_wake_flag()
+                token = uuid4()
+                try:
+                    rows = _claim(engine, settings, token, asked, now)
+                except BaseException:
+                    courier.slots.give(asked)
+                    raise
+                claimed = len(rows)
+                courier.slots.give(asked - claimed)
+                brought_work = claimed > 0
+                report.claims += 1
+                report.claimed += claimed
+                sending += claimed
+                for row in rows:
+                    future = courier.pool.submit(courier.sender.send, row, token)
+                    future.add_done_callback(completed)
+            if sending + unrecorded == 0:
+                if claiming and asked and not claimed:
+                    with _loops_lock:  # kicked since the claim: claim again
+                        if loop.kicked:
+                            continue
+                # Caught up; or out of time; or every slot is another loop's,
+                # which goes on claiming.
+                report.more = not claiming and (brought_work or loop.kicked)
+                return report
+            # A claim that filled every slot asked for leaves work behind: hand
+            # what is done to the recorder and claim again soon. Otherwise wait
+            # for a completion (or a recording, or a kick).
+            wait = RECORD_GATHER_S if claimed and claimed == asked else IDLE_WAIT_S
+            outcomes = []
+            for item in _gather(loop.done, wait, sending + unrecorded):
+                if isinstance(item, Outcome):
+                    outcomes.append(item)
+                    sending -= 1
+                elif item is _LOST:
+                    sending -= 1
+                elif isinstance(item, _Recorded):
+                    if item.error is not None:
+                        raise item.error
+                    unrecorded -= item.count
+            if outcomes:
+                unrecorded += len(outcomes)
+                recorder.add(outcomes)
+    finally:
+        recorder.stop()
+
+
+@dataclass
+class _Recorded:
+    """The recorder wrote ``count`` outcomes (or failed with ``error``)."""
+
+    count: int
+    error: BaseException | None = None
+
+
+class _Recorder:
+    """Records a loop's outcomes on a thread of its own, everything waiting in
+    one statement, so claiming and sending go on while the database writes."""
+
+    def __init__(self, engine, settings, loop: _Loop, report, *, use_redis: bool, now) -> None:
+        self.engine, self.settings, self.loop, self.report = engine, settings, loop, report
+        self.use_redis, self.now = use_redis, now
+        self._queue: queue.Queue[list[Outcome] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def add(self, outcomes: list[Outcome]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="webhook-recorder", daemon=True)
+            self._thread.start()
+        self._queue.put(outcomes)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._queue.get()
+            stop = batch is None
+            outcomes = list(batch or [])
+            while True:  # everything waiting, in one statement
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                else:
+                    outcomes += more
+            if outcomes:
+                try:
+                    _record(
+                        self.engine,
+                        self.settings,
+                        outcomes,
+                        self.report,
+                        use_redis=self.use_redis,
+                        now=self.now,
+                    )
+                    self.loop.done.put(_Recorded(len(outcomes)))
+                except BaseException as exc:  # the loop raises it
+                    self.loop.done.put(_Recorded(len(outcomes), exc))
+            if stop:
+                return
 
 
 def _gather(done: queue.Queue, wait: float, most: int) -> list[Any]:
-    """The first completion within ``wait`` seconds, then whatever else
-    completes within ``RECORD_GATHER_S``, up to ``most`` of them."""
+    """The first item within ``wait`` seconds, then whatever else arrives
+    within ``RECORD_GATHER_S``, up to ``most`` completions."""
     try:
         items = [done.get(timeout=wait)]
     except queue.Empty:
         return []
     until = time.monotonic() + RECORD_GATHER_S
-    while sum(i is not _KICK for i in items) < most:
+    while sum(isinstance(i, Outcome) or i is _LOST for i in items) < most:
         left = until - time.monotonic()
         try:
             items.append(done.get(timeout=left) if left > 0 else done.get_nowait())
@@ -646,6 +539,9 @@ def _retrying(engine: Engine, work):
     for pause in (0.05, 0.2, 0.5, None):
         try:
             with engine.begin() as conn:
+                # Losing a claim or an outcome in a crash only re-sends the
+                # delivery (at least once): no need to wait for the WAL flush.
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 return work(conn)
         except DBAPIError as exc:
             transient = not connection_lost(exc) and (

@@ -17,20 +17,19 @@
 -- PENDING for the subscription (per-timer order); first attempts wait for
 -- :first_delay seconds after the event was written. A row under a live lease
 -- (made due again by a retry request while in flight) is left to its claimer.
--- The claim moves
--- next_attempt_at to the lease's end: a claim whose worker died is due again
--- then, and any claimer takes it over under a new token.
-WITH clock AS (
-    SELECT coalesce(CAST(:now AS timestamptz), now()) AS at
-),
-subs AS (
+-- The claim moves next_attempt_at to the lease's end: a claim whose worker
+-- died is due again then, and any claimer takes it over under a new token.
+-- Within a subscription, due order (the index's) and nothing else: sorting on
+-- a second key would read every due row of a backlog.
+WITH subs AS (
     SELECT s.id
-    FROM webhook_subscriptions s, clock
+    FROM webhook_subscriptions s
     WHERE s.enabled
-      AND EXISTS (
-          SELECT FROM webhook_deliveries w
-          WHERE w.subscription_id = s.id AND w.status = 'PENDING'
-            AND w.next_attempt_at <= clock.at)
+      -- min() reads one entry of ix_webhook_deliveries_due; an EXISTS may be
+      -- planned as a scan of the table, through every delivered row.
+      AND (SELECT min(w.next_attempt_at) FROM webhook_deliveries w
+           WHERE w.subscription_id = s.id AND w.status = 'PENDING')
+          <= coalesce(CAST(:now AS timestamptz), now())
     ORDER BY random()
     FOR NO KEY UPDATE OF s SKIP LOCKED
 ),
@@ -39,36 +38,39 @@ picked AS (
     FROM subs
     CROSS JOIN LATERAL (
         SELECT w.id
-        FROM webhook_deliveries w, clock
+        FROM webhook_deliveries w
         WHERE w.subscription_id = subs.id
           AND w.status = 'PENDING'
-          AND w.next_attempt_at <= clock.at
-          AND (w.lease_expires_at IS NULL OR w.lease_expires_at <= clock.at)
+          AND w.next_attempt_at <= coalesce(CAST(:now AS timestamptz), now())
+          AND (w.lease_expires_at IS NULL
+               OR w.lease_expires_at <= coalesce(CAST(:now AS timestamptz), now()))
           AND (w.attempts > 0
-               OR w.next_attempt_at <= clock.at - make_interval(secs => :first_delay))
+               OR w.next_attempt_at
+                  <= coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :first_delay))
           AND (w.timer_id IS NULL OR NOT EXISTS (
               SELECT FROM webhook_deliveries e
               WHERE e.subscription_id = w.subscription_id AND e.timer_id = w.timer_id
                 AND e.status = 'PENDING' AND e.event_id < w.event_id))
-        ORDER BY w.next_attempt_at, w.event_id
+        ORDER BY w.next_attempt_at
         LIMIT greatest(0, :max_in_flight - (
-            SELECT count(*) FROM webhook_deliveries f, clock
+            SELECT count(*) FROM webhook_deliveries f
             WHERE f.subscription_id = subs.id AND f.status = 'PENDING'
-              AND f.claim_token IS NOT NULL AND f.lease_expires_at > clock.at))
+              AND f.claim_token IS NOT NULL
+              AND f.lease_expires_at > coalesce(CAST(:now AS timestamptz), now())))
         FOR UPDATE OF w SKIP LOCKED
     ) p
     LIMIT :limit
 )
 UPDATE webhook_deliveries d SET
     claim_token = :token,
-    lease_expires_at = clock.at + make_interval(secs => :lease),
-    next_attempt_at = clock.at + make_interval(secs => :lease),
-    last_attempt_at = clock.at
-FROM picked, clock, webhook_subscriptions s, outbox_events e
+    lease_expires_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :lease),
+    next_attempt_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :lease),
+    last_attempt_at = coalesce(CAST(:now AS timestamptz), now())
+FROM picked, webhook_subscriptions s, outbox_events e
 WHERE d.id = picked.id AND s.id = d.subscription_id AND e.id = d.event_id
 RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, d.timer_id, s.url, s.secret,
-          CASE WHEN s.previous_secret_expires_at > clock.at THEN s.previous_secret END
-              AS previous_secret,
+          CASE WHEN s.previous_secret_expires_at > coalesce(CAST(:now AS timestamptz), now())
+               THEN s.previous_secret END AS previous_secret,
           e.id AS event_id, e.event_type, e.payload, e.created_at
 
 -- name: record_outcomes

@@ -493,12 +493,12 @@ def test_the_connection_goes_to_the_checked_address_not_to_a_new_lookup(
     # rebinding attacker's answer may change): the request still goes to the
     # checked address, with the URL's host in its Host header.
     from models.destinations import Destination
-    from tasks import delivery
+    from tasks import sender
 
     def checked(url, *, allow_private):
         return Destination(url, "http", "rebind.invalid", receiver.port, ("127.0.0.1",))
 
-    monkeypatch.setattr(delivery, "check", checked)
+    monkeypatch.setattr(sender, "check", checked)
     subscribe(engine, tenant[0], f"http://rebind.invalid:{receiver.port}/pinned?x=1")
     emit(engine, tenant[0])
     deliver_until(engine, dsettings, lambda: all_finished(engine))
