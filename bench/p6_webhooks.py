@@ -12,8 +12,8 @@ the receiver's when it had read the whole request it answered 2xx.
 
 - ``p6``, throughput: N events committed at once (a backlog), until the
   receiver has answered 2xx for every one; deliveries/s. Beside it, the bare
-  HTTP limit: the same signed POSTs from two processes of threads with pooled
-  urllib3 connections (as the workers send), no database.
+  sending limit: the workers' own sender (tasks/sender.py) posting as many
+  signed envelopes from two processes of threads, with no database.
 - ``p6l``, latency: events committed at a steady rate (500/s: every 20 ms, a
   transaction of 10) for S seconds; commit to receipt, p50 and p99.
 - ``p6d``, a dead receiver: tenant A's endpoint reads every request and never
@@ -28,6 +28,7 @@ the receiver's when it had read the whole request it answered 2xx.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -45,6 +46,8 @@ QUICK = {
     "worker_threads": 8,
     "bare_threads": 16,
     "verify_every": 100,
+    # SLA_WEBHOOK_MAX_IN_FLIGHT for the one subscription; 0: the setting's default.
+    "max_in_flight": 0,
 }
 FULL = {**QUICK, "events": 100_000}
 
@@ -199,12 +202,19 @@ class CpuMeter:
             name: cpu([p for pid in pids for p in tree(pid)]) for name, pids in self.groups.items()
         }
         out["postgres"] = cpu(backends)
+        with self.bench.connect() as c:  # what the database did meanwhile, by its counters
+            row = c.execute(
+                "SELECT xact_commit, tup_updated FROM pg_stat_database"
+                " WHERE datname = current_database()"
+            ).fetchone()
+        out.update(zip(("transactions", "rows_updated"), map(float, row), strict=True))
         return out
 
     def start(self) -> None:
         self._start = self._sample()
 
     def stop(self) -> dict[str, float]:
+        time.sleep(1.5)  # backends report their counters at most once a second
         end = self._sample()
         return {k: round(end[k] - self._start.get(k, 0.0), 2) for k in end}
 
@@ -227,12 +237,21 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         verify_every=params["verify_every"],
     )
     try:
-        bare = _bare(receiver.url("/fast"), secret, min(n, 20_000), params["bare_threads"])
+        bare = _bare(
+            receiver.url("/fast"),
+            secret,
+            min(n, 20_000),
+            params["bare_threads"],
+            receiver.service.pid,
+        )
         receiver.reset()
         subscribe(bench, tenant, receiver.url("/fast"), secret)
+        env = {}
+        if params["max_in_flight"]:
+            env["SLA_WEBHOOK_MAX_IN_FLIGHT"] = str(params["max_in_flight"])
         with running(
             *_services(
-                bench, out_dir, "p6", params["worker_processes"], params["worker_threads"], {}
+                bench, out_dir, "p6", params["worker_processes"], params["worker_threads"], env
             )
         ) as services:
             meter = CpuMeter(
@@ -259,7 +278,9 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     missing = sum(1 for i in ids if f"evt_{i}" not in receipts or receipts[f"evt_{i}"][0] is None)
     counts = _delivery_counts(bench)
     _plot_throughput(samples, out_dir / "p6-throughput.png", n)
+    counters = {k: cpu.pop(k) for k in ("transactions", "rows_updated")}
     per = {k: round(v / received * 1e6) if received else None for k, v in cpu.items()}
+    per_delivery = {k: round(v / received, 2) if received else None for k, v in counters.items()}
     return {
         "params": params,
         "figures": {
@@ -273,6 +294,8 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             "deliveries": counts,
             "cpu_seconds": cpu,
             "cpu_us_per_delivery": per,
+            # By the database's counters: transactions committed, row versions written.
+            "database_per_delivery": per_delivery,
             "bare_http": bare,
         },
         "plots": ["p6-throughput.png"],
@@ -281,7 +304,7 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
                 "figure": f"{n:,} events to a fast receiver: deliveries/s",
                 "value": rate,
                 "unit": "deliveries/s",
-                "beside": f"bare signed POSTs, {bare['processes']}x{bare['threads']} threads",
+                "beside": f"bare sender, {bare['processes']}x{bare['threads']} threads, no DB",
                 "beside_value": bare["per_s"],
                 "ratio": rate / bare["per_s"] if bare["per_s"] else None,
                 "target": f">= {TARGET_RATE:,}/s",
@@ -303,14 +326,41 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
                 "target": "",
                 "met": None,
             },
+            {
+                "figure": "CPU per bare POST: clients",
+                "value": bare["cpu_us_per_post"]["clients"],
+                "unit": "µs",
+                "beside": "receiver",
+                "beside_value": bare["cpu_us_per_post"]["receiver"],
+                "target": "",
+                "met": None,
+            },
+            {
+                "figure": "database per delivery: transactions",
+                "value": per_delivery["transactions"],
+                "unit": "commits",
+                "beside": "row versions written",
+                "beside_value": per_delivery["rows_updated"],
+                "target": "",
+                "met": None,
+            },
         ],
     }
 
 
-def _bare(url: str, secret: str, n: int, threads: int, processes: int = 2) -> dict:
-    """Signed POSTs/s from ``processes`` processes of ``threads`` threads, no database."""
+def _bare(
+    url: str, secret: str, n: int, threads: int, receiver_pid: int, processes: int = 2
+) -> dict:
+    """Signed POSTs/s from ``processes`` processes of ``threads`` threads, no database;
+    the CPU per POST of the clients and of the receiver."""
+    import psutil
+
+    def receiver_cpu() -> float:
+        t = psutil.Process(receiver_pid).cpu_times()
+        return t.user + t.system
+
     per_process = n // processes
-    started = time.perf_counter()
+    receiver0 = receiver_cpu()
     procs = [
         subprocess.Popen(
             [
@@ -330,14 +380,21 @@ def _bare(url: str, secret: str, n: int, threads: int, processes: int = 2) -> di
                 str(i * per_process),
             ],
             cwd=ROOT,
+            env={**os.environ, **ALLOW_PRIVATE},
+            stdout=subprocess.PIPE,
         )
         for i in range(processes)
     ]
-    for p in procs:
-        p.wait()
-    elapsed = time.perf_counter() - started
-    total = per_process * processes
+    # Each client times its own sending, from after its start-up.
+    runs = [json.loads(p.communicate()[0].decode().strip().splitlines()[-1]) for p in procs]
+    elapsed = max(r["ended"] for r in runs) - min(r["started"] for r in runs)
+    total = sum(r["posts"] for r in runs)
     return {
+        "cpu_us_per_post": {
+            "clients": round(sum(r["cpu"] for r in runs) / total * 1e6),
+            # From before the clients' start: their warm-up requests count, a few.
+            "receiver": round((receiver_cpu() - receiver0) / total * 1e6),
+        },
         "posts": total,
         "seconds": round(elapsed, 2),
         "per_s": round(total / elapsed),
@@ -347,30 +404,65 @@ def _bare(url: str, secret: str, n: int, threads: int, processes: int = 2) -> di
 
 
 def bare_client(url: str, secret: str, n: int, threads: int, offset: int) -> None:
-    """What a worker does per delivery, minus the database: sign, POST, read the answer."""
-    import urllib3
+    """What a worker does per delivery, minus the database: the workers' own sender
+    (tasks/sender.py: sign, POST on a kept-alive connection, read the answer), on
+    ``threads`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import UTC, datetime
+    from uuid import UUID, uuid4
 
-    from models.signatures import headers
+    from models.config import get_settings
+    from tasks.sender import Sender
 
-    pool = urllib3.PoolManager(maxsize=threads, retries=False)
-    body = (
-        '{"id":"evt_%d","type":"sla.escalation.triggered","timestamp":"2026-12-01T00:00:00Z",'
-        '"data":{"tenant_id":"00000000-0000-0000-0000-000000000000","lead_id":"lead-1",'
-        '"escalation_step":1,"action":"notify","target":"owner"}}'
+    sender = Sender(get_settings())
+    tenant = UUID(int=0)
+    token = uuid4()
+    now = datetime.now(UTC)
+    payload = {
+        "lead_id": "lead-1",
+        "escalation_step": 1,
+        "action": "notify",
+        "target": "owner",
+        "correlation_id": "bench",
+    }
+
+    def row(i: int) -> dict:
+        return {
+            "id": i,
+            "tenant_id": tenant,
+            "subscription_id": tenant,
+            "attempts": 0,
+            "timer_id": None,
+            "url": url,
+            "secret": secret,
+            "previous_secret": None,
+            "event_id": i,
+            "event_type": "sla.escalation.triggered",
+            "payload": payload,
+            "created_at": now,
+        }
+
+    def send(i: int) -> None:
+        outcome = sender.send(row(i), token)
+        if outcome.status_code != 200:
+            raise RuntimeError(f"bare send failed: {outcome}")
+
+    send(offset)  # connected, and the code warm, before the clock starts
+    started, cpu = time.time(), time.process_time()
+    with ThreadPoolExecutor(threads) as pool:
+        for _ in pool.map(send, range(offset + 1, offset + n)):
+            pass
+    print(
+        json.dumps(
+            {
+                "started": started,
+                "ended": time.time(),
+                "cpu": time.process_time() - cpu,
+                "posts": n - 1,
+            }
+        ),
+        flush=True,
     )
-
-    def work(k: int) -> None:
-        for i in range(offset + k, offset + n, threads):
-            msg = body % i
-            h = headers([secret], f"evt_{i}", int(time.time()), msg)
-            h["content-type"] = "application/json"
-            pool.request("POST", url, body=msg.encode(), headers=h, timeout=5.0)
-
-    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join()
 
 
 def _plot_throughput(samples: list, path: Path, n: int) -> None:
