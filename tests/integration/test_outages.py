@@ -62,8 +62,30 @@ SAMPLE_BODIES: dict[str, Any] = {
     "WebhookCreate": {"url": "http://93.184.215.14/outage"},  # public: passes the SSRF guard
     "WebhookUpdate": {"description": "outage"},
     "ReplayRequest": {"since": "2020-01-01T00:00:00Z"},
+    "LeadEventCreate": {
+        "event_id": "outage-event",
+        "type": "lead.qualified",
+        "lead_id": "outage-event",
+        "window_seconds": 60,
+    },
+    "LeadEventBulkCreate": {
+        "events": [
+            {
+                "event_id": "outage-events-1",
+                "type": "lead.qualified",
+                "lead_id": "outage-events-1",
+                "window_seconds": 60,
+            }
+        ]
+    },
 }
-OUTAGE_LEADS = ["outage-single", "outage-bulk-1", "outage-bulk-2"]
+OUTAGE_LEADS = [
+    "outage-single",
+    "outage-bulk-1",
+    "outage-bulk-2",
+    "outage-event",
+    "outage-events-1",
+]
 
 
 def report(what: str, seconds: float) -> None:
