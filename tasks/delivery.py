@@ -7,7 +7,8 @@ A delivery loop (``deliver_due``), run by the ``deliver`` actor, by the
 scheduler's direct path while Redis is down, and woken by the minute sweep:
 
 1. claims as many due deliveries as this process has free sending slots
-   (``SLA_DELIVERY_CONCURRENCY``), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
+   (twice ``SLA_DELIVERY_CONCURRENCY``, the pool's threads: the next claim is
+   queued while the last is sent), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
    statement (models/sql/deliveries.sql): SKIP LOCKED, a lease of twice the
    timeout plus a margin, each subscription within its in-flight room
    (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all workers), per-timer order;
@@ -16,8 +17,8 @@ scheduler's direct path while Redis is down, and woken by the minute sweep:
    the checked address, the envelope's exact bytes POSTed signed, no redirect
    followed, all within ``SLA_WEBHOOK_TIMEOUT_SECONDS``);
 3. records whatever has completed, every few milliseconds, in one statement
-   (attempt rows, retries, subscription health, auto-disable), then claims
-   again. A slow receiver holds only its own subscription's slots: the loop
+   (attempt rows, retries, subscription health, auto-disable) on a thread of
+   its own, while it claims again. A slow receiver holds only its own subscription's slots: the loop
    keeps claiming and recording for the others meanwhile.
 
 It ends when nothing is due and nothing is in flight, or after
@@ -186,7 +187,7 @@ def schedule_retries(delays_s: Iterable[float]) -> int:
 
 
 class _Slots:
-    """The process's free sending slots (one per pool thread)."""
+    """The process's free sending slots: claimed deliveries not yet sent."""
 
     def __init__(self, size: int) -> None:
         self._free = size
@@ -251,7 +252,6 @@ class DeliveryReport:
     failed_attempts: int = 0
     dead: int = 0  # FAILED: the schedule ran out
     disabled: int = 0  # subscriptions disabled
-    lost: int = 0  # outcomes not recorded: the claim was taken over
     more: bool = False  # stopped with work left
 
 
