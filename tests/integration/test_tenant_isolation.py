@@ -296,6 +296,15 @@ _BODIES = {
     ("POST", "/v1/webhooks"): {"url": "http://93.184.215.14/own"},  # a public address
     ("PATCH", "/v1/webhooks/<uuid:webhook_id>"): {"description": "taken over"},
     ("POST", "/v1/webhooks/<uuid:webhook_id>/replay"): {"since": "2020-01-01T00:00:00Z"},
+    # The other tenant's lead name: a contact of this tenant's own lead-b.
+    ("POST", "/v1/lead-events"): {
+        "event_id": "contact-b",
+        "type": "lead.contacted",
+        "lead_id": "lead-b",
+    },
+    ("POST", "/v1/lead-events/bulk"): {
+        "events": [{"event_id": "close-b", "type": "lead.closed", "lead_id": "lead-b"}]
+    },
 }
 
 
@@ -332,6 +341,9 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
         elif method == "GET":
             ids = {t["id"] for t in response.get_json()["items"]}
             assert not {theirs["id"], their_hook} & ids, rule
+        elif rule.startswith("/v1/lead-events"):
+            # Taken as this tenant's event, about this tenant's lead-b (if any).
+            assert response.status_code == 200, (rule, response.get_json())
         else:  # a start: it creates this tenant's own timer, never touches theirs
             assert response.status_code == 201, (rule, response.get_json())
 
