@@ -485,6 +485,7 @@ def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> 
             first_delay=float(schedule[0]) if schedule else 0.0,
             now=None if now is None else now(),
         ),
+        autocommit=True,
     )
 
 
@@ -533,15 +534,16 @@ def _record(
             wake_delivery()  # webhook.disabled goes to the tenant's other subscriptions
 
 
-def _retrying(engine: Engine, work):
-    """``work`` in a transaction of its own, retried after deadlocks and
-    serialization failures (two rounds recording the same subscriptions)."""
+def _retrying(engine: Engine, work, *, autocommit: bool = False):
+    """``work`` in a transaction of its own (``autocommit``: its one statement
+    is), retried after deadlocks and serialization failures (two rounds
+    recording the same subscriptions)."""
     for pause in (0.05, 0.2, 0.5, None):
         try:
+            if autocommit:  # a single statement: one round trip
+                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                    return work(conn)
             with engine.begin() as conn:
-                # Losing a claim or an outcome in a crash only re-sends the
-                # delivery (at least once): no need to wait for the WAL flush.
-                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 return work(conn)
         except DBAPIError as exc:
             transient = not connection_lost(exc) and (
