@@ -587,3 +587,24 @@ def test_a_success_resets_the_failure_clock(engine, tenant, dsettings, receiver)
 
 def test_lease_covers_twice_the_timeout(dsettings):
     assert lease_seconds(dsettings) >= 2 * dsettings.webhook_timeout_seconds
+
+
+def test_at_most_max_loops_run_per_process_so_wake_ups_keep_their_threads(
+    engine, tenant, dsettings, monkeypatch
+):
+    from tasks import delivery
+
+    monkeypatch.setattr(delivery, "MAX_LOOPS", 1)
+    with Receiver(Reply(hang=True)) as dead:
+        subscribe(engine, tenant[0], dead.url)
+        for _ in range(3):
+            emit(engine, tenant[0])
+        loop = threading.Thread(target=delivery.run_delivery, args=(engine, dsettings))
+        loop.start()
+        dead.wait_for(3, timeout=3)
+        started = time.monotonic()
+        # A further message only kicks the running loop: it returns at once,
+        # leaving its worker thread to the timers' wake-ups.
+        assert delivery.run_delivery(engine, dsettings) is None
+        assert time.monotonic() - started < 0.1
+        loop.join()
