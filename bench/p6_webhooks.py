@@ -847,14 +847,98 @@ class Dead:
     run = staticmethod(run_dead)
 
 
+# --------------------------------------------------------------------------- in one process
+
+
+def profile_loop(events: int, out: Path, pyinstrument: bool = False) -> None:
+    """The delivery loop (``deliver_due``) in this process, for its author: deliveries/s,
+    CPU per delivery here and in PostgreSQL, and the time and rows of each kind of
+    statement, as the client saw them. ``pyinstrument`` also profiles the loop's thread
+    (not the sending threads). Uses the bench database and a fast receiver."""
+    import collections
+
+    from sqlalchemy import event
+
+    os.environ.update(ALLOW_PRIVATE)
+    bench = Bench.create()  # before the service's modules read the settings
+    from models.config import get_settings
+    from models.db import get_maintenance_engine
+    from models.signatures import new_secret
+    from tasks.delivery import deliver_due
+
+    receiver = _receiver(out, "p6-loop", ["/fast=fast"])
+    try:
+        engine = get_maintenance_engine()
+        stats: dict[str, list] = collections.defaultdict(lambda: [0, 0.0, 0])
+        local = threading.local()
+
+        @event.listens_for(engine, "before_cursor_execute")
+        def _before(conn, cursor, statement, params, context, executemany):
+            local.started = time.perf_counter()
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _after(conn, cursor, statement, params, context, executemany):
+            s = stats[" ".join(statement.split())[:70]]
+            s[0] += 1
+            s[1] += time.perf_counter() - local.started
+            s[2] += max(cursor.rowcount, 0)
+
+        tenant, _ = bench.tenant()
+        subscribe(bench, tenant, receiver.url("/fast"), new_secret())
+        with bench.connect() as c:
+            with c.transaction():
+                write_events(c, tenant, events // 2, "loop-")
+            c.execute("VACUUM ANALYZE")
+        meter = CpuMeter(bench, {"loop": [os.getpid()]})
+        settings = get_settings()
+        profiler = None
+        if pyinstrument:
+            from pyinstrument import Profiler
+
+            profiler = Profiler()
+            profiler.start()
+        meter.start()
+        started = time.perf_counter()
+        while deliver_due(engine, settings, use_redis=False).claimed:
+            pass
+        elapsed = time.perf_counter() - started
+        if profiler:
+            profiler.stop()
+        cpu = meter.stop()
+        n = receiver.received("/fast")
+        print(
+            f"{n:,} delivered in {elapsed:.2f} s: {n / elapsed:,.0f}/s; CPU per delivery: "
+            f"this process {cpu['loop'] / n * 1e6:,.0f} µs, PostgreSQL "
+            f"{cpu['postgres'] / n * 1e6:,.0f} µs; commits per delivery "
+            f"{cpu['transactions'] / n:.2f}"
+        )
+        for key, (count, seconds, rows) in sorted(stats.items(), key=lambda kv: -kv[1][1])[:10]:
+            print(f"{count:6,} x {seconds / count * 1000:6.2f} ms, {rows / count:6.1f} rows: {key}")
+        if profiler:
+            print(profiler.output_text(unicode=True, color=False))
+    finally:
+        receiver.stop()
+        bench.drop()
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=("bare",))
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.p6_webhooks",
+        description="bare: the sending limit's client (P6 runs it); "
+        "loop: the delivery loop in one process, with its statements (profile_loop)",
+    )
+    parser.add_argument("what", choices=("bare", "loop"))
     parser.add_argument("--url")
     parser.add_argument("--secret")
-    parser.add_argument("--n", type=int)
+    parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--threads", type=int)
     parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--pyinstrument", action="store_true")
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    bare_client(args.url, args.secret, args.n, args.threads, args.offset)
+    if args.what == "bare":
+        bare_client(args.url, args.secret, args.n, args.threads, args.offset)
+    else:
+        out = Path("/tmp") / "p6-loop"
+        out.mkdir(exist_ok=True)
+        profile_loop(args.n, out, args.pyinstrument)
