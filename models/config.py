@@ -168,8 +168,10 @@ class Settings:
     webhook_allow_private_networks: bool = False
     # How long a rotated-out secret keeps signing beside the new one.
     webhook_secret_grace_seconds: int = 24 * 3600
-    # Per subscription, across all workers: requests in flight at once.
-    webhook_max_in_flight: int = 16
+    # Per subscription, across all workers: requests in flight at once, and while
+    # its last attempt failed (a dead endpoint is probed, not flooded).
+    webhook_max_in_flight: int = 64
+    webhook_failing_in_flight: int = 2
     # Deliveries one claim takes, and concurrent requests per worker process.
     delivery_batch_size: int = 500
     delivery_concurrency: int = 64
@@ -219,7 +221,8 @@ class Settings:
             webhook_secret_grace_seconds=_int(
                 env, "SLA_WEBHOOK_SECRET_GRACE_SECONDS", 24 * 3600, minimum=0
             ),
-            webhook_max_in_flight=_int(env, "SLA_WEBHOOK_MAX_IN_FLIGHT", 16, minimum=1),
+            webhook_max_in_flight=_int(env, "SLA_WEBHOOK_MAX_IN_FLIGHT", 64, minimum=1),
+            webhook_failing_in_flight=_int(env, "SLA_WEBHOOK_FAILING_IN_FLIGHT", 2, minimum=1),
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
             delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
         )

@@ -301,13 +301,15 @@ webhook_deliveries = Table(
         "lease_expires_at",
         postgresql_where=text("status = 'PENDING' AND claim_token IS NOT NULL"),
     ),
-    # Per-timer order: is an earlier event of this timer still pending here?
+    # Per-timer order: the timer's first pending event for a subscription. The
+    # timer leads, so no other index serves the claim's lookup, whatever the
+    # planner's statistics say (see models/sql/deliveries.sql).
     Index(
         "ix_webhook_deliveries_pending_timer",
-        "subscription_id",
         "timer_id",
+        "subscription_id",
         "event_id",
-        postgresql_where=text("status = 'PENDING'"),
+        postgresql_where=text("status = 'PENDING' AND timer_id IS NOT NULL"),
     ),
     # A subscription's deliveries, newest first (GET .../deliveries).
     Index("ix_webhook_deliveries_subscription", "subscription_id", "id"),

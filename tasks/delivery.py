@@ -481,6 +481,7 @@ def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> 
             token,
             limit=limit,
             max_in_flight=settings.webhook_max_in_flight,
+            failing_in_flight=settings.webhook_failing_in_flight,
             lease_seconds=lease_seconds(settings),
             first_delay=float(schedule[0]) if schedule else 0.0,
             now=None if now is None else now(),

@@ -244,8 +244,8 @@ def upgrade() -> None:
     op.create_index(
         "ix_webhook_deliveries_pending_timer",
         "webhook_deliveries",
-        ["subscription_id", "timer_id", "event_id"],
-        postgresql_where=sa.text("status = 'PENDING'"),
+        ["timer_id", "subscription_id", "event_id"],
+        postgresql_where=sa.text("status = 'PENDING' AND timer_id IS NOT NULL"),
     )
     op.create_index(
         "ix_webhook_deliveries_subscription", "webhook_deliveries", ["subscription_id", "id"]

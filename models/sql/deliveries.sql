@@ -11,8 +11,11 @@
 -- SKIP LOCKED: the fan-out trigger's foreign-key lock does not conflict with
 -- it), so two claimers never count the same subscription's room at once and
 -- one subscription's backlog cannot fill a batch while others wait. A
--- subscription's room is :max_in_flight less its live claims (PENDING rows
--- whose lease has not ended; ix_webhook_deliveries_in_flight counts them). A
+-- subscription's room is :max_in_flight (:failing_in_flight while its last
+-- attempt failed: a dead endpoint is probed by a few requests at a time instead
+-- of holding many sending threads for a timeout each) less its live claims
+-- (PENDING rows whose lease has not ended; ix_webhook_deliveries_in_flight
+-- counts them). A
 -- delivery is held back while an earlier event of the same timer is still
 -- PENDING for the subscription (per-timer order); first attempts wait for
 -- :first_delay seconds after the event was written. A row under a live lease
@@ -28,7 +31,9 @@ WITH relaxed AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ),
 subs AS (
-    SELECT s.id
+    SELECT s.id,
+           CASE WHEN s.failing_since IS NULL THEN :max_in_flight
+                ELSE least(:max_in_flight, :failing_in_flight) END AS room
     FROM webhook_subscriptions s
     WHERE s.enabled
       -- min() reads one entry of ix_webhook_deliveries_due; an EXISTS may be
@@ -53,12 +58,18 @@ picked AS (
           AND (w.attempts > 0
                OR w.next_attempt_at
                   <= coalesce(CAST(:now AS timestamptz), now()) - make_interval(secs => :first_delay))
-          AND (w.timer_id IS NULL OR NOT EXISTS (
-              SELECT FROM webhook_deliveries e
-              WHERE e.subscription_id = w.subscription_id AND e.timer_id = w.timer_id
-                AND e.status = 'PENDING' AND e.event_id < w.event_id))
+          -- The timer's first pending event here: the first entry of
+          -- ix_webhook_deliveries_pending_timer, whose order this is. (A NOT
+          -- EXISTS was planned on the due index whenever the statistics were
+          -- stale, reading the subscription's whole backlog for each row.)
+          AND (w.timer_id IS NULL OR w.event_id = (
+              SELECT e.event_id FROM webhook_deliveries e
+              WHERE e.timer_id = w.timer_id AND e.subscription_id = w.subscription_id
+                AND e.status = 'PENDING' AND e.timer_id IS NOT NULL
+              ORDER BY e.timer_id, e.subscription_id, e.event_id
+              LIMIT 1))
         ORDER BY w.next_attempt_at
-        LIMIT greatest(0, :max_in_flight - (
+        LIMIT greatest(0, subs.room - (
             SELECT count(*) FROM webhook_deliveries f
             WHERE f.subscription_id = subs.id AND f.status = 'PENDING'
               AND f.claim_token IS NOT NULL

@@ -388,6 +388,40 @@ def test_in_flight_requests_per_subscription_are_bounded_across_claimers(
     assert narrow.webhook_max_in_flight == 3
 
 
+def test_a_failing_subscription_is_probed_with_fewer_requests_in_flight(engine, tenant):
+    """A dead endpoint holds a sending thread per request for a whole timeout: while
+    its last attempt failed, it gets the failing room, not the full one."""
+    sub = subscribe(engine, tenant[0], "http://127.0.0.1:9/dead")
+    for _ in range(10):
+        emit(engine, tenant[0])
+
+    def claim():
+        with engine.begin() as conn:
+            return delivery_sql.claim_due(
+                conn,
+                uuid4(),
+                limit=100,
+                max_in_flight=8,
+                failing_in_flight=2,
+                lease_seconds=30,
+                first_delay=0,
+            )
+
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE webhook_subscriptions SET failing_since = now() WHERE id = :id"),
+            {"id": sub["id"]},
+        )
+    assert len(claim()) == 2
+    assert claim() == []  # its room is full
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE webhook_subscriptions SET failing_since = NULL WHERE id = :id"),
+            {"id": sub["id"]},
+        )
+    assert len(claim()) == 6  # healthy again: the full room, less the two in flight
+
+
 def test_two_concurrent_claimers_never_claim_the_same_delivery(engine, tenant):
     subs = [subscribe(engine, tenant[0], f"http://127.0.0.1:9/{i}") for i in range(4)]
     for _ in range(150):
