@@ -171,6 +171,27 @@ class EscalationStep(RequestModel):
     target: str | None = Field(default=None, min_length=1, max_length=500)
 
 
+def _one_window_of(schema: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON Schema alternatives for "exactly one window, given and not null": each
+    branch repeats that window's bounds, so generators keep to them."""
+    return [
+        {
+            "required": [name],
+            "properties": {
+                name: next(s for s in schema["properties"][name]["anyOf"] if s["type"] == "integer")
+            },
+        }
+        for name in ("window_seconds", "window_minutes")
+    ]
+
+
+def _usable_ladder(steps: list[EscalationStep]) -> list[EscalationStep]:
+    problem = ladder_problem([s.model_dump() for s in steps])
+    if problem:
+        raise PydanticCustomError("ladder", problem)
+    return steps
+
+
 class TimerCreate(RequestModel):
     lead_id: Id
     sla_contract_id: Id = "default"
@@ -211,17 +232,7 @@ class TimerCreate(RequestModel):
         # The rule in JSON Schema too: one window, given and not null (each
         # branch repeats that window's bounds, so generators keep to them).
         schema["description"] = "Exactly one of window_seconds and window_minutes is required."
-        schema["oneOf"] = [
-            {
-                "required": [name],
-                "properties": {
-                    name: next(
-                        s for s in schema["properties"][name]["anyOf"] if s["type"] == "integer"
-                    )
-                },
-            }
-            for name in ("window_seconds", "window_minutes")
-        ]
+        schema["oneOf"] = _one_window_of(schema)
 
     model_config = ConfigDict(json_schema_extra=_one_window)
 
@@ -236,13 +247,7 @@ class TimerCreate(RequestModel):
             )
         return value
 
-    @field_validator("escalation_steps")
-    @classmethod
-    def _usable_ladder(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
-        problem = ladder_problem([s.model_dump() for s in steps])
-        if problem:
-            raise PydanticCustomError("ladder", problem)
-        return steps
+    _usable_ladder = field_validator("escalation_steps")(_usable_ladder)
 
     @staticmethod
     def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
@@ -949,21 +954,7 @@ class LeadEventCreate(RequestModel):
                     "properties": {"type": {"enum": list(LEAD_START_TYPES)}},
                     "required": ["type"],
                 },
-                "then": {
-                    "oneOf": [
-                        {
-                            "required": [name],
-                            "properties": {
-                                name: next(
-                                    s
-                                    for s in schema["properties"][name]["anyOf"]
-                                    if s["type"] == "integer"
-                                )
-                            },
-                        }
-                        for name in ("window_seconds", "window_minutes")
-                    ]
-                },
+                "then": {"oneOf": _one_window_of(schema)},
             }
         ]
 
@@ -980,13 +971,7 @@ class LeadEventCreate(RequestModel):
             )
         return value
 
-    @field_validator("escalation_steps")
-    @classmethod
-    def _usable_ladder(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
-        problem = ladder_problem([s.model_dump() for s in steps])
-        if problem:
-            raise PydanticCustomError("ladder", problem)
-        return steps
+    _usable_ladder = field_validator("escalation_steps")(_usable_ladder)
 
     @staticmethod
     def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
