@@ -379,3 +379,67 @@ def test_a_single_start_survives_its_prepared_statement_being_dropped(engine, se
     client.start(lead_id="second")
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM sla_timers")).scalar() == 2
+
+
+def test_every_table_with_a_tenant_has_forced_row_level_security_and_both_policies(app):
+    """Found from the schema, so a new tenant table is covered without editing this test."""
+    from models.schema import metadata
+
+    tables = sorted(
+        name
+        for name, table in metadata.tables.items()
+        if "tenant_id" in table.c or name == "tenants"
+    )
+    assert {"webhook_subscriptions", "webhook_deliveries", "lead_events"} <= set(tables)
+    with app.extensions["sla"].engine.connect() as conn:
+        found = {
+            name: (enabled, forced)
+            for name, enabled, forced in conn.execute(
+                text(
+                    "SELECT relname, relrowsecurity, relforcerowsecurity FROM pg_class "
+                    "WHERE relname = ANY(:names) AND relkind = 'r'"
+                ),
+                {"names": tables},
+            )
+        }
+        policies = {
+            (table, policy)
+            for table, policy in conn.execute(
+                text("SELECT tablename, policyname FROM pg_policies WHERE tablename = ANY(:n)"),
+                {"n": tables},
+            )
+        }
+    for name in tables:
+        assert found[name] == (True, True), name
+        assert {(name, "tenant_isolation"), (name, "maintenance")} <= policies, name
+
+
+def test_webhook_rows_of_another_tenant_are_invisible_to_the_api_role(
+    app, engine, tenant, other_tenant
+):
+    """The fan-out trigger runs as the writer: a start by one tenant reaches only its own
+    subscriptions, and its deliveries are invisible to the other tenant."""
+    from models.signatures import new_secret
+
+    with engine.begin() as conn:
+        for tenant_id in (tenant[0], other_tenant[0]):
+            conn.execute(
+                text(
+                    "INSERT INTO webhook_subscriptions (tenant_id, url, secret) "
+                    "VALUES (:t, 'http://127.0.0.1:9/hook', :s)"
+                ),
+                {"t": tenant_id, "s": new_secret()},
+            )
+    Api(app.test_client(), tenant[1]).start(lead_id="isolated", window_seconds=60)
+    with engine.connect() as conn:  # the maintenance role sees everything
+        by_tenant = dict(
+            conn.execute(
+                text("SELECT tenant_id, count(*) FROM webhook_deliveries GROUP BY 1")
+            ).all()
+        )
+    assert by_tenant == {tenant[0]: 1}
+    with tenant_scope(app.extensions["sla"].engine, other_tenant[0]) as conn:
+        for table in ("webhook_subscriptions", "webhook_deliveries", "outbox_events"):
+            rows = conn.execute(text(f"SELECT tenant_id FROM {table}")).scalars().all()
+            assert set(rows) <= {other_tenant[0]}, table
+        assert conn.execute(text("SELECT count(*) FROM webhook_deliveries")).scalar() == 0
