@@ -153,6 +153,20 @@ def running(*services: Service):
             s.stop()
 
 
+def cpu_seconds(pids) -> float:
+    """User plus system CPU seconds of the processes ``pids`` (those gone count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
 def percentile(values: list[float], p: float) -> float:
     if not values:
         return float("nan")

@@ -23,7 +23,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from .common import BIN, Bench, Service, running, wait_for
+from .common import BIN, Bench, Service, cpu_seconds, running, wait_for
 
 QUICK = {
     "web_workers": 2,
@@ -239,15 +239,7 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         import psutil
 
-        def cpu(pids) -> float:
-            total = 0.0
-            for pid in pids:
-                try:
-                    t = psutil.Process(pid).cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            return total
+        cpu = cpu_seconds
 
         web = psutil.Process(self.web_pid)
         with self.bench.connect() as c:

@@ -37,7 +37,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from .common import ROOT, Bench, Service, percentile, running, seed_timers, worker
+from .common import ROOT, Bench, Service, cpu_seconds, percentile, running, seed_timers, worker
 from .receiver import ReceiverProcess
 
 QUICK = {
@@ -176,15 +176,7 @@ class CpuMeter:
     def _sample(self) -> dict[str, float]:
         import psutil
 
-        def cpu(pids) -> float:
-            total = 0.0
-            for pid in pids:
-                try:
-                    t = psutil.Process(pid).cpu_times()
-                    total += t.user + t.system
-                except psutil.Error:
-                    pass
-            return total
+        cpu = cpu_seconds
 
         def tree(pid: int) -> list[int]:
             try:
