@@ -89,6 +89,13 @@ RECORD_GATHER_S = 0.005
 # With nothing left to claim, look again at least this often (a kick, a
 # completion or a new message come sooner).
 IDLE_WAIT_S = 0.5
+# After a claim that found less than it asked for (the subscriptions' rooms
+# full, or nothing more due), claim again only once this many of the loop's
+# deliveries were recorded (freeing room), or after this long, or when kicked:
+# claiming at every completion kept PostgreSQL busy with claims that found
+# nothing, at ≈ 6 ms of database CPU per delivery with a 100,000-event backlog.
+CLAIM_AFTER_RECORDED = 16
+CLAIM_AFTER_S = 0.02
 # The lease covers a request (the timeout), its recording and a margin.
 LEASE_MARGIN_S = 10.0
 
@@ -330,6 +337,9 @@ def deliver_due(
     # Claimed and not yet recorded: being sent, or sent and waiting for the recorder.
     sending = unrecorded = 0
     brought_work = False  # the last claim found something
+    short = False  # the last claim found less than it asked for
+    last_claim = 0.0
+    recorded_since = 0  # deliveries recorded since the last claim
 
     def completed(future) -> None:
         courier.slots.give(1)
@@ -341,9 +351,17 @@ def deliver_due(
 
     try:
         while True:
-            claiming = time.monotonic() < deadline
+            now_s = time.monotonic()
+            claiming = now_s < deadline
             asked = claimed = 0
-            if claiming:
+            ready = (
+                not short
+                or loop.kicked
+                or sending + unrecorded == 0
+                or recorded_since >= CLAIM_AFTER_RECORDED
+                or now_s - last_claim >= CLAIM_AFTER_S
+            )
+            if claiming and ready:
                 asked = courier.slots.take(settings.delivery_batch_size)
             if asked:
                 loop.kicked = False
@@ -358,6 +376,7 @@ def deliver_due(
                 claimed = len(rows)
                 courier.slots.give(asked - claimed)
                 brought_work = claimed > 0
+                short, last_claim, recorded_since = claimed < asked, time.monotonic(), 0
                 report.claims += 1
                 report.claimed += claimed
                 sending += claimed
@@ -376,7 +395,12 @@ def deliver_due(
             # A claim that filled every slot asked for leaves work behind: hand
             # what is done to the recorder and claim again soon. Otherwise wait
             # for a completion (or a recording, or a kick).
-            wait = RECORD_GATHER_S if claimed and claimed == asked else IDLE_WAIT_S
+            if claimed and claimed == asked:
+                wait = RECORD_GATHER_S
+            elif short and claiming:  # wake in time to claim again
+                wait = max(0.001, CLAIM_AFTER_S - (time.monotonic() - last_claim))
+            else:
+                wait = IDLE_WAIT_S
             outcomes = []
             for item in _gather(loop.done, wait, sending + unrecorded):
                 if isinstance(item, Outcome):
@@ -388,6 +412,7 @@ def deliver_due(
                     if item.error is not None:
                         raise item.error
                     unrecorded -= item.count
+                    recorded_since += item.count
             if outcomes:
                 unrecorded += len(outcomes)
                 recorder.add(outcomes)
