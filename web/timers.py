@@ -252,7 +252,7 @@ def _finish(timer_id: UUID, verb: str, reason: str | None):
         if row is None:
             raise not_found("timer")
         timer = _with_escalations(conn, [row])[0]
-    wake_delivery()  # after the commit of its event, if it wrote one
+    wake_delivery()  # after the commit of its event (a repeat wrote none: a cheap no-op)
     return json_response(timer)
 
 
