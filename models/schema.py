@@ -15,7 +15,9 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -37,10 +39,12 @@ metadata = MetaData(
     }
 )
 
-TIMER_STATUSES = ("ACTIVE", "DUE", "ESCALATED", "CANCELLED", "COMPLETED")
-OPEN_STATUSES = ("ACTIVE", "DUE", "ESCALATED")
+TIMER_STATUSES = ("ACTIVE", "DUE", "ESCALATED", "CANCELLED", "COMPLETED", "PAUSED")
+# PAUSED is open: a paused timer still holds its lead and contract.
+OPEN_STATUSES = ("ACTIVE", "DUE", "ESCALATED", "PAUSED")
 PROCESSING_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
 STEP_OUTCOMES = ("SUCCESS", "FAILED", "SKIPPED")
+WARNING_OUTCOMES = ("SENT", "SKIPPED")
 EVENT_TYPES = (
     "sla.timer.started",
     "sla.timer.due",
@@ -50,6 +54,9 @@ EVENT_TYPES = (
     "sla.timer.failed",
     "sla.timer.retried",
     "webhook.disabled",
+    "sla.timer.warning",
+    "sla.timer.paused",
+    "sla.timer.resumed",
 )
 DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
 LEAD_EVENT_OUTCOMES = ("started", "completed", "cancelled", "ignored")
@@ -127,6 +134,27 @@ sla_timers = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     Column("completed_at", DateTime(timezone=True)),
     Column("cancelled_at", DateTime(timezone=True)),
+    # The contract version the timer started under (NULL: no contract) and the
+    # resolved policy it follows, for audit: later contract edits never reach it.
+    Column("contract_version", Integer),
+    Column("contract_snapshot", JSONB),
+    # The business-hours calendar it counts in (models/calendars.py); NULL: every hour.
+    Column("calendar", JSONB),
+    # Percentages of the window; warnings_done counts those recorded (sent or
+    # skipped), in ascending order, as steps_done does for the ladder.
+    Column(
+        "warning_thresholds", ARRAY(Integer), nullable=False, server_default=text("'{}'::integer[]")
+    ),
+    Column("warnings_done", Integer, nullable=False, server_default="0"),
+    # A pause: when, why, and the status a resume returns to. paused_seconds is
+    # the wall time paused in total; shift_seconds the working time the schedule
+    # moved by (every pending instant is offset + shift_seconds of working time
+    # after started_at).
+    Column("paused_at", DateTime(timezone=True)),
+    Column("pause_reason", Text),
+    Column("paused_from", Text),
+    Column("paused_seconds", Float, nullable=False, server_default="0"),
+    Column("shift_seconds", Float, nullable=False, server_default="0"),
     CheckConstraint(_in("status", TIMER_STATUSES), name="status"),
     CheckConstraint(_in("processing_status", PROCESSING_STATUSES), name="processing_status"),
     CheckConstraint("window_seconds > 0", name="window_positive"),
@@ -158,7 +186,7 @@ sla_timers = Table(
         "lead_id",
         "sla_contract_id",
         unique=True,
-        postgresql_where=text("status IN ('ACTIVE', 'DUE', 'ESCALATED')"),
+        postgresql_where=text(_in("status", OPEN_STATUSES)),
     ),
     # Room on each page for the claim's in-place (HOT) update.
     postgresql_with={"fillfactor": 80},
@@ -177,6 +205,8 @@ sla_escalation_events = Table(
         nullable=False,
     ),
     Column("escalation_step", Integer, nullable=False),
+    # 0 for a step's first run, then 1, 2... for its repeats.
+    Column("repeat", Integer, nullable=False, server_default="0"),
     Column("executed_at", DateTime(timezone=True), nullable=False),
     Column("outcome", Text, nullable=False),
     Column("escalation_config", JSONB, nullable=False),
@@ -186,8 +216,97 @@ sla_escalation_events = Table(
     CheckConstraint(_in("outcome", STEP_OUTCOMES), name="outcome"),
     # The exactly-once guarantee for steps lives here, not in application code.
     # It also serves the lookup of a timer's steps (by tenant and timer).
-    UniqueConstraint("tenant_id", "timer_id", "escalation_step"),
+    UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
     UniqueConstraint("tenant_id", "idempotency_key"),
+)
+
+# Warnings before breach: one row per (timer, threshold), SENT when its event
+# was written or SKIPPED (already past at the start, or overtaken by due). The
+# primary key is the exactly-once guarantee of warnings.
+sla_timer_warnings = Table(
+    "sla_timer_warnings",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "timer_id",
+        UUID(as_uuid=True),
+        ForeignKey("sla_timers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("threshold", Integer, primary_key=True),
+    Column("outcome", Text, nullable=False),
+    # The instant the warning was for, and when it was recorded.
+    Column("scheduled_at", DateTime(timezone=True), nullable=False),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("correlation_id", Text, nullable=False),
+    CheckConstraint(_in("outcome", WARNING_OUTCOMES), name="outcome"),
+    CheckConstraint("threshold > 0 AND threshold < 100", name="threshold_range"),
+)
+
+# A tenant's business-hours calendars (models/calendars.py), by the tenant's own id.
+calendars = Table(
+    "calendars",
+    metadata,
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("calendar_id", Text, primary_key=True),
+    Column("timezone", Text, nullable=False),
+    # {"mon": [["09:00", "17:00"]], ...}
+    Column("weekly_hours", JSONB, nullable=False),
+    # Explicit dates ("2026-12-24"), added to the country's holidays.
+    Column("holidays", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("holiday_country", Text),
+    Column("holiday_subdivision", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+)
+
+# A contract names its current version; each PUT writes version N+1. Retired
+# contracts start no timers; running ones keep their snapshot.
+sla_contracts = Table(
+    "sla_contracts",
+    metadata,
+    Column(
+        "tenant_id",
+        UUID(as_uuid=True),
+        ForeignKey("tenants.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("contract_id", Text, primary_key=True),
+    Column("current_version", Integer, nullable=False),
+    Column("retired_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+)
+
+sla_contract_versions = Table(
+    "sla_contract_versions",
+    metadata,
+    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
+    Column("contract_id", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("window_seconds", Integer, nullable=False),
+    Column("calendar_id", Text),
+    Column(
+        "warning_thresholds", ARRAY(Integer), nullable=False, server_default=text("'{}'::integer[]")
+    ),
+    Column("escalation_steps", JSONB, nullable=False),
+    # Lead event types that pause and resume the contract's timers.
+    Column("pause_on", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("resume_on", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    CheckConstraint("window_seconds > 0", name="window_positive"),
+    CheckConstraint("version > 0", name="version_positive"),
+    ForeignKeyConstraint(
+        ["tenant_id", "contract_id"],
+        ["sla_contracts.tenant_id", "sla_contracts.contract_id"],
+        ondelete="CASCADE",
+    ),
 )
 
 outbox_events = Table(
