@@ -17,11 +17,9 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
-    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
-    MetaData,
     Table,
     Text,
     UniqueConstraint,
@@ -29,22 +27,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-        "ck": "ck_%(table_name)s_%(constraint_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+from .schema_base import in_ as _in
+from .schema_base import metadata
+from .schema_base import now as _now
 
 TIMER_STATUSES = ("ACTIVE", "DUE", "ESCALATED", "CANCELLED", "COMPLETED", "PAUSED")
 # PAUSED is open: a paused timer still holds its lead and contract.
 OPEN_STATUSES = ("ACTIVE", "DUE", "ESCALATED", "PAUSED")
 PROCESSING_STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED")
 STEP_OUTCOMES = ("SUCCESS", "FAILED", "SKIPPED")
-WARNING_OUTCOMES = ("SENT", "SKIPPED")
 EVENT_TYPES = (
     "sla.timer.started",
     "sla.timer.due",
@@ -62,14 +53,6 @@ DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
 LEAD_EVENT_OUTCOMES = ("started", "completed", "cancelled", "ignored")
 # The feed's position of an event: its writing transaction's id (a 64-bit xid8).
 TXID = text("(pg_current_xact_id())::text::bigint")
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-def _now():
-    return text("now()")
 
 
 tenants = Table(
@@ -218,95 +201,6 @@ sla_escalation_events = Table(
     # It also serves the lookup of a timer's steps (by tenant and timer).
     UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
     UniqueConstraint("tenant_id", "idempotency_key"),
-)
-
-# Warnings before breach: one row per (timer, threshold), SENT when its event
-# was written or SKIPPED (already past at the start, or overtaken by due). The
-# primary key is the exactly-once guarantee of warnings.
-sla_timer_warnings = Table(
-    "sla_timer_warnings",
-    metadata,
-    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
-    Column(
-        "timer_id",
-        UUID(as_uuid=True),
-        ForeignKey("sla_timers.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("threshold", Integer, primary_key=True),
-    Column("outcome", Text, nullable=False),
-    # The instant the warning was for, and when it was recorded.
-    Column("scheduled_at", DateTime(timezone=True), nullable=False),
-    Column("recorded_at", DateTime(timezone=True), nullable=False),
-    Column("correlation_id", Text, nullable=False),
-    CheckConstraint(_in("outcome", WARNING_OUTCOMES), name="outcome"),
-    CheckConstraint("threshold > 0 AND threshold < 100", name="threshold_range"),
-)
-
-# A tenant's business-hours calendars (models/calendars.py), by the tenant's own id.
-calendars = Table(
-    "calendars",
-    metadata,
-    Column(
-        "tenant_id",
-        UUID(as_uuid=True),
-        ForeignKey("tenants.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("calendar_id", Text, primary_key=True),
-    Column("timezone", Text, nullable=False),
-    # {"mon": [["09:00", "17:00"]], ...}
-    Column("weekly_hours", JSONB, nullable=False),
-    # Explicit dates ("2026-12-24"), added to the country's holidays.
-    Column("holidays", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
-    Column("holiday_country", Text),
-    Column("holiday_subdivision", Text),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-)
-
-# A contract names its current version; each PUT writes version N+1. Retired
-# contracts start no timers; running ones keep their snapshot.
-sla_contracts = Table(
-    "sla_contracts",
-    metadata,
-    Column(
-        "tenant_id",
-        UUID(as_uuid=True),
-        ForeignKey("tenants.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("contract_id", Text, primary_key=True),
-    Column("current_version", Integer, nullable=False),
-    Column("retired_at", DateTime(timezone=True)),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-)
-
-sla_contract_versions = Table(
-    "sla_contract_versions",
-    metadata,
-    Column("tenant_id", UUID(as_uuid=True), primary_key=True),
-    Column("contract_id", Text, primary_key=True),
-    Column("version", Integer, primary_key=True),
-    Column("name", Text, nullable=False),
-    Column("window_seconds", Integer, nullable=False),
-    Column("calendar_id", Text),
-    Column(
-        "warning_thresholds", ARRAY(Integer), nullable=False, server_default=text("'{}'::integer[]")
-    ),
-    Column("escalation_steps", JSONB, nullable=False),
-    # Lead event types that pause and resume the contract's timers.
-    Column("pause_on", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
-    Column("resume_on", ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
-    Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
-    CheckConstraint("window_seconds > 0", name="window_positive"),
-    CheckConstraint("version > 0", name="version_positive"),
-    ForeignKeyConstraint(
-        ["tenant_id", "contract_id"],
-        ["sla_contracts.tenant_id", "sla_contracts.contract_id"],
-        ondelete="CASCADE",
-    ),
 )
 
 outbox_events = Table(
@@ -482,3 +376,10 @@ lead_events = Table(
         "occurred_at",
     ),
 )
+
+# The SLA policy's tables (warnings, calendars, contracts) register on the same
+# metadata from their own module; imported here so one import sees them all.
+from .schema_policies import calendars as calendars  # noqa: E402
+from .schema_policies import sla_contract_versions as sla_contract_versions  # noqa: E402
+from .schema_policies import sla_contracts as sla_contracts  # noqa: E402
+from .schema_policies import sla_timer_warnings as sla_timer_warnings  # noqa: E402

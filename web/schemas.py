@@ -365,6 +365,7 @@ class TenantCreate(RequestModel):
 
 class Escalation(ResponseModel):
     step: int
+    repeat: int = Field(0, description="0 for the step's first run, then 1, 2... for repeats.")
     executed_at: UtcDatetime
     outcome: StepOutcome
     error: str | None
@@ -400,12 +401,27 @@ class Timer(ResponseModel):
     cancelled_at: UtcDatetime | None
     breached: bool | None = Field(description="Set when completed: true if after due_at.")
     escalations: list[Escalation] = Field(description="Steps recorded so far, in step order.")
+    contract_version: int | None = Field(
+        None, description="The contract version the timer follows; null without a contract."
+    )
+    contract_snapshot: dict[str, Any] | None = Field(
+        None,
+        description="The resolved policy the timer started under (contract id and version, "
+        "window, calendar, warning thresholds, steps), for audit.",
+    )
+    warning_thresholds: list[int] = Field(
+        default_factory=list, description="Warnings before breach, as percentages of the window."
+    )
+    paused_at: UtcDatetime | None = Field(None, description="Set while PAUSED.")
+    pause_reason: str | None = None
+    paused_seconds: float = Field(0, description="Wall time spent paused, in total.")
 
     @classmethod
     def from_row(cls, row: dict[str, Any], escalations: list[dict[str, Any]]) -> Timer:
         steps = [
             {
                 "step": e["escalation_step"],
+                "repeat": e.get("repeat", 0),
                 "executed_at": e["executed_at"],
                 "outcome": e["outcome"],
                 "error": e["error_message"],

@@ -1,7 +1,7 @@
 -- Lead events: POST /v1/lead-events' record of every event, and the lead's
 -- history that orders late ones (models/lead_events.py, models/lead_rules.py).
 --
--- "Open" is status IN ('ACTIVE', 'DUE', 'ESCALATED'), as in timers.sql.
+-- "Open" is status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED'), as in timers.sql.
 
 -- name: lock
 -- Take the locks of an event's lead and contract and of its id; the database's clock after them.
@@ -30,7 +30,7 @@ SELECT clock_timestamp() AS now FROM locked
 WITH open AS MATERIALIZED (
     SELECT id, started_at FROM sla_timers
     WHERE tenant_id = :tenant AND lead_id = :lead AND sla_contract_id = :contract
-      AND status IN ('ACTIVE', 'DUE', 'ESCALATED')
+      AND status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
     FOR UPDATE
 )
 SELECT

@@ -6,7 +6,7 @@
 -- an instant in :now, production passes NULL. now() (the transaction's start)
 -- rather than clock_timestamp(): it is stable within a statement.
 --
--- "Open" is status IN ('ACTIVE', 'DUE', 'ESCALATED'), spelled out so the
+-- "Open" is status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED'), spelled out so the
 -- planner matches the open-timer partial index; models.schema.OPEN_STATUSES
 -- holds the same list (a unit test compares them).
 
@@ -101,12 +101,12 @@ WITH found AS MATERIALIZED (
     CROSS JOIN LATERAL (
         SELECT s.id FROM sla_timers s
         WHERE s.tenant_id = :tenant AND s.lead_id = p.lead_id
-          AND s.sla_contract_id = p.contract AND s.status IN ('ACTIVE', 'DUE', 'ESCALATED')
+          AND s.sla_contract_id = p.contract AND s.status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
         LIMIT 1
     ) AS o
 )
 SELECT t.* FROM sla_timers t
-WHERE t.id = ANY(ARRAY(SELECT id FROM found)) AND t.status IN ('ACTIVE', 'DUE', 'ESCALATED')
+WHERE t.id = ANY(ARRAY(SELECT id FROM found)) AND t.status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
 ORDER BY t.id
 FOR UPDATE
 
@@ -157,12 +157,12 @@ ORDER BY id  -- the firing path locks in id order too: no deadlock
 FOR UPDATE
 
 -- name: escalations_for
--- The step rows of several of a tenant's timers, in step order.
-SELECT timer_id, escalation_step, executed_at, outcome, error_message,
+-- The step rows of several of a tenant's timers, in the order they were recorded.
+SELECT timer_id, escalation_step, repeat, executed_at, outcome, error_message,
        escalation_config
 FROM sla_escalation_events
 WHERE tenant_id = :tenant AND timer_id = ANY(:ids)
-ORDER BY timer_id, escalation_step
+ORDER BY timer_id, executed_at, escalation_step, repeat
 
 -- name: list_timers
 -- A page of a tenant's timers, newest first, keyset-paginated on (created_at, id).

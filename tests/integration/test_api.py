@@ -63,6 +63,12 @@ def test_start_returns_the_timer_and_its_location(api):
         "cancelled_at": None,
         "breached": None,
         "escalations": [],
+        "contract_version": None,
+        "contract_snapshot": None,
+        "warning_thresholds": [],
+        "paused_at": None,
+        "pause_reason": None,
+        "paused_seconds": 0,
     }
     assert timer["created_at"].endswith("Z")
 

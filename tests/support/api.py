@@ -29,6 +29,12 @@ TIMER_FIELDS = {
     "cancelled_at",
     "breached",
     "escalations",
+    "contract_version",
+    "contract_snapshot",
+    "warning_thresholds",
+    "paused_at",
+    "pause_reason",
+    "paused_seconds",
 }
 
 
