@@ -50,7 +50,7 @@ EVENT_TYPES = (
     "sla.timer.resumed",
 )
 DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED")
-LEAD_EVENT_OUTCOMES = ("started", "completed", "cancelled", "ignored")
+LEAD_EVENT_OUTCOMES = ("started", "completed", "cancelled", "ignored", "paused", "resumed")
 # The feed's position of an event: its writing transaction's id (a 64-bit xid8).
 TXID = text("(pg_current_xact_id())::text::bigint")
 

@@ -20,7 +20,8 @@ warnings before breach, repeating escalation steps
   the exactly-once key becomes (tenant, timer, step, repeat).
 - ``sla_timer_warnings``: one row per (timer, threshold), SENT or SKIPPED: the
   exactly-once key of warnings.
-- Event types ``sla.timer.warning``, ``sla.timer.paused`` and ``sla.timer.resumed``.
+- Event types ``sla.timer.warning``, ``sla.timer.paused`` and ``sla.timer.resumed``;
+  lead event outcomes ``paused`` and ``resumed`` (a contract's pause_on/resume_on).
 
 Row-level security on the new tables as 0005 sets it up.
 
@@ -59,6 +60,8 @@ _STATUSES_BEFORE = ("ACTIVE", "DUE", "ESCALATED", "CANCELLED", "COMPLETED")
 _STATUSES_AFTER = (*_STATUSES_BEFORE, "PAUSED")
 _OPEN_BEFORE = ("ACTIVE", "DUE", "ESCALATED")
 _OPEN_AFTER = (*_OPEN_BEFORE, "PAUSED")
+_LEAD_OUTCOMES_BEFORE = ("started", "completed", "cancelled", "ignored")
+_LEAD_OUTCOMES_AFTER = (*_LEAD_OUTCOMES_BEFORE, "paused", "resumed")
 
 # table -> privileges of sla_app
 TABLES = {
@@ -282,6 +285,7 @@ def upgrade() -> None:
     )
 
     _check("outbox_events", "event_type", _in("event_type", _EVENTS_AFTER))
+    _check("lead_events", "outcome", _in("outcome", _LEAD_OUTCOMES_AFTER))
 
     # ---- row-level security, as 0005
     for table, app_privileges in TABLES.items():
@@ -318,6 +322,8 @@ def downgrade() -> None:
         "('sla.timer.warning', 'sla.timer.paused', 'sla.timer.resumed')"
     )
     _check("outbox_events", "event_type", _in("event_type", _EVENTS_BEFORE))
+    op.execute("DELETE FROM lead_events WHERE outcome IN ('paused', 'resumed')")
+    _check("lead_events", "outcome", _in("outcome", _LEAD_OUTCOMES_BEFORE))
     op.drop_table("sla_timer_warnings")
 
     op.execute("DELETE FROM sla_escalation_events WHERE repeat > 0")
