@@ -22,6 +22,8 @@ from pathlib import Path
 from .errors import ConfigError  # raised here; defined with the service's other errors
 
 ENV_FILE = Path(__file__).resolve().parent.parent / ".env"
+# A repeating escalation step without max_repeats runs at most this many more times.
+DEFAULT_MAX_STEP_REPEATS = 100
 
 
 def normalize_database_url(url: str) -> str:
@@ -175,6 +177,10 @@ class Settings:
     # Deliveries one claim takes, and concurrent requests per worker process.
     delivery_batch_size: int = 500
     delivery_concurrency: int = 64
+    # The most a repeating step repeats (SLA_MAX_STEP_REPEATS): the bound of an
+    # open-ended repeat and of max_repeats. Keep it fixed while timers run: a
+    # fire counts its runs in the order this bound gives (models/sla.py).
+    max_step_repeats: int = DEFAULT_MAX_STEP_REPEATS
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -225,6 +231,9 @@ class Settings:
             webhook_failing_in_flight=_int(env, "SLA_WEBHOOK_FAILING_IN_FLIGHT", 2, minimum=1),
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
             delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
+            max_step_repeats=_int(
+                env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1
+            ),
         )
         if not _QUEUE.fullmatch(settings.queue):
             raise ConfigError(

@@ -3,9 +3,12 @@
 Each key names one event per (timer, kind[, n]); the unique index on
 ``(tenant_id, idempotency_key)`` turns a second write of the same event into a
 no-op, whatever path or race produced it. ``n`` is the step for step events
-and, for failed and retried events, the timer's ``retries`` (how many times a
-dead letter was re-armed): a timer can be dead-lettered, retried and
-dead-lettered again, and each of these gets its own event.
+(a repeat adds ``:r<repeat>``: ``<timer>:step:2:r3``), the threshold for
+warnings, the pause's instant (epoch microseconds) for paused and resumed
+events (a resume names the pause it ends) and, for failed and retried
+events, the timer's ``retries`` (how many times a dead letter was re-armed): a
+timer can be dead-lettered, retried and dead-lettered again, and each of these
+gets its own event.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ CANCELLED = "sla.timer.cancelled"
 COMPLETED = "sla.timer.completed"
 FAILED = "sla.timer.failed"
 RETRIED = "sla.timer.retried"
+WARNING = "sla.timer.warning"
+PAUSED = "sla.timer.paused"
+RESUMED = "sla.timer.resumed"
 
 _KIND = {
     STARTED: "started",
@@ -31,14 +37,27 @@ _KIND = {
     COMPLETED: "completed",
     FAILED: "failed",
     RETRIED: "retried",
+    WARNING: "warning",
+    PAUSED: "paused",
+    RESUMED: "resumed",
 }
 # Numbered by the timer's retries counter, not fixed for the timer's life.
 PER_RETRY = (FAILED, RETRIED)
 
 
-def event_key(timer_id: UUID | str, event_type: str, n: int | None = None) -> str:
+def event_key(
+    timer_id: UUID | str, event_type: str, n: int | None = None, *, repeat: int = 0
+) -> str:
     key = f"{timer_id}:{_KIND[event_type]}"
-    return key if n is None else f"{key}:{n}"
+    if n is not None:
+        key = f"{key}:{n}"
+    # A step's first run keeps the key it always had; its repeats get their own.
+    return f"{key}:r{repeat}" if repeat else key
+
+
+def pause_key(paused_at: datetime) -> int:
+    """Numbers a pause and the resume that ends it (epoch microseconds)."""
+    return round(paused_at.timestamp() * 1_000_000)
 
 
 def timer_event(
@@ -47,6 +66,7 @@ def timer_event(
     occurred_at: datetime,
     *,
     step: int | None = None,
+    repeat: int = 0,
     **extra: Any,
 ) -> dict[str, Any]:
     """An outbox row for ``timer`` (a mapping with the sla_timers columns).
@@ -73,6 +93,6 @@ def timer_event(
         "event_type": event_type,
         "payload": payload,
         "correlation_id": timer["correlation_id"],
-        "idempotency_key": event_key(timer["id"], event_type, step),
+        "idempotency_key": event_key(timer["id"], event_type, step, repeat=repeat),
         "created_at": occurred_at,
     }

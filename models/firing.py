@@ -70,9 +70,12 @@ def apply_fired(
     step_events: Sequence[Mapping[str, Any]],
     updates: Sequence[Mapping[str, Any]],
     now: datetime,
+    warnings: Sequence[Mapping[str, Any]] = (),
+    warning_events: Sequence[Mapping[str, Any]] = (),
 ) -> set[UUID]:
-    """Write a planned batch (events, step rows with their events, new timer
-    states) in one statement; returns the ids of the timers it applied to."""
+    """Write a planned batch (warning rows, events, step rows, each row's event
+    only if the row is new, and the new timer states) in one statement;
+    returns the ids of the timers it applied to."""
     result = conn.execute(
         SQL.apply_fired.text,
         {
@@ -83,6 +86,8 @@ def apply_fired(
             "steps": to_json(steps),
             "step_events": to_json(step_events),
             "updates": to_json(updates),
+            "warnings": to_json(warnings),
+            "warning_events": to_json(warning_events),
         },
     )
     return set(result.scalars())

@@ -7,8 +7,9 @@ holds the timer's row lock and has checked that its claim is still valid (a
 timer cancelled or rescued since its claim runs nothing). Each call gets a
 :class:`StepContext`: the transaction's connection (what the action writes
 through it commits with the step row, or not at all), the timer, the step and
-the step's idempotency key ``<timer>:step:<n>``, which stays the same on every
-attempt so that external side effects can be deduplicated by the receiver.
+the step's idempotency key ``<timer>:step:<n>`` (``<timer>:step:<n>:r<k>`` for
+its k-th repeat), which stays the same on every attempt so that external side
+effects can be deduplicated by the receiver.
 
 - returning records the step SUCCESS;
 - raising :class:`StepCannotRun` records the step FAILED and the ladder goes
@@ -44,8 +45,10 @@ class StepContext:
     conn: Connection
     timer: Mapping[str, Any]
     step: Step
-    # "<timer>:step:<n>", the same on every attempt of this step.
+    # "<timer>:step:<n>" (":r<k>" added for a repeat), the same on every attempt of this run.
     idempotency_key: str
+    # 0 for the step's first run, k for its k-th repeat.
+    repeat: int = 0
 
 
 Action = Callable[[StepContext], None]

@@ -7,13 +7,14 @@ Per batch:
    The database's clock decides what is due and when the lease ends, and its
    time of the claim is the batch's "now" (what has come due, ``executed_at``,
    the events' ``created_at``);
-2. plan each timer (pure);
+2. plan each timer (pure, models/sla.py: its warnings, whether it became due,
+   its (step, repeat) runs; calendars count business time);
 3. in one transaction:
    - timers with a registered in-process action among their due steps
      ("action timers") are locked first and their token checked, before any
      action runs; a timer that lost its claim runs nothing;
-   - the other timers are written in one statement (due events, step rows with
-     their events, new states) that only touches rows still carrying our
+   - the other timers are written in one statement (warning rows, due events,
+     step rows, the rows' events, new states) that only touches rows still carrying our
      token: the fast path of a burst, one round trip for the whole batch;
    - then each action timer, under its own savepoint: its actions (each given
      the transaction's connection and the step's idempotency key), then its
@@ -21,8 +22,9 @@ Per batch:
      failure counts an attempt and the retry resumes at the failed step.
    commit.
 
-Exactly-once steps rest on the database: a step row is unique per (timer,
-step) and its event is written only when the row is. Duplicate wake-ups,
+Exactly-once warnings and steps rest on the database: a warning row is unique
+per (timer, threshold), a step row per (timer, step, repeat), and the event of
+either is written only when its row is. Duplicate wake-ups,
 concurrent sweepers and re-claims after a lease expiry can at worst do
 nothing. An action runs again only if the transaction that records its step
 is lost after it ran (the process or its connection dies inside the step).
@@ -62,7 +64,15 @@ from models import events
 from models import firing as firing_sql
 from models.config import Settings
 from models.errors import connection_lost
-from models.sla import FirePlan, Step, backoff_seconds, ladder, plan_fire
+from models.sla import (
+    SENT,
+    FirePlan,
+    StepRun,
+    backoff_seconds,
+    ladder,
+    plan_fire,
+    schedule_of,
+)
 
 from .escalation import StepContext, has_action, run_step
 
@@ -94,6 +104,8 @@ class FireReport:
     claimed: int = 0
     became_due: int = 0
     steps: int = 0
+    # Warning rows written (sent or skipped).
+    warnings: int = 0
     failures: int = 0
     dead_lettered: int = 0
     # Claims given back without an attempt (transient errors, an interrupted batch).
@@ -110,6 +122,8 @@ class FireReport:
 
 @dataclass
 class _BatchWrites:
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    warning_events: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     step_events: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +133,8 @@ class _BatchWrites:
     timers: dict[UUID, Mapping[str, Any]] = field(default_factory=dict)
 
     def add(self, other: _BatchWrites) -> None:
+        self.warnings += other.warnings
+        self.warning_events += other.warning_events
         self.events += other.events
         self.steps += other.steps
         self.step_events += other.step_events
@@ -128,6 +144,8 @@ class _BatchWrites:
     def of(self, timer_id: UUID) -> _BatchWrites:
         """This batch's writes for one timer."""
         return _BatchWrites(
+            warnings=[w for w in self.warnings if w["timer_id"] == timer_id],
+            warning_events=[e for e in self.warning_events if e["timer_id"] == timer_id],
             events=[e for e in self.events if e["timer_id"] == timer_id],
             steps=[s for s in self.steps if s["timer_id"] == timer_id],
             step_events=[e for e in self.step_events if e["timer_id"] == timer_id],
@@ -193,7 +211,7 @@ def fire_claimed(
 ) -> None:
     """Plan and write timers claimed under ``token`` (as ``claim_due`` returned
     them) at ``at``, the database's time of the claim."""
-    planned = [_plan(timer, at) for timer in timers]
+    planned = [_plan(timer, at, settings) for timer in timers]
     interrupt: BaseException | None = None
     try:
         with engine.begin() as conn:
@@ -274,23 +292,33 @@ def _fire_acting(
     at all."""
     timer, plan = p.timer, p.plan
     assert plan is not None
-    outcomes: list[tuple[Step, str, str | None]] = []
+    outcomes: list[tuple[StepRun, str, str | None]] = []
     failure: BaseException | None = None
     savepoint = conn.begin_nested()
     try:
-        for step in plan.steps:
-            key = events.event_key(timer["id"], events.ESCALATION_TRIGGERED, step.step)
-            ctx = StepContext(conn=conn, timer=timer, step=step, idempotency_key=key)
+        for run in plan.steps:
+            key = events.event_key(
+                timer["id"], events.ESCALATION_TRIGGERED, run.step.step, repeat=run.repeat
+            )
+            ctx = StepContext(
+                conn=conn, timer=timer, step=run.step, idempotency_key=key, repeat=run.repeat
+            )
             try:
-                report.actions += has_action(step.action)
+                report.actions += has_action(run.step.action)
                 outcome = run_step(ctx)
             except BaseException as exc:  # time limits and shutdowns included
                 if isinstance(exc, DBAPIError) and (connection_lost(exc) or is_transient(exc)):
                     raise  # an outage, or a transient error: not this timer's attempt
-                log.warning("timer %s step %d failed: %r", timer["id"], step.step, exc)
+                log.warning(
+                    "timer %s step %d (repeat %d) failed: %r",
+                    timer["id"],
+                    run.step.step,
+                    run.repeat,
+                    exc,
+                )
                 failure = exc
                 break
-            outcomes.append((step, *outcome))
+            outcomes.append((run, *outcome))
         _apply_one(conn, token, at, _writes_for(p, outcomes, failure, at, settings), report)
     except DBAPIError as exc:
         if connection_lost(exc):
@@ -402,6 +430,8 @@ def _apply_one(
             step_events=writes.step_events,
             updates=writes.updates,
             now=at,
+            warnings=writes.warnings,
+            warning_events=writes.warning_events,
         ),
     )
     _count(writes, applied, report)
@@ -414,6 +444,7 @@ def _count(writes: _BatchWrites, applied: set[UUID], report: FireReport) -> None
         e["event_type"] == events.DUE and e["timer_id"] in applied for e in writes.events
     )
     report.steps += sum(s["timer_id"] in applied for s in writes.steps)
+    report.warnings += sum(w["timer_id"] in applied for w in writes.warnings)
     report.failures += sum(u["attempts"] > 0 and u["id"] in applied for u in writes.updates)
     report.dead_lettered += sum(
         u["processing_status"] == "FAILED" and u["id"] in applied for u in writes.updates
@@ -423,48 +454,55 @@ def _count(writes: _BatchWrites, applied: set[UUID], report: FireReport) -> None
     )
 
 
-def _plan(timer: Mapping[str, Any], at: datetime) -> _Planned:
+def _plan(timer: Mapping[str, Any], at: datetime, settings: Settings) -> _Planned:
     try:
-        steps = ladder(timer["escalation_steps"])
         plan = plan_fire(
             status=timer["status"],
-            due=timer["due_at"],
-            steps=steps,
+            schedule=schedule_of(timer),
+            steps=ladder(timer["escalation_steps"]),
             steps_done=timer["steps_done"],
             now=at,
+            thresholds=timer.get("warning_thresholds") or (),
+            warnings_done=timer.get("warnings_done") or 0,
+            created_at=timer.get("created_at"),
+            repeat_cap=settings.max_step_repeats,
         )
     except Exception as exc:  # a malformed snapshot: retried, then dead-lettered
         log.warning("timer %s cannot be planned: %s", timer["id"], exc)
         return _Planned(timer, error=exc)
-    return _Planned(timer, plan, runs_actions=any(has_action(s.action) for s in plan.steps))
+    return _Planned(timer, plan, runs_actions=any(has_action(r.step.action) for r in plan.steps))
 
 
 def _writes_for(
     p: _Planned,
-    outcomes: Sequence[tuple[Step, str, str | None]],
+    outcomes: Sequence[tuple[StepRun, str, str | None]],
     failure: BaseException | None,
     at: datetime,
     settings: Settings,
 ) -> _BatchWrites:
-    """What one timer's fire writes. ``outcomes`` are its run steps' outcomes
-    (for a timer without actions: none, and every due step is a SUCCESS);
-    ``failure`` what stopped its steps, if anything."""
+    """What one timer's fire writes. ``outcomes`` are its runs' outcomes (for
+    a timer without actions: none, and every due run is a SUCCESS);
+    ``failure`` what stopped its runs, if anything."""
     timer, plan = p.timer, p.plan
     writes = _BatchWrites(timers={timer["id"]: timer})
     if plan is None:
         _plan_failure(timer, p.error or RuntimeError("no plan"), at, settings, writes)
         return writes
     if not outcomes and failure is None:
-        outcomes = [(step, "SUCCESS", None) for step in plan.steps]
+        outcomes = [(run, "SUCCESS", None) for run in plan.steps]
+    if plan.warnings:
+        _warning_writes(timer, plan, at, writes)
     if plan.became_due:
         writes.events.append(events.timer_event(timer, events.DUE, at))
-    for step, outcome, error in outcomes:
+    for seq, (run, outcome, error) in enumerate(outcomes, start=1):
+        step = run.step
         writes.steps.append(
             {
                 "tenant_id": timer["tenant_id"],
                 "lead_id": timer["lead_id"],
                 "timer_id": timer["id"],
                 "escalation_step": step.step,
+                "repeat": run.repeat,
                 "outcome": outcome,
                 "escalation_config": step.to_json(),
                 "correlation_id": timer["correlation_id"],
@@ -476,6 +514,7 @@ def _writes_for(
             events.ESCALATION_TRIGGERED,
             at,
             step=step.step,
+            repeat=run.repeat,
             escalation_step=step.step,
             action=step.action,
             target=step.target,
@@ -483,7 +522,9 @@ def _writes_for(
             outcome=outcome,
             error=error,
         )
-        event["step"] = step.step
+        event["payload"]["repeat"] = run.repeat
+        # For the statement: which row the event belongs to, and its outbox order.
+        event |= {"step": step.step, "repeat": run.repeat, "seq": seq}
         writes.step_events.append(event)
     if failure is None:
         writes.updates.append(
@@ -491,6 +532,7 @@ def _writes_for(
                 "id": timer["id"],
                 "status": plan.status,
                 "steps_done": plan.steps_done,
+                "warnings_done": plan.warnings_done,
                 "next_fire_at": plan.next_fire_at,
                 "processing_status": "PENDING" if plan.next_fire_at else "COMPLETED",
                 "attempts": 0,
@@ -499,10 +541,49 @@ def _writes_for(
             }
         )
     else:
-        # The steps before the failure are recorded; the retry resumes at it.
-        progressed = {**timer, "status": "DUE", "steps_done": timer["steps_done"] + len(outcomes)}
+        # The runs before the failure are recorded; the retry resumes at it.
+        progressed = {
+            **timer,
+            "status": "DUE",
+            "steps_done": timer["steps_done"] + len(outcomes),
+            "warnings_done": plan.warnings_done,
+        }
         _plan_failure(progressed, failure, at, settings, writes)
     return writes
+
+
+def _warning_writes(
+    timer: Mapping[str, Any], plan: FirePlan, at: datetime, writes: _BatchWrites
+) -> None:
+    """A row per recorded warning and, for each one SENT, its event (written
+    only with its row)."""
+    due = timer["due_at"]
+    for warning in plan.warnings:
+        writes.warnings.append(
+            {
+                "tenant_id": timer["tenant_id"],
+                "timer_id": timer["id"],
+                "threshold": warning.threshold,
+                "outcome": warning.outcome,
+                "scheduled_at": warning.scheduled_at,
+                "correlation_id": timer["correlation_id"],
+            }
+        )
+        if warning.outcome != SENT:
+            continue
+        event = events.timer_event(
+            timer,
+            events.WARNING,
+            at,
+            step=warning.threshold,
+            threshold=warning.threshold,
+            # Wall-clock seconds from the warning to due_at (given beside it).
+            remaining_seconds=max(0.0, (due - at).total_seconds()),
+            scheduled_at=warning.scheduled_at,
+        )
+        # Before the due event and the steps in the outbox (seq 0 and up).
+        event |= {"threshold": warning.threshold, "seq": warning.threshold - 100}
+        writes.warning_events.append(event)
 
 
 def _plan_failure(
@@ -518,6 +599,7 @@ def _plan_failure(
         "id": timer["id"],
         "status": timer["status"],
         "steps_done": timer["steps_done"],
+        "warnings_done": timer.get("warnings_done") or 0,
         "attempts": attempts,
         "last_error": error,
     }

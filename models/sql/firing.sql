@@ -27,7 +27,8 @@ FROM (
 WHERE t.id = due.id
 RETURNING t.id, t.tenant_id, t.lead_id, t.sla_contract_id, t.status, t.started_at,
           t.due_at, t.escalation_steps, t.steps_done, t.attempts, t.retries, t.last_error,
-          t.correlation_id, t.last_attempt_at AS claimed_at
+          t.correlation_id, t.created_at, t.window_seconds, t.calendar, t.warning_thresholds,
+          t.warnings_done, t.shift_seconds, t.last_attempt_at AS claimed_at
 
 -- name: lock_claimed
 -- Lock the claimed rows that still carry the token.
@@ -44,30 +45,44 @@ UPDATE sla_timers SET
 WHERE id = ANY(:ids) AND claim_token = :token
 
 -- name: apply_fired
--- Write a planned batch: events, step rows with their events, new timer states.
+-- Write a planned batch: warnings, events, step runs with their events, new timer states.
 -- ``ours`` locks the claimed rows that still carry our token: a timer
--- cancelled, completed or rescued since the claim has lost it, and nothing
--- below touches it. A step row is written at most once per (timer, step) and
--- its event only when the row is written here.
+-- cancelled, completed, paused or rescued since the claim has lost it, and
+-- nothing below touches it. A warning row is written at most once per (timer,
+-- threshold) and a step row once per (timer, step, repeat); the event of
+-- either only when its row is written here.
 WITH ours AS (
     SELECT id FROM sla_timers
     WHERE id = ANY(:ids) AND claim_token = :token
     ORDER BY id
     FOR UPDATE
 ),
+warnings AS (
+    INSERT INTO sla_timer_warnings (
+        tenant_id, timer_id, threshold, outcome, scheduled_at, recorded_at, correlation_id)
+    SELECT w.tenant_id, w.timer_id, w.threshold, w.outcome, w.scheduled_at, :now,
+           w.correlation_id
+    FROM jsonb_to_recordset(CAST(:warnings AS jsonb)) AS w(
+        tenant_id uuid, timer_id uuid, threshold int, outcome text, scheduled_at timestamptz,
+        correlation_id text)
+    JOIN ours ON ours.id = w.timer_id
+    ON CONFLICT DO NOTHING
+    RETURNING tenant_id, timer_id, threshold
+),
 steps AS (
     INSERT INTO sla_escalation_events (
-        tenant_id, lead_id, timer_id, escalation_step, executed_at, outcome,
+        tenant_id, lead_id, timer_id, escalation_step, repeat, executed_at, outcome,
         escalation_config, correlation_id, error_message, idempotency_key)
-    SELECT s.tenant_id, s.lead_id, s.timer_id, s.escalation_step, :now, s.outcome,
+    SELECT s.tenant_id, s.lead_id, s.timer_id, s.escalation_step, s.repeat, :now, s.outcome,
            s.escalation_config, s.correlation_id, s.error_message,
            s.timer_id::text || '-' || s.escalation_step
+               || CASE WHEN s.repeat > 0 THEN '-r' || s.repeat ELSE '' END
     FROM jsonb_to_recordset(CAST(:steps AS jsonb)) AS s(
-        tenant_id uuid, lead_id text, timer_id uuid, escalation_step int, outcome text,
-        escalation_config jsonb, correlation_id text, error_message text)
+        tenant_id uuid, lead_id text, timer_id uuid, escalation_step int, repeat int,
+        outcome text, escalation_config jsonb, correlation_id text, error_message text)
     JOIN ours ON ours.id = s.timer_id
     ON CONFLICT DO NOTHING
-    RETURNING tenant_id, timer_id, escalation_step
+    RETURNING tenant_id, timer_id, escalation_step, repeat
 ),
 events AS (
     INSERT INTO outbox_events
@@ -82,19 +97,29 @@ events AS (
         JOIN ours ON ours.id = e.timer_id
         UNION ALL
         SELECT e.tenant_id, e.timer_id, e.event_type, e.payload, e.correlation_id,
-               e.idempotency_key, e.step
+               e.idempotency_key, e.seq
+        FROM jsonb_to_recordset(CAST(:warning_events AS jsonb)) AS e(
+            tenant_id uuid, timer_id uuid, event_type text, payload jsonb,
+            correlation_id text, idempotency_key text, threshold int, seq int)
+        JOIN warnings w ON w.tenant_id = e.tenant_id AND w.timer_id = e.timer_id
+                       AND w.threshold = e.threshold
+        UNION ALL
+        SELECT e.tenant_id, e.timer_id, e.event_type, e.payload, e.correlation_id,
+               e.idempotency_key, e.seq
         FROM jsonb_to_recordset(CAST(:step_events AS jsonb)) AS e(
             tenant_id uuid, timer_id uuid, event_type text, payload jsonb,
-            correlation_id text, idempotency_key text, step int)
+            correlation_id text, idempotency_key text, step int, repeat int, seq int)
         JOIN steps s ON s.tenant_id = e.tenant_id AND s.timer_id = e.timer_id
-                    AND s.escalation_step = e.step
+                    AND s.escalation_step = e.step AND s.repeat = e.repeat
     ) AS all_events
-    ORDER BY timer_id, seq  -- outbox order: due before the timer's steps, in step order
+    -- Outbox order per timer: warnings (seq < 0), due, then the runs in firing order.
+    ORDER BY timer_id, seq
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
 )
 UPDATE sla_timers t SET
     status = r.status,
     steps_done = r.steps_done,
+    warnings_done = r.warnings_done,
     next_fire_at = r.next_fire_at,
     processing_status = r.processing_status,
     attempts = r.attempts,
@@ -104,7 +129,7 @@ UPDATE sla_timers t SET
     lease_expires_at = NULL,
     updated_at = :now
 FROM jsonb_to_recordset(CAST(:updates AS jsonb)) AS r(
-    id uuid, status text, steps_done int, next_fire_at timestamptz,
+    id uuid, status text, steps_done int, warnings_done int, next_fire_at timestamptz,
     processing_status text, attempts int, last_error text, next_attempt_at timestamptz)
 JOIN ours ON ours.id = r.id
 WHERE t.id = r.id

@@ -3,6 +3,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from models.sla import (
+    Schedule,
     Step,
     backoff_seconds,
     due_at,
@@ -23,7 +24,8 @@ LADDER = ladder(
 
 
 def plan(status="ACTIVE", done=0, at=T0):
-    return plan_fire(status=status, due=T0, steps=LADDER, steps_done=done, now=at)
+    schedule = Schedule(started_at=T0 - timedelta(hours=1), window_seconds=3600, due_at=T0)
+    return plan_fire(status=status, schedule=schedule, steps=LADDER, steps_done=done, now=at)
 
 
 def test_due_at_adds_the_window():
@@ -37,19 +39,19 @@ def test_not_yet_due_does_nothing_and_waits_for_due():
 
 def test_due_fires_the_steps_whose_time_has_come_and_waits_for_the_next():
     p = plan(at=T0)
-    assert p.became_due and [s.step for s in p.steps] == [1]
+    assert p.became_due and [r.step.step for r in p.steps] == [1]
     assert (p.status, p.steps_done, p.next_fire_at) == ("DUE", 1, T0 + timedelta(seconds=600))
 
 
 def test_a_late_fire_catches_up_on_every_passed_step():
     p = plan(at=T0 + timedelta(hours=2))
-    assert [s.step for s in p.steps] == [1, 2, 3]
+    assert [r.step.step for r in p.steps] == [1, 2, 3]
     assert (p.status, p.steps_done, p.next_fire_at) == ("ESCALATED", 3, None)
 
 
 def test_a_due_timer_fires_only_the_steps_not_yet_done():
     p = plan(status="DUE", done=1, at=T0 + timedelta(seconds=601))
-    assert not p.became_due and [s.step for s in p.steps] == [2]
+    assert not p.became_due and [r.step.step for r in p.steps] == [2]
     assert p.next_fire_at == T0 + timedelta(seconds=3600)
 
 
