@@ -187,6 +187,18 @@ def test_counting_crosses_the_new_year_in_utc_and_in_the_zone():
     assert business_seconds(office, start, due) == 2 * HOUR
 
 
+def test_a_shift_across_the_utc_new_year_counts_once():
+    # Calendars compile per UTC year: a shift spanning the change is split, not doubled.
+    always = calendar("UTC", {day: [["00:00", "24:00"]] for day in OFFICE})
+    night = calendar("UTC", {"thu": [["22:00", "06:00"]]})  # Thu 31 Dec 2026 22:00 -> 06:00
+    new_year = datetime(2027, 1, 1, tzinfo=UTC)
+    before, after = new_year - timedelta(hours=2), new_year + timedelta(hours=3)
+    for cal in (always, night):
+        assert business_seconds(cal, new_year - timedelta(hours=1), new_year) == HOUR
+        assert business_seconds(cal, before, after) == 5 * HOUR
+        assert business_add(cal, before, 5 * HOUR) == after
+
+
 def test_no_calendar_means_every_second_counts():
     start = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
     assert business_add(None, start, 90) == start + timedelta(seconds=90)
