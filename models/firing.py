@@ -1,6 +1,6 @@
 """Timers, the firing side (models/sql/firing.sql): claim due timers, lock,
-apply and release them, rescue expired leases, re-arm dead letters, and list
-the upcoming wake-up instants.
+apply and release them, rescue expired leases, re-arm dead letters, list
+the upcoming wake-up instants, and read the warnings recorded.
 
 Functions take a SQLAlchemy ``Connection`` and leave transactions to the
 caller. tasks/firing.py plans what a claimed batch does (models/sla.py) and
@@ -158,3 +158,18 @@ def upcoming_fire_times(
         SQL.upcoming_fire_times.text, {"start": start, "end": end, "bucket": bucket_ms}
     ).scalars()
     return [_EPOCH + timedelta(milliseconds=ms) for ms in rows]
+
+
+def warnings_for(
+    conn: Connection, tenant_id: UUID, timer_ids: Sequence[UUID]
+) -> dict[UUID, list[dict[str, Any]]]:
+    """The warning rows (sent or skipped) of several of a tenant's timers in
+    one query, in threshold order."""
+    found: dict[UUID, list[dict[str, Any]]] = {t: [] for t in timer_ids}
+    if timer_ids:
+        rows = conn.execute(
+            SQL.warnings_for.text, {"tenant": tenant_id, "ids": list(timer_ids)}
+        ).mappings()
+        for r in rows:
+            found[r["timer_id"]].append(dict(r))
+    return found

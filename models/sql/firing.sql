@@ -206,3 +206,10 @@ FROM sla_timers
 WHERE processing_status = 'PENDING'
   AND next_fire_at >= :start AND next_fire_at < :end
 ORDER BY 1
+
+-- name: warnings_for
+-- The warning rows of several of a tenant's timers, in threshold order.
+SELECT timer_id, threshold, outcome, scheduled_at, recorded_at
+FROM sla_timer_warnings
+WHERE tenant_id = :tenant AND timer_id = ANY(:ids)
+ORDER BY timer_id, threshold
