@@ -57,6 +57,15 @@ PATH_PARAMS = {
         "number names no delivery: 404.",
         {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
     ),
+    "calendar_id": (
+        "The calendar's id, the tenant's own name for it: 1 to 200 characters, no '/'.",
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^/]+$"},
+    ),
+    "contract_id": (
+        "The contract's id, the tenant's own name for it (what timers give as "
+        "sla_contract_id): 1 to 200 characters, no '/'.",
+        {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "^[^/]+$"},
+    ),
     "prefix": (
         "The key's prefix, the 12 hexadecimal characters after sla_ (sla_<prefix>_<secret>);"
         " anything else is a 422.",

@@ -30,6 +30,7 @@ def counts(engine) -> dict[str, int]:
 
 
 def test_bulk_start_returns_the_timers_in_request_order(api, engine):
+    api.contracts("gold")
     started = "2025-01-02T03:04:05Z"
     body = {
         "timers": [
@@ -73,6 +74,7 @@ def test_bulk_start_returns_the_timers_in_request_order(api, engine):
 
 
 def test_bulk_start_supersedes_open_timers(api, engine):
+    api.contracts("other")
     old = api.start(lead_id="s-1", started_at="2025-01-01T00:00:00Z")
     other_contract = api.start(lead_id="s-1", sla_contract_id="other")
     response = api.post(BULK, {"timers": [item("s-0"), item("s-1"), item("s-2")]})

@@ -175,6 +175,7 @@ def test_the_database_clock_decides_a_default_start(api, engine, monkeypatch, sk
 def test_the_database_clock_dates_a_close_and_judges_the_breach(
     api, engine, monkeypatch, skew, route
 ):
+    api.contracts("other")
     completed = api.start(lead_id="lead-close", window_seconds=60)
     cancelled = api.start(lead_id="lead-close", sla_contract_id="other", window_seconds=60)
     _skew(monkeypatch, skew)

@@ -305,14 +305,36 @@ _BODIES = {
     ("POST", "/v1/lead-events/bulk"): {
         "events": [{"event_id": "close-b", "type": "lead.closed", "lead_id": "lead-b"}]
     },
+    # The other tenant's ids, as this tenant's own new calendar and contract.
+    ("PUT", "/v1/calendars/<calendar_id>"): {
+        "timezone": "Europe/Berlin",
+        "weekly_hours": {"mon": [["09:00", "17:00"]]},
+    },
+    ("PUT", "/v1/contracts/<contract_id>"): {
+        "name": "mine",
+        "window_seconds": 60,
+        "escalation_steps": [{"step": 1, "after_seconds": 0, "action": "notify"}],
+    },
+}
+_THEIR_POLICY = ("/v1/calendars/their-cal", "/v1/contracts/their-contract")
+_THEIR_CALENDAR = {"timezone": "Asia/Tokyo", "weekly_hours": {"sun": [["01:00", "02:00"]]}}
+_THEIR_CONTRACT = {
+    "name": "theirs",
+    "window_seconds": 999,
+    "calendar_id": "their-cal",
+    "escalation_steps": [{"step": 1, "after_seconds": 0, "action": "notify"}],
 }
 
 
 def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
-    app, api, engine, other_tenant, two_tenants_with_history
+    app, api, other_api, engine, other_tenant, two_tenants_with_history
 ):
     _, theirs = two_tenants_with_history
-    routes = _tenant_routes(app)
+    assert other_api.put("/v1/calendars/their-cal", _THEIR_CALENDAR).status_code == 201
+    assert other_api.put("/v1/contracts/their-contract", _THEIR_CONTRACT).status_code == 201
+    their_policy = [other_api.get(p).get_json() for p in _THEIR_POLICY]
+    # PUTs last: they create this tenant's own calendar and contract of those ids.
+    routes = sorted(_tenant_routes(app), key=lambda route: route[0] == "PUT")
     assert len(routes) >= 8
     their_hook, their_delivery = _their_webhook(engine, other_tenant[0])
     before = _rows_of(engine, other_tenant[0])
@@ -324,6 +346,8 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
         "<path:lead_id>": "lead-b",
         "<uuid:webhook_id>": their_hook,
         "<int:delivery_id>": their_delivery,
+        "<calendar_id>": "their-cal",
+        "<contract_id>": "their-contract",
     }
     for method, rule in routes:
         path = rule
@@ -332,12 +356,19 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
         assert "<" not in path, f"no value for a parameter of {rule}"
         body = _BODIES.get((method, rule))
         response = api.client.open(path, method=method, json=body, headers=api._headers(None, None))
-        if "<uuid:timer_id>" in rule or "<uuid:webhook_id>" in rule:
+        if method == "PUT":  # this tenant's own calendar or contract, by the same id
+            assert response.status_code == 201, (rule, response.get_json())
+        elif any(
+            name in rule
+            for name in ("<uuid:timer_id>", "<uuid:webhook_id>", "<calendar_id>", "<contract_id>")
+        ):
             assert_problem(response, 404)
         elif "<path:lead_id>" in rule:
             # Leads are the tenant's own names: the other tenant's "lead-b" is
             # just a lead this tenant has no open timers for.
             assert response.get_json() == {"items": []}, rule
+        elif rule in ("/v1/calendars", "/v1/contracts"):
+            assert response.get_json()["items"] == [], rule
         elif method == "GET":
             ids = {t["id"] for t in response.get_json()["items"]}
             assert not {theirs["id"], their_hook} & ids, rule
@@ -349,6 +380,7 @@ def test_every_tenant_route_treats_another_tenants_ids_as_unknown(
 
     assert _rows_of(engine, other_tenant[0]) == before
     assert _webhook_rows(engine, other_tenant[0]) == hooks_before
+    assert [other_api.get(p).get_json() for p in _THEIR_POLICY] == their_policy
 
 
 def test_a_scoped_connection_is_not_reused_with_the_old_tenant(app, tenant, other_tenant):

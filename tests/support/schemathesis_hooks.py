@@ -154,7 +154,47 @@ def _ordered_date_times(rule: dict[str, Any], value: Any, case: Any, depth: int)
     return value
 
 
+def _known_contract(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    # The run defines no contracts or calendars: a start keeps to "default"
+    # with a window of its own.
+    if isinstance(value, dict):
+        value["sla_contract_id"] = "default"
+        value.pop("calendar_id", None)
+        if value.get("window_seconds") is None and value.get("window_minutes") is None:
+            value.pop("window_minutes", None)
+            value["window_seconds"] = 60
+    return value
+
+
+def _calendar(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    if isinstance(value, dict):
+        value.update(
+            timezone="Europe/Berlin",
+            weekly_hours={"mon": [["09:00", "17:00"]]},
+            holidays=[],
+            holiday_country=None,
+            holiday_subdivision=None,
+        )
+    return value
+
+
+def _disjoint(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    first, second = rule["fields"]
+    lists = isinstance(value, dict) and all(isinstance(value.get(f), list) for f in (first, second))
+    if lists:
+        value[second] = [v for v in value[second] if v not in value[first]]
+    return value
+
+
+def _known_calendar(rule: dict[str, Any], value: Any, case: Any, depth: int) -> Any:
+    return None  # the run defines no calendars
+
+
 RULES: dict[str, Callable[[dict[str, Any], Any, Any, int], Any]] = {
+    "known-contract": _known_contract,
+    "calendar": _calendar,
+    "disjoint": _disjoint,
+    "known-calendar": _known_calendar,
     "unique": _unique,
     "non-decreasing": _non_decreasing,
     "date-time-range": _date_time_range,
