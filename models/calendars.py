@@ -97,7 +97,7 @@ class Calendar:
     def to_json(self) -> dict[str, Any]:
         return {
             "timezone": self.timezone,
-            "weekly_hours": {d: [list(i) for i in self.weekly_hours[d]] for d in DAYS},
+            "weekly_hours": {d: [list(i) for i in self.weekly_hours.get(d, ())] for d in DAYS},
             "holidays": list(self.holidays),
             "holiday_country": self.holiday_country,
             "holiday_subdivision": self.holiday_subdivision,
@@ -320,9 +320,10 @@ def business_add(calendar: Calendar | None, start: datetime, seconds: float) -> 
     """The instant at which ``seconds`` (>= 0) of working time have elapsed since ``start``."""
     if seconds < 0:
         raise ValueError("seconds must not be negative")
+    t = _us(start)  # refuses a naive start, with or without a calendar
     if calendar is None:
         return (start + timedelta(seconds=seconds)).astimezone(UTC)
-    t, need = _us(start), round(seconds * 1_000_000)
+    need = round(seconds * 1_000_000)
     if need == 0:
         return start.astimezone(UTC)
     plan, year = calendar.plan(), start.astimezone(UTC).year

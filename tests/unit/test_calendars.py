@@ -207,8 +207,9 @@ def test_no_calendar_means_every_second_counts():
 
 
 def test_naive_datetimes_and_negative_seconds_are_refused():
-    with pytest.raises(ValueError, match="timezone-aware"):
-        business_add(calendar(), datetime(2026, 1, 5, 9, 0), 60)
+    for cal in (calendar(), None):
+        with pytest.raises(ValueError, match="timezone-aware"):
+            business_add(cal, datetime(2026, 1, 5, 9, 0), 60)
     with pytest.raises(ValueError, match="negative"):
         business_add(calendar(), datetime(2026, 1, 5, 9, 0, tzinfo=UTC), -1)
 
