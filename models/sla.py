@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
 from typing import Any, NamedTuple
 
+from . import calendars
 from .config import DEFAULT_MAX_STEP_REPEATS
 
 DEFAULT_LADDER = ({"step": 1, "after_seconds": 0, "action": "notify", "target": None},)
@@ -167,18 +168,6 @@ def due_at(started_at: datetime, window_seconds: int) -> datetime:
     return started_at + timedelta(seconds=window_seconds)
 
 
-def _business_add(calendar: Any, start: datetime, seconds: float) -> datetime:
-    from .calendars import business_add  # pure too; imported when a calendar is in use
-
-    return business_add(calendar, start, seconds)
-
-
-def _business_seconds(calendar: Any, start: datetime, end: datetime) -> float:
-    from .calendars import business_seconds
-
-    return business_seconds(calendar, start, end)
-
-
 @dataclass(frozen=True)
 class Schedule:
     """Where a timer's offsets fall in time.
@@ -190,7 +179,7 @@ class Schedule:
 
     started_at: datetime
     window_seconds: int
-    calendar: Any = None  # models.calendars.Calendar, or None: every hour counts
+    calendar: calendars.Calendar | None = None  # None: every hour counts
     shift_seconds: float = 0.0
     due_at: datetime | None = None  # the stored due instant; computed when None
 
@@ -201,7 +190,7 @@ class Schedule:
                 seconds=self.window_seconds + self.shift_seconds
             )
             return due + timedelta(seconds=offset - self.window_seconds)
-        return _business_add(self.calendar, self.started_at, offset + self.shift_seconds)
+        return calendars.business_add(self.calendar, self.started_at, offset + self.shift_seconds)
 
     @property
     def due(self) -> datetime:
@@ -227,7 +216,7 @@ class Schedule:
                 shift_seconds=self.shift_seconds + wall.total_seconds(),
                 due_at=self.due + wall,
             )
-        worked = _business_seconds(self.calendar, paused_from, resumed_at)
+        worked = calendars.business_seconds(self.calendar, paused_from, resumed_at)
         moved = replace(self, shift_seconds=self.shift_seconds + worked, due_at=None)
         return replace(moved, due_at=moved.due)
 
@@ -236,9 +225,7 @@ def schedule_of(timer: Mapping[str, Any]) -> Schedule:
     """A stored timer's schedule (a mapping with the sla_timers columns)."""
     calendar = timer.get("calendar")
     if calendar is not None:
-        from .calendars import calendar_from_row
-
-        calendar = calendar_from_row(calendar)
+        calendar = calendars.calendar_from_row(calendar)
     return Schedule(
         started_at=timer["started_at"],
         window_seconds=timer["window_seconds"],

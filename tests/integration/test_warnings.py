@@ -101,9 +101,11 @@ def test_a_replayed_plan_writes_no_second_warning_or_event(engine, settings, ten
             (half, timer["id"]),
         )
     report = fire_due(engine, settings, now=at(half + timedelta(seconds=1)))
-    assert report.claimed == 1
+    assert (report.claimed, report.failures) == (1, 0)
     assert warnings_of(engine, timer["id"]) == [(50, "SENT")]
     assert len(events_of(engine, timer["id"], "sla.timer.warning")) == 1
+    stored = row(engine, timer["id"])
+    assert (stored["warnings_done"], stored["attempts"], stored["last_error"]) == (1, 0, None)
 
 
 def test_a_threshold_past_at_the_start_is_skipped_not_sent(engine, settings, tenant):

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from models.calendars import Calendar, business_seconds
 from models.sla import (
     SENT,
     SKIPPED,
@@ -53,12 +54,36 @@ def ladders(draw) -> list[Step]:
 thresholds = st.lists(st.integers(1, 99), unique=True, max_size=4).map(sorted)
 
 
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
+BERLIN = Calendar.from_json(
+    {
+        "timezone": "Europe/Berlin",
+        "weekly_hours": {d: [["09:00", "17:00"]] for d in WEEKDAYS},
+        "holiday_country": "DE",
+    }
+)
+NIGHTS = Calendar.from_json(
+    {
+        "timezone": "America/New_York",
+        "weekly_hours": {d: [["22:00", "06:00"]] for d in WEEKDAYS},
+        "holidays": ["2026-03-04"],
+    }
+)
+
+
+ANY_CALENDAR = st.sampled_from([None, BERLIN, NIGHTS])
+
+
 @st.composite
-def schedules(draw) -> Schedule:
+def schedules(draw, calendars=ANY_CALENDAR) -> Schedule:
+    """Wall-clock and business-hours schedules, started around the DST changes."""
     window = draw(st.integers(1, 7200))
-    started = T0 + timedelta(microseconds=draw(st.integers(0, 10**9)))
+    started = T0 + timedelta(microseconds=draw(st.integers(0, 40 * 24 * 3600 * 10**6)))
     shift = draw(st.sampled_from([0.0, 0.5, 37.0, 3600.25]))
-    return Schedule(started_at=started, window_seconds=window, shift_seconds=shift)
+    calendar = draw(calendars)
+    return Schedule(
+        started_at=started, window_seconds=window, calendar=calendar, shift_seconds=shift
+    )
 
 
 @given(schedules(), thresholds, ladders())
@@ -161,8 +186,16 @@ def test_every_entry_is_emitted_exactly_once_and_never_early(
     assert fired[-1][1].status == "ESCALATED" and fired[-1][1].next_fire_at is None
 
 
-@given(schedules(), thresholds, ladders(), st.integers(0, 10**6), st.integers(0, 10**6))
-def test_a_pause_shifts_every_instant_by_the_paused_time(schedule, ts, steps, at, length):
+@given(
+    schedules(calendars=st.none()),
+    thresholds,
+    ladders(),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+)
+def test_a_pause_shifts_every_wall_clock_instant_by_the_paused_time(
+    schedule, ts, steps, at, length
+):
     paused = schedule.started_at + timedelta(seconds=at)
     resumed = paused + timedelta(seconds=length)
     moved = schedule.shifted(paused, resumed)
@@ -171,6 +204,31 @@ def test_a_pause_shifts_every_instant_by_the_paused_time(schedule, ts, steps, at
         entries(schedule, ts, steps, CAP), entries(moved, ts, steps, CAP), strict=True
     ):
         assert after.at - before.at == timedelta(seconds=length)
+
+
+@given(
+    schedules(calendars=st.sampled_from([BERLIN, NIGHTS])),
+    thresholds,
+    ladders(),
+    st.integers(0, 10**6),
+    st.integers(0, 10**6),
+)
+def test_a_pause_shifts_every_business_instant_by_the_working_time_paused(
+    schedule, ts, steps, at, length
+):
+    paused = schedule.started_at + timedelta(seconds=at)
+    resumed = paused + timedelta(seconds=length)
+    worked = business_seconds(schedule.calendar, paused, resumed)
+    moved = schedule.shifted(paused, resumed)
+    assert moved.shift_seconds == pytest.approx(schedule.shift_seconds + worked, abs=1e-6)
+    assert moved.due == moved.at(schedule.window_seconds)
+    for before, after in zip(
+        entries(schedule, ts, steps, CAP), entries(moved, ts, steps, CAP), strict=True
+    ):
+        assert after.at >= before.at
+        assert business_seconds(schedule.calendar, before.at, after.at) == pytest.approx(
+            worked, abs=1e-5
+        )
 
 
 @pytest.mark.parametrize("status", ["PAUSED", "ESCALATED", "CANCELLED", "COMPLETED"])
