@@ -2,7 +2,9 @@
 POST /v1/lead-events, docs/lead-events.md.
 
 A start type (``lead.qualified``, ``lead.created``) starts the lead's timer for
-its contract, a terminal type completes (``lead.contacted``) or cancels it.
+its contract, a terminal type completes (``lead.contacted``) or cancels it, and
+a hold type pauses or resumes it when the timer's contract names it in
+``pause_on`` or ``resume_on`` (``decide_hold``).
 Events are judged by when they occurred, not by when they arrived: ``decide``
 compares the event with the lead's history for the contract (the open timer,
 the latest start, the latest recorded terminal event), so that any arrival
@@ -16,6 +18,7 @@ under a lock and carries out the decision.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -24,19 +27,32 @@ START_TYPES = ("lead.qualified", "lead.created")
 COMPLETE_TYPES = ("lead.contacted",)
 CANCEL_TYPES = ("lead.disqualified", "lead.closed", "lead.deleted")
 TERMINAL_TYPES = COMPLETE_TYPES + CANCEL_TYPES
-TYPES = START_TYPES + TERMINAL_TYPES
+# Types that only a contract gives a meaning: its pause_on and resume_on name
+# them (e.g. pause while waiting on the customer, resume on their reply).
+HOLD_TYPES = (
+    "lead.waiting_on_customer",
+    "lead.customer_replied",
+    "lead.on_hold",
+    "lead.off_hold",
+)
+TYPES = START_TYPES + TERMINAL_TYPES + HOLD_TYPES
 
-Action = Literal["start", "complete", "cancel", "ignore"]
+Action = Literal["start", "complete", "cancel", "pause", "resume", "ignore"]
 OUTCOMES: dict[str, str] = {
     "start": "started",
     "complete": "completed",
     "cancel": "cancelled",
+    "pause": "paused",
+    "resume": "resumed",
     "ignore": "ignored",
 }
 
 NO_OPEN_TIMER = "no open timer for this lead and contract"
 PREDATES_TIMER = "occurred before the open timer's start"
 NOT_NEWER_START = "not newer than the start already recorded for this lead and contract"
+NOT_A_HOLD = "the open timer's contract neither pauses nor resumes on this type"
+ALREADY_PAUSED = "the open timer is already paused"
+NOT_PAUSED = "the open timer is not paused"
 
 
 @dataclass(frozen=True)
@@ -85,3 +101,32 @@ def decide(event_type: str, occurred_at: datetime, history: History) -> Decision
     if occurred_at < history.open_started_at:
         return Decision("ignore", PREDATES_TIMER)
     return Decision("complete" if event_type in COMPLETE_TYPES else "cancel")
+
+
+def decide_hold(
+    event_type: str,
+    occurred_at: datetime,
+    *,
+    open_started_at: datetime | None,
+    paused: bool,
+    pause_on: Sequence[str],
+    resume_on: Sequence[str],
+) -> Decision:
+    """What a hold type (``HOLD_TYPES``) does to the lead's open timer: pause
+    or resume it when the contract version the timer started under says so
+    (its snapshot's ``pause_on``/``resume_on``; later versions never reach a
+    running timer). It takes effect when it is taken: an event older than the
+    open timer's start is about an earlier SLA and is ignored, as terminal
+    events are; pausing a paused timer or resuming a running one is ignored,
+    with the reason."""
+    if event_type not in HOLD_TYPES:
+        raise ValueError(f"not a hold type: {event_type!r}")
+    if open_started_at is None:
+        return Decision("ignore", NO_OPEN_TIMER)
+    if occurred_at < open_started_at:
+        return Decision("ignore", PREDATES_TIMER)
+    if event_type in pause_on:
+        return Decision("ignore", ALREADY_PAUSED) if paused else Decision("pause")
+    if event_type in resume_on:
+        return Decision("resume") if paused else Decision("ignore", NOT_PAUSED)
+    return Decision("ignore", NOT_A_HOLD)

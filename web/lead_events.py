@@ -14,13 +14,16 @@ from uuid import uuid4
 import orjson
 from flask import Blueprint, g
 
+from models import contracts
 from models import lead_events as lead_sql
 from models.db import tenant_scope
+from models.lead_rules import START_TYPES as LEAD_START_TYPES
 from models.tenants import enter_tenant
 from tasks.wakeups import schedule_wakeups
 
 from .operations import json_response, operation
 from .parsing import header
+from .problems import validation_error
 from .schemas import (
     LeadEventBulkCreate,
     LeadEventBulkItem,
@@ -28,6 +31,7 @@ from .schemas import (
     LeadEventResult,
     LeadEventResults,
     Problem,
+    ladder_json,
 )
 from .services import services
 
@@ -48,9 +52,47 @@ def _event(body: LeadEventCreate, correlation_header: str | None) -> lead_sql.Le
         fingerprint=fingerprint,
         correlation_id=body.correlation_id or correlation_header or str(uuid4()),
         window_seconds=body.window,
-        escalation_steps=tuple(s.model_dump() for s in body.escalation_steps),
+        escalation_steps=tuple(ladder_json(body.escalation_steps)) if body.steps_given else (),
         metadata=body.data,
     )
+
+
+def _unresolvable(errors: list[tuple[str, contracts.Unresolvable]]):
+    return validation_error(
+        [{"field": f"{prefix}{e.field}", "reason": e.reason} for prefix, e in errors]
+    )
+
+
+def _record(conn, event: lead_sql.LeadEvent, prefix: str = "") -> lead_sql.Recorded:
+    try:
+        return lead_sql.record(conn, g.tenant_id, event)
+    except contracts.Unresolvable as exc:
+        raise _unresolvable([(prefix, exc)]) from None
+
+
+def _check_contracts(events: list[lead_sql.LeadEvent]) -> None:
+    """Every start's contract resolves, before any event is taken: one round
+    trip for the request, each contract once."""
+    starts = [(i, e) for i, e in enumerate(events) if e.event_type in LEAD_START_TYPES]
+    if not starts:
+        return
+    with tenant_scope(services().engine, g.tenant_id) as conn:
+        found = contracts.lookup(conn, g.tenant_id, [e.sla_contract_id for _, e in starts], [])
+    errors = []
+    for i, e in starts:
+        try:
+            contracts.resolve(
+                found,
+                e.sla_contract_id,
+                window_seconds=e.window_seconds,
+                escalation_steps=list(e.escalation_steps) or None,
+                warning_thresholds=None,
+                calendar_id=None,
+            )
+        except contracts.Unresolvable as exc:
+            errors.append((f"events.{i}.", exc))
+    if errors:
+        raise _unresolvable(errors)
 
 
 def _after_commit(recorded: Iterable[lead_sql.Recorded]) -> None:
@@ -61,7 +103,8 @@ def _after_commit(recorded: Iterable[lead_sql.Recorded]) -> None:
         from tasks.delivery import wake_delivery
 
         wake_delivery()
-    due = [r.started["due_at"] for r in recorded if r.started is not None]
+    # At what each started or resumed timer waits for first (a warning may come before due).
+    due = [r.wake_at for r in recorded if r.wake_at is not None]
     if due:
         try:
             schedule_wakeups(due)
@@ -98,7 +141,7 @@ def _status(recorded: lead_sql.Recorded) -> int:
 def ingest(body: LeadEventCreate):
     event = _event(body, header("X-Correlation-ID"))
     with tenant_scope(services().engine, g.tenant_id) as conn:
-        recorded = lead_sql.record(conn, g.tenant_id, event)
+        recorded = _record(conn, event)
     _after_commit([recorded])
     headers = {}
     if recorded.replayed:
@@ -135,15 +178,16 @@ def ingest(body: LeadEventCreate):
 def ingest_bulk(body: LeadEventBulkCreate):
     correlation = header("X-Correlation-ID")
     events = [_event(item, correlation) for item in body.events]
+    _check_contracts(events)
     done: list[lead_sql.Recorded] = []
     results: list[LeadEventBulkItem] = []
     try:
         with services().engine.connect() as conn:
-            for event in events:
+            for i, event in enumerate(events):
                 try:
                     with conn.begin():
                         enter_tenant(conn, g.tenant_id)
-                        recorded = lead_sql.record(conn, g.tenant_id, event)
+                        recorded = _record(conn, event, f"events.{i}.")
                 except lead_sql.EventIdReused as exc:
                     results.append(
                         LeadEventBulkItem(

@@ -66,6 +66,7 @@ def recorded(engine) -> list[dict]:
 
 
 def test_qualified_starts_a_timer_due_a_window_after_it_occurred(api, engine):
+    api.contracts("gold")
     occurred = NOW - timedelta(seconds=30)
     response = api.post(
         URL,
@@ -167,6 +168,7 @@ def test_disqualified_closed_and_deleted_cancel_with_the_type_as_reason(api, eng
 
 
 def test_events_of_one_contract_leave_the_leads_other_contracts_alone(api, engine):
+    api.contracts("gold", "silver")
     send(api, event("e-1", "lead.qualified", sla_contract_id="gold"), 201)
     send(api, event("e-2", "lead.qualified", sla_contract_id="silver"), 201)
     send(api, event("e-3", "lead.contacted", sla_contract_id="gold"), 200)
