@@ -81,6 +81,13 @@ def test_pause_and_resume_through_the_api_are_idempotent(engine, tenant, api, wa
     assert resumed_event["payload"]["paused_at"] == paused_event["payload"]["paused_at"]
 
 
+def test_another_tenants_timer_cannot_be_paused_or_resumed(api, other_api):
+    timer = api.start(lead_id="mine", window_seconds=60)
+    for verb in ("pause", "resume"):
+        assert other_api.post(f"/v1/timers/{timer['id']}/{verb}").status_code == 404
+    assert api.get(f"/v1/timers/{timer['id']}").json["status"] == "ACTIVE"
+
+
 def test_pausing_or_resuming_a_closed_timer_is_a_conflict_naming_its_status(api):
     timer = api.start(lead_id="done", window_seconds=60)
     api.post(f"/v1/timers/{timer['id']}/complete")
