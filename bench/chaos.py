@@ -23,6 +23,16 @@ insert-attempt log of tests/support/attempt_log.py, by the database's clock), an
 lateness of each step (its first attempt minus its due instant) inside and
 outside the fault windows, and for the steps due while Redis was stopped.
 
+Every timer also warns before its breach (``warning_thresholds`` of its
+``window_s``), and some are paused and resumed by the driver meanwhile
+(``pause_every``): one in that many right after the seeding, resumed at
+``resume_at_s``; another one in that many at its first warning's instant, so
+the pause races the worker that claimed it, resumed ``timer_pause_s`` later.
+The end check adds: one warning row per (timer, threshold), one
+``sla.timer.warning`` per SENT row and none for a SKIPPED one, none recorded
+before its instant; every paused timer resumed, with one paused and one resumed
+event each (the steps' checks already use the shifted ``due_at``).
+
 With ``webhooks`` (the default of ``make chaos``) the tenant also has a webhook
 subscription to every event type, pointed at a flaky receiver
 (``bench/receiver.py``: 500 on ``webhook_fail`` of the requests, no answer
@@ -114,6 +124,14 @@ FULL = {
     "webhook_max_in_flight": 64,
     # After the timers, how long the deliveries may still take.
     "webhook_deadline_s": 300.0,
+    # Warnings: percentages of each timer's window (due_at - started_at).
+    "warning_thresholds": [50, 80],
+    "window_s": 10,
+    # One timer in this many paused after the seeding (resumed at resume_at_s), and
+    # another at its first warning (resumed timer_pause_s later); None: no pauses.
+    "pause_every": 20,
+    "resume_at_s": 60.0,
+    "timer_pause_s": 5.0,
 }
 # The version in the default test suite: a few seconds, shared servers.
 SMALL = {
@@ -137,6 +155,12 @@ SMALL = {
     "deadline_s": 20.0,
     "settle_s": 1.0,
     "webhooks": 0,
+    # The first warning 1 s before due: after both faults.
+    "window_s": 2,
+    "warning_thresholds": [50],
+    "pause_every": 10,
+    "resume_at_s": 1.0,
+    "timer_pause_s": 1.0,
 }
 
 READY_WORKER = "Worker process is ready for action"
@@ -162,6 +186,74 @@ JOIN sla_timers t ON t.id = a.timer_id
 WHERE a.table_name = 'sla_escalation_events'
 GROUP BY a.timer_id, a.escalation_step, t.due_at, e.escalation_config
 """
+
+
+# p3's event check, over the events of due and steps (warnings and pauses are
+# checked on their own, against their own instants).
+_CHECK_DUE_AND_STEP_EVENTS = f"""
+SELECT * FROM ({
+    _CHECK_EVENTS.replace(
+        "FROM outbox_events o JOIN sla_timers t ON t.id = o.timer_id",
+        "FROM outbox_events o JOIN sla_timers t ON t.id = o.timer_id"
+        " WHERE o.event_type IN ('sla.timer.due', 'sla.escalation.triggered')",
+    )
+}) AS c
+"""
+
+# Warning rows: how many, sent, skipped, recorded before their instant; timers
+# with fewer rows than thresholds; SENT rows without their event.
+_CHECK_WARNING_ROWS = """
+SELECT count(*),
+       count(*) FILTER (WHERE outcome = 'SENT'),
+       count(*) FILTER (WHERE outcome = 'SKIPPED'),
+       count(*) FILTER (WHERE recorded_at < scheduled_at),
+       (SELECT count(*) FROM sla_timers t
+        WHERE (SELECT count(*) FROM sla_timer_warnings w WHERE w.timer_id = t.id)
+              < cardinality(t.warning_thresholds)),
+       count(*) FILTER (WHERE outcome = 'SENT' AND NOT EXISTS (
+           SELECT FROM outbox_events o
+           WHERE o.timer_id = w.timer_id AND o.event_type = 'sla.timer.warning'
+             AND (o.payload ->> 'threshold')::int = w.threshold))
+FROM sla_timer_warnings w
+"""
+
+# Warning events: how many, distinct (timer, threshold), written before their
+# instant, and those without a SENT row.
+_CHECK_WARNING_EVENTS = """
+SELECT count(*),
+       count(DISTINCT (o.timer_id, o.payload ->> 'threshold')),
+       count(*) FILTER (WHERE o.created_at < (o.payload ->> 'scheduled_at')::timestamptz),
+       count(*) FILTER (WHERE NOT EXISTS (
+           SELECT FROM sla_timer_warnings w
+           WHERE w.timer_id = o.timer_id AND w.threshold = (o.payload ->> 'threshold')::int
+             AND w.outcome = 'SENT'))
+FROM outbox_events o WHERE o.event_type = 'sla.timer.warning'
+"""
+
+_CHECK_PAUSES = """
+SELECT count(*) FILTER (WHERE event_type = 'sla.timer.paused'),
+       count(*) FILTER (WHERE event_type = 'sla.timer.resumed'),
+       (SELECT count(*) FROM sla_timers WHERE status = 'PAUSED')
+FROM outbox_events
+"""
+
+
+def _check_warnings(conn) -> dict:
+    rows, sent, skipped, rows_early, short, sent_without_event = conn.execute(
+        _CHECK_WARNING_ROWS
+    ).fetchone()
+    events, distinct, events_early, without_row = conn.execute(_CHECK_WARNING_EVENTS).fetchone()
+    return {
+        "warning_rows": rows,
+        "warnings_sent": sent,
+        "warnings_skipped": skipped,
+        "warning_events": events,
+        "timers_short_of_warnings": short,
+        "sent_warnings_without_event": sent_without_event,
+        "warning_events_without_sent_row": without_row,
+        "duplicate_warning_events": events - distinct,
+        "early_warnings": rows_early + events_early,
+    }
 
 
 # --------------------------------------------------------------------------- own servers
@@ -429,9 +521,17 @@ def _seed(
         n,
         "%(t0)s::timestamptz + make_interval(secs => (g - 1) * %(spread)s / %(n)s)",
         steps=_ladder(params["step2_after_s"]),
+        window_seconds=params["window_s"],
         params={"t0": t0, "spread": params["spread_s"]},
     )
+    thresholds = sorted(params["warning_thresholds"])
     with bench.connect() as c:
+        if thresholds:  # as a start stores them: the first fire is the first warning
+            c.execute(
+                "UPDATE sla_timers SET warning_thresholds = %(t)s, next_fire_at = started_at"
+                " + make_interval(secs => window_seconds * %(first)s / 100.0)",
+                {"t": thresholds, "first": thresholds[0]},
+            )
         instants = [r[0] for r in c.execute("SELECT DISTINCT next_fire_at FROM sla_timers")]
     schedule_wakeups(instants)  # as the starts would have
     return t0, instants
@@ -485,6 +585,12 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
             raise RuntimeError("seeding took longer than due_in_s: raise it")
 
         deadline = last_due + params["deadline_s"]
+        timer_pauses = _TimerPauses(params, t0) if params.get("pause_every") else None
+        if timer_pauses:
+            timer_pauses.start()
+            t = threading.Thread(target=timer_pauses.run, args=(deadline,), daemon=True)
+            t.start()
+            threads.append(t)
         complete_at = None
         next_sample = 0.0
         progress = _Progress(bench)
@@ -515,13 +621,15 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
             if webhooks and complete_at is not None:
                 # Then every event to the receiver (the kills have ended by now).
                 until = time.time() + params["webhook_deadline_s"]
-                while time.time() < until and not webhooks.done(EVENTS_PER_TIMER * n):
+                with bench.connect() as c:  # due, steps, warnings, pauses: every event
+                    expected = c.execute("SELECT count(*) FROM outbox_events").fetchone()[0]
+                while time.time() < until and not webhooks.done(expected):
                     chaos.watch()
                     if time.time() >= next_sample:
                         chaos.sample_polling()
                         next_sample = time.time() + 1.0
                     time.sleep(0.5)
-                if webhooks.done(EVENTS_PER_TIMER * n):
+                if webhooks.done(expected):
                     webhooks.complete_at = time.time()
         finally:
             progress.close()
@@ -532,6 +640,8 @@ def run(bench: Bench, params: dict, log_dir: Path, own: OwnServers | None = None
         processes = _processes(chaos)
         with bench.connect() as c:
             figures = check(c, n)
+            if timer_pauses:
+                figures.update(timer_pauses.figures(c))
             step_times = [(s, float(a), float(b)) for s, a, b in c.execute(_STEP_TIMES)]
             if webhooks:
                 figures.update(webhooks.figures(c, last_due))
@@ -681,28 +791,118 @@ class _Progress:
             self.conn = None
 
 
+class _TimerPauses:
+    """The driver pausing and resuming some timers while the faults go on, as
+    the API does (models/pauses.py on locked rows, a wake-up after the commit).
+    A failed attempt (the database restarting) is tried again; a timer no longer
+    ACTIVE when its turn comes (its due fired meanwhile) is left running."""
+
+    def __init__(self, params: dict, t0: float):
+        from models.db import get_maintenance_engine  # once the environment is set
+
+        self.engine = get_maintenance_engine()
+        every = params["pause_every"]
+        self.resume_at = t0 + params["resume_at_s"]
+        self.pause_s = params["timer_pause_s"]
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT id, lead_id, next_fire_at FROM sla_timers").all()
+        number = {r.id: int(r.lead_id.rsplit("-", 1)[1]) for r in rows}
+        self.at_start = [r.id for r in rows if number[r.id] % every == 1]
+        self.at_warning = sorted(
+            (r.next_fire_at.timestamp(), r.id) for r in rows if number[r.id] % every == 2
+        )
+        self.to_resume: list[tuple[float, list]] = []  # (when, ids)
+        self.paused = 0
+        self.resumed = 0
+        self.errors = 0
+
+    def _locked(self, conn, ids: list, active_only: bool) -> list[dict]:
+        only = " AND status = 'ACTIVE'" if active_only else ""
+        return [
+            dict(r)
+            for r in conn.exec_driver_sql(
+                f"SELECT * FROM sla_timers WHERE id = ANY(%(ids)s){only} ORDER BY id FOR UPDATE",
+                {"ids": ids},
+            ).mappings()
+        ]
+
+    def pause(self, ids: list) -> list:
+        from models import pauses
+
+        with self.engine.begin() as conn:
+            done = pauses.pause_timers(conn, self._locked(conn, ids, True), "chaos")
+        self.paused += len(done)
+        return [t["id"] for t in done]
+
+    def resume(self, ids: list) -> None:
+        from models import pauses
+        from tasks.wakeups import schedule_wakeups
+
+        with self.engine.begin() as conn:
+            done = pauses.resume_timers(conn, self._locked(conn, ids, False))
+        self.resumed += len(done)
+        schedule_wakeups([t["next_fire_at"] for t in done if t["next_fire_at"]])
+
+    def start(self) -> None:
+        """Pause the first group, before anything of theirs is due."""
+        self.to_resume.append((self.resume_at, self.pause(self.at_start)))
+
+    def run(self, deadline: float) -> None:
+        while time.time() < deadline and (self.at_warning or self.to_resume):
+            now = time.time()
+            try:
+                due = [tid for at, tid in self.at_warning if at <= now]
+                if due:
+                    paused = self.pause(due)
+                    self.at_warning = self.at_warning[len(due) :]
+                    self.to_resume.append((now + self.pause_s, paused))
+                for entry in [e for e in self.to_resume if e[0] <= now]:
+                    self.resume(entry[1])
+                    self.to_resume.remove(entry)
+            except Exception:  # the database restarting, say: again in a moment
+                self.errors += 1
+                time.sleep(0.5)
+                continue
+            time.sleep(0.02)
+
+    def figures(self, conn) -> dict:
+        paused_events, resumed_events, still_paused = conn.execute(_CHECK_PAUSES).fetchone()
+        return {
+            "timers_paused": self.paused,
+            "timers_resumed": self.resumed,
+            "paused_events": paused_events,
+            "resumed_events": resumed_events,
+            "still_paused": still_paused,
+            "pause_errors_retried": self.errors,
+        }
+
+
 def check(conn, n: int) -> dict:
     """The invariants, from the database: its rows, and the insert attempts
     logged by its own trigger (which sees a duplicate ``ON CONFLICT DO NOTHING``
     drops, and times each attempt with the database's clock)."""
     steps_total, steps_distinct, steps_early, steps_failed = conn.execute(_CHECK_STEPS).fetchone()
     events_total, events_distinct_key, events_distinct_kind, events_early = conn.execute(
-        _CHECK_EVENTS
+        _CHECK_DUE_AND_STEP_EVENTS
     ).fetchone()
     timers, missing, unfinished = conn.execute(
         _CHECK_TIMERS, {"steps": STEPS, "events": EVENTS_PER_TIMER}
     ).fetchone()
+    warnings = _check_warnings(conn)
     return {
+        **warnings,
         "timers_in_db": timers,
         "step_rows": steps_total,
         "outbox_events": events_total,
         # Timers short of a step row or an event, or not ESCALATED / COMPLETED.
-        "lost": max(missing, unfinished) + (n - timers),
+        "lost": max(missing, unfinished, warnings["timers_short_of_warnings"]) + (n - timers),
         "missing_steps_or_events": missing,
         "not_final": unfinished,
         "duplicate_step_rows": steps_total - steps_distinct,
-        "duplicate_events": events_total - min(events_distinct_key, events_distinct_kind),
-        "early": steps_early + events_early,
+        "duplicate_events": events_total
+        - min(events_distinct_key, events_distinct_kind)
+        + warnings["duplicate_warning_events"],
+        "early": steps_early + events_early + warnings["early_warnings"],
         "failed_steps": steps_failed,
         "duplicate_attempts": len(attempt_log.duplicate_attempts(conn)),
         "early_attempts": len(attempt_log.early_steps(conn)),

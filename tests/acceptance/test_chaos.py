@@ -1,6 +1,7 @@
 """The chaos suite (``bench/chaos.py``, ``make chaos``), small: a few hundred
-timers, real worker and scheduler processes, one worker SIGKILL and one flush
-of the test's Redis database. The servers are shared, so no PostgreSQL restart
+timers with a warning each, some paused and resumed meanwhile, real worker and
+scheduler processes, one worker SIGKILL and one flush of the test's Redis
+database. The servers are shared, so no PostgreSQL restart
 or Redis pause here; the full run (``--slow``) starts servers of its own.
 """
 
@@ -26,6 +27,16 @@ def assert_invariants(result: dict) -> None:
     assert f["early"] == 0, f
     assert f["step_rows"] == chaos.STEPS * f["timers"]
     assert f["outbox_events"] == chaos.EVENTS_PER_TIMER * f["timers"]
+    # Warnings: one row per (timer, threshold), one event per SENT row, none early.
+    thresholds = len(result["params"]["warning_thresholds"])
+    assert f["warning_rows"] == thresholds * f["timers"], f
+    assert f["timers_short_of_warnings"] == 0, f
+    assert f["warning_events"] == f["warnings_sent"], f
+    assert (f["sent_warnings_without_event"], f["warning_events_without_sent_row"]) == (0, 0), f
+    # Pauses: every paused timer resumed, one event each way.
+    if result["params"].get("pause_every"):
+        assert f["timers_paused"] > 0 and f["still_paused"] == 0, f
+        assert f["paused_events"] == f["resumed_events"] == f["timers_paused"], f
     assert f["workers_exited_unkilled"] == 0, f
     assert f["worker_threads_died"] == 0, f
     assert f["schedulers_alive_at_end"] == f["schedulers"], f
@@ -49,7 +60,9 @@ def test_timers_fire_once_and_on_time_through_a_kill_and_a_flush(engine, tmp_pat
     with engine.connect() as conn:
         assert attempt_log.duplicate_attempts(conn) == []
         assert attempt_log.attempts(conn) == chaos.STEPS * n
-        assert attempt_log.attempts(conn, "outbox_events") == chaos.EVENTS_PER_TIMER * n
+        f = result["figures"]
+        expected = chaos.EVENTS_PER_TIMER * n + f["warning_events"] + 2 * f["timers_paused"]
+        assert attempt_log.attempts(conn, "outbox_events") == expected
         assert len(attempt_log.step_times(conn)) == chaos.STEPS * n
         assert attempt_log.early_steps(conn) == []
     kinds = [fault["kind"] for fault in result["faults"]]
