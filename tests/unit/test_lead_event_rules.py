@@ -12,8 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.lead_rules import (
+    ALREADY_PAUSED,
+    HOLD_TYPES,
     NO_OPEN_TIMER,
+    NOT_A_HOLD,
     NOT_NEWER_START,
+    NOT_PAUSED,
     PREDATES_TIMER,
     START_TYPES,
     TERMINAL_TYPES,
@@ -21,6 +25,7 @@ from models.lead_rules import (
     Decision,
     History,
     decide,
+    decide_hold,
 )
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -139,7 +144,11 @@ def test_a_qualified_and_contacted_pair_leaves_no_timer_running_iff_contacted_is
     assert (lead.open_started_at is None) == (contacted >= qualified)
 
 
-EVENTS = st.lists(st.tuples(st.sampled_from(TYPES), st.integers(0, 8)), min_size=1, max_size=8)
+# The types ``decide`` judges; hold types go to ``decide_hold`` (below).
+ORDERED_TYPES = [t for t in TYPES if t not in HOLD_TYPES]
+EVENTS = st.lists(
+    st.tuples(st.sampled_from(ORDERED_TYPES), st.integers(0, 8)), min_size=1, max_size=8
+)
 
 
 @PROPERTY
@@ -174,3 +183,31 @@ def test_events_in_order_of_occurrence_are_never_ignored_for_their_age(events):
             assert decision.action == "start" or lead.open_started_at == at(t)
         else:
             assert decision.action != "ignore" if was_open else decision.reason == NO_OPEN_TIMER
+
+
+HOLDS = {"pause_on": ("lead.waiting_on_customer",), "resume_on": ("lead.customer_replied",)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "paused", "expected"),
+    [
+        ("lead.waiting_on_customer", False, Decision("pause")),
+        ("lead.waiting_on_customer", True, Decision("ignore", ALREADY_PAUSED)),
+        ("lead.customer_replied", True, Decision("resume")),
+        ("lead.customer_replied", False, Decision("ignore", NOT_PAUSED)),
+        ("lead.on_hold", False, Decision("ignore", NOT_A_HOLD)),  # not in the contract
+    ],
+)
+def test_a_hold_type_pauses_or_resumes_as_the_timers_contract_says(kind, paused, expected):
+    decision = decide_hold(kind, at(5), open_started_at=at(1), paused=paused, **HOLDS)
+    assert decision == expected
+
+
+def test_a_hold_type_without_an_open_timer_or_older_than_it_is_ignored():
+    assert decide_hold(
+        "lead.waiting_on_customer", at(5), open_started_at=None, paused=False, **HOLDS
+    ) == Decision("ignore", NO_OPEN_TIMER)
+    assert decide_hold(
+        "lead.waiting_on_customer", at(0), open_started_at=at(1), paused=False, **HOLDS
+    ) == Decision("ignore", PREDATES_TIMER)
+    assert Decision("pause").outcome == "paused" and Decision("resume").outcome == "resumed"
