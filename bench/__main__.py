@@ -28,6 +28,7 @@ SCENARIOS = {
     "p6": "bench.p6_webhooks",
     "p6l": "bench.p6_webhooks:Latency",
     "p6d": "bench.p6_webhooks:Dead",
+    "p7": "bench.p7_stats",
 }
 
 

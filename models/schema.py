@@ -162,6 +162,8 @@ sla_timers = Table(
     ),
     # Tenant listings (newest first, keyset pagination).
     Index("ix_sla_timers_tenant_created", "tenant_id", "created_at", "id"),
+    # The stats' partial days at the ends of a range (models/stats.py).
+    Index("ix_sla_timers_tenant_started", "tenant_id", "started_at"),
     # At most one open timer per lead and contract: a new start supersedes the old one.
     Index(
         "uq_sla_timers_open_per_lead_contract",
@@ -223,6 +225,8 @@ outbox_events = Table(
     UniqueConstraint("tenant_id", "idempotency_key"),
     # The feed: a tenant's events in (txid, id) order.
     Index("ix_outbox_events_tenant_txid", "tenant_id", "txid", "id"),
+    # A timer's events, for its timeline (models/timeline.py).
+    Index("ix_outbox_events_timer_id", "timer_id", postgresql_where=text("timer_id IS NOT NULL")),
 )
 
 # A tenant's webhook endpoints. Each new outbox event is fanned out to the
@@ -383,3 +387,5 @@ from .schema_policies import calendars as calendars  # noqa: E402
 from .schema_policies import sla_contract_versions as sla_contract_versions  # noqa: E402
 from .schema_policies import sla_contracts as sla_contracts  # noqa: E402
 from .schema_policies import sla_timer_warnings as sla_timer_warnings  # noqa: E402
+from .schema_reports import sla_stats_positions as sla_stats_positions  # noqa: E402
+from .schema_reports import sla_stats_rollup as sla_stats_rollup  # noqa: E402

@@ -7,5 +7,6 @@ importing this package sets the broker and declares every actor.
 
 from .broker import broker
 from .actors import deliver, sweep, wake_up
+from .stats import fold_stats
 
-__all__ = ["broker", "deliver", "sweep", "wake_up"]
+__all__ = ["broker", "deliver", "fold_stats", "sweep", "wake_up"]
