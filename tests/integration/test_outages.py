@@ -78,6 +78,12 @@ SAMPLE_BODIES: dict[str, Any] = {
             }
         ]
     },
+    "CalendarPut": {"timezone": "Europe/Berlin", "weekly_hours": {"mon": [["09:00", "17:00"]]}},
+    "ContractPut": {
+        "name": "outage",
+        "window_seconds": 60,
+        "escalation_steps": [{"step": 1, "after_seconds": 0, "action": "notify"}],
+    },
 }
 OUTAGE_LEADS = [
     "outage-single",
