@@ -31,16 +31,17 @@ WITH relaxed AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ),
 subs AS (
-    SELECT s.id,
+    SELECT s.id, due.first_due,
            CASE WHEN s.failing_since IS NULL THEN :max_in_flight
                 ELSE least(:max_in_flight, :failing_in_flight) END AS room
     FROM webhook_subscriptions s
-    WHERE s.enabled
-      -- min() reads one entry of ix_webhook_deliveries_due; an EXISTS may be
-      -- planned as a scan of the table, through every delivered row.
-      AND (SELECT min(w.next_attempt_at) FROM webhook_deliveries w
-           WHERE w.subscription_id = s.id AND w.status = 'PENDING')
-          <= coalesce(CAST(:now AS timestamptz), now())
+    -- min() reads the first live entry of ix_webhook_deliveries_due; an EXISTS
+    -- may be planned as a scan of the table, through every delivered row.
+    CROSS JOIN LATERAL (
+        SELECT min(w.next_attempt_at) AS first_due FROM webhook_deliveries w
+        WHERE w.subscription_id = s.id AND w.status = 'PENDING'
+    ) due
+    WHERE s.enabled AND due.first_due <= coalesce(CAST(:now AS timestamptz), now())
     ORDER BY random()
     FOR NO KEY UPDATE OF s SKIP LOCKED
 ),
@@ -52,6 +53,11 @@ picked AS (
         FROM webhook_deliveries w
         WHERE w.subscription_id = subs.id
           AND w.status = 'PENDING'
+          -- From the first due entry that min() found: the index scan starts
+          -- there instead of walking again through the dead entries of the
+          -- deliveries already done, which stay in the index until a vacuum
+          -- (or longer, while any transaction of the cluster is older).
+          AND w.next_attempt_at >= subs.first_due
           AND w.next_attempt_at <= coalesce(CAST(:now AS timestamptz), now())
           AND (w.lease_expires_at IS NULL
                OR w.lease_expires_at <= coalesce(CAST(:now AS timestamptz), now()))
@@ -61,10 +67,15 @@ picked AS (
           -- The timer's first pending event here: the first entry of
           -- ix_webhook_deliveries_pending_timer, whose order this is. (A NOT
           -- EXISTS was planned on the due index whenever the statistics were
-          -- stale, reading the subscription's whole backlog for each row.)
+          -- stale, reading the subscription's whole backlog for each row.) The
+          -- subscription is compared with IS NOT DISTINCT FROM (both sides are
+          -- never NULL), which is no index condition: an equality let a table
+          -- never analyzed be read through the due index, led by the
+          -- subscription, at ≈ 20 ms a row with a 100,000-delivery backlog.
           AND (w.timer_id IS NULL OR w.event_id = (
               SELECT e.event_id FROM webhook_deliveries e
-              WHERE e.timer_id = w.timer_id AND e.subscription_id = w.subscription_id
+              WHERE e.timer_id = w.timer_id
+                AND e.subscription_id IS NOT DISTINCT FROM w.subscription_id
                 AND e.status = 'PENDING' AND e.timer_id IS NOT NULL
               ORDER BY e.timer_id, e.subscription_id, e.event_id
               LIMIT 1))
