@@ -281,3 +281,20 @@ def test_a_bulk_start_resolves_each_contract(api):
     got = response.get_json()["items"]
     assert [t["window_seconds"] for t in got] == [7200, 1800, 7200, 60]
     assert [t["contract_version"] for t in got] == [1, 1, 1, None]
+
+
+def test_the_wake_up_is_for_the_first_warning_not_due(api, monkeypatch):
+    import web.timers
+
+    instants: list = []
+    monkeypatch.setattr(web.timers, "schedule_wakeups", instants.extend)
+    put(api, "gold", GOLD)
+    started = datetime.now(UTC).replace(microsecond=0)
+    start(api, lead_id="lead-wake", sla_contract_id="gold", started_at=iso(started))
+    bulk = {
+        "timers": [
+            {"lead_id": "lead-wake-2", "sla_contract_id": "gold", "started_at": iso(started)}
+        ]
+    }
+    assert api.post("/v1/timers/bulk", bulk).status_code == 201
+    assert instants == [started + timedelta(minutes=60)] * 2  # 50 % of 120 minutes

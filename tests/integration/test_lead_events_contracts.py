@@ -173,3 +173,18 @@ def test_a_bulk_start_under_a_contract_takes_it(api):
     results = api.post(f"{URL}/bulk", {"events": events}).get_json()["results"]
     assert [r["status"] for r in results] == [201, 201, 201]
     assert timer(api, results[0])["contract_version"] == 1
+
+
+def test_started_and_resumed_timers_are_woken_at_their_next_fire_time(api, monkeypatch):
+    import web.lead_events
+
+    instants: list = []
+    monkeypatch.setattr(web.lead_events, "schedule_wakeups", instants.extend)
+    put(api, "gold", GOLD)
+    occurred = NOW - timedelta(seconds=30)
+    send(api, "e-1", "lead.qualified", 201, sla_contract_id="gold", occurred_at=iso(occurred))
+    assert instants == [occurred + timedelta(minutes=30)]  # the 50 % warning
+    send(api, "e-2", "lead.waiting_on_customer", sla_contract_id="gold")
+    assert len(instants) == 1  # a paused timer waits for nothing
+    send(api, "e-3", "lead.customer_replied", sla_contract_id="gold")
+    assert len(instants) == 2 and instants[1] > instants[0]  # moved by the pause
