@@ -198,11 +198,14 @@ sla_escalation_events = Table(
     Column("correlation_id", Text, nullable=False),
     Column("error_message", Text),
     Column("idempotency_key", Text, nullable=False),
+    # The writing transaction's id: the stats fold step rows by it (models/stats.py).
+    Column("txid", BigInteger, nullable=False, server_default=TXID),
     CheckConstraint(_in("outcome", STEP_OUTCOMES), name="outcome"),
     # The exactly-once guarantee for steps lives here, not in application code.
     # It also serves the lookup of a timer's steps (by tenant and timer).
     UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
     UniqueConstraint("tenant_id", "idempotency_key"),
+    Index("ix_sla_escalation_events_tenant_txid", "tenant_id", "txid"),
 )
 
 outbox_events = Table(

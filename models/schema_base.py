@@ -16,6 +16,10 @@ metadata = MetaData(
 )
 
 
+# The writing transaction's id (a 64-bit xid8), for the feed and the stats' fold.
+TXID = text("(pg_current_xact_id())::text::bigint")
+
+
 def in_(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 

@@ -6,11 +6,13 @@ metadata, which imports them, so the schema is still one ``metadata``.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
     ForeignKeyConstraint,
+    Index,
     Integer,
     Table,
     Text,
@@ -18,8 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
+from .schema_base import TXID, metadata
 from .schema_base import in_ as _in
-from .schema_base import metadata
 from .schema_base import now as _now
 
 WARNING_OUTCOMES = ("SENT", "SKIPPED")
@@ -43,8 +45,11 @@ sla_timer_warnings = Table(
     Column("scheduled_at", DateTime(timezone=True), nullable=False),
     Column("recorded_at", DateTime(timezone=True), nullable=False),
     Column("correlation_id", Text, nullable=False),
+    # The writing transaction's id: the stats fold warning rows by it (models/stats.py).
+    Column("txid", BigInteger, nullable=False, server_default=TXID),
     CheckConstraint(_in("outcome", WARNING_OUTCOMES), name="outcome"),
     CheckConstraint("threshold > 0 AND threshold < 100", name="threshold_range"),
+    Index("ix_sla_timer_warnings_tenant_txid", "tenant_id", "txid"),
 )
 
 # A tenant's business-hours calendars (models/calendars.py), by the tenant's own id.

@@ -42,7 +42,8 @@ sla_stats_rollup = Table(
     CheckConstraint("hours IN (1, 24)", name="hours"),
 )
 
-# Per tenant, the feed position (txid, event id) up to which closes are folded.
+# Per tenant, the feed position (txid, event id) up to which closes are
+# folded, and the transaction id up to which step and warning rows are.
 sla_stats_positions = Table(
     "sla_stats_positions",
     metadata,
@@ -54,5 +55,6 @@ sla_stats_positions = Table(
     ),
     Column("txid", BigInteger, nullable=False, server_default="0"),
     Column("event_id", BigInteger, nullable=False, server_default="0"),
+    Column("rows_txid", BigInteger, nullable=False, server_default="0"),
     Column("folded_at", DateTime(timezone=True), nullable=False, server_default=_now()),
 )

@@ -1,14 +1,17 @@
 """Compliance stats of a tenant's timers started in a range, and the rollup
 that keeps them fast (models/sql/reports.sql; definitions in docs/reports.md).
 
-A closed timer (COMPLETED or CANCELLED) never changes again, nor do its step
-and warning rows, so its figures are folded once into ``sla_stats_days`` (per
-UTC day of ``started_at`` and contract) by ``fold``, which the worker runs for
-every tenant each minute (``fold_all``, tasks/stats.py). The fold follows the
-outbox like the pull feed (models/feed.py), so every close is folded exactly
-once. ``stats`` reads the whole days of a range from the rollup and counts the
-rest live: the closes not folded yet, the partial days at the range's ends,
-and the open timers, whose figures change with time.
+What never changes once written is folded into ``sla_stats_rollup``, per UTC
+hour and UTC day of the timer's ``started_at`` and contract: a closed timer's
+outcome and time to complete (COMPLETED and CANCELLED are final), and every
+step and warning row (never updated). ``fold`` does it for one tenant and
+``fold_all`` for every tenant, each minute in the worker (tasks/stats.py).
+Closes are found through their outbox events in the pull feed's order, rows
+through their writing transaction's id, both only below the snapshot's
+horizon (models/feed.py says why that misses nothing), so each is folded
+exactly once. ``stats`` reads whole days and hours from the rollup and counts
+the rest live: what the fold has not reached yet, the minutes at the range's
+ends, and the open timers, whose figures change with time.
 
 Figures (``compute``):
 
@@ -50,15 +53,17 @@ WARNING_OUTCOMES = ("SENT", "SKIPPED")
 
 
 def fold(conn: Connection, tenant_id: UUID, batch: int = FOLD_BATCH) -> int:
-    """Fold the tenant's closes of up to ``batch`` events past its position
-    (one transaction: the caller's); the number of events read."""
+    """Fold the tenant's closes of up to ``batch`` events past its position, and
+    its step and warning rows written since (one transaction: the caller's);
+    the number of events and rows read."""
     params = {"tenant": tenant_id}
     conn.execute(SQL.stats_position.text, params)  # create and lock it
     return conn.execute(SQL.fold_stats.text, {**params, "batch": batch}).one().events
 
 
 def fold_tenant(engine: Engine, tenant_id: UUID, batch: int = FOLD_BATCH) -> int:
-    """Fold all of a tenant's closes so far, a batch per transaction; events read."""
+    """Fold all of a tenant's closes and rows so far, a batch of events per
+    transaction; the events and rows read."""
     total = 0
     while True:
         with engine.begin() as conn:
@@ -69,15 +74,15 @@ def fold_tenant(engine: Engine, tenant_id: UUID, batch: int = FOLD_BATCH) -> int
 
 
 def fold_all(engine: Engine, batch: int = FOLD_BATCH) -> int:
-    """Fold every tenant's closes (``engine`` sees every tenant); events read."""
+    """Fold every tenant (``engine`` sees every tenant); the events and rows read."""
     with engine.connect() as conn:
         tenants = [r.id for r in conn.execute(SQL.stats_tenants.text)]
     return sum(fold_tenant(engine, t, batch) for t in tenants)
 
 
 def rebuild(conn: Connection, tenant_id: UUID) -> None:
-    """Fold the tenant's closed timers from the timers themselves, afresh: for
-    timers written without events (a bulk load) or to repair the rollup."""
+    """Fold the tenant's closed timers and its rows from the tables themselves,
+    afresh: for timers written without events (a bulk load), or a repair."""
     params = {"tenant": tenant_id}
     conn.execute(SQL.stats_position.text, params)
     conn.execute(SQL.clear_stats.text, params)

@@ -8,9 +8,15 @@ timeline and the stats (docs/reports.md)
   A range reads whole days, whole hours at its ends, and counts only the
   minutes at its very ends from the timers themselves.
 - ``sla_stats_positions``: per tenant, the feed position (txid, event id) up
-  to which the close events are folded into ``sla_stats_rollup``. The fold reads
-  the outbox as the pull feed does, below the snapshot's horizon, so no close
-  is missed or folded twice; the stats add the closes after it live.
+  to which the close events are folded into ``sla_stats_rollup``, and the
+  transaction id (``rows_txid``) up to which step and warning rows are. The
+  fold reads below the snapshot's horizon, as the pull feed does, so nothing
+  is missed or folded twice; the stats add what is past the positions live.
+- ``sla_escalation_events.txid`` and ``sla_timer_warnings.txid``: the writing
+  transaction's id, as ``outbox_events.txid`` (set by default: no writer
+  changes), indexed by tenant: step and warning rows never change once
+  written, so they are folded as they come, open timers' included. Rows
+  written before this migration share its transaction's id.
 - ``sla_stats_ttc_bin(started, completed)``: a time to complete in whole
   seconds rounded up to the rollup's grid, every second up to 100 s, then two
   significant digits (101 s -> 110, 3,601 s -> 3,700): the percentiles are
@@ -45,6 +51,9 @@ ALL_TENANTS = "coalesce(current_setting('app.all_tenants', true), '') = 'on'"
 
 # table -> privileges of sla_app: the API reads, the worker folds.
 TABLES = {"sla_stats_rollup": "SELECT", "sla_stats_positions": "SELECT"}
+# Step and warning rows: insert-only, folded by their writing transaction.
+ROW_TABLES = ("sla_escalation_events", "sla_timer_warnings")
+TXID = "(pg_current_xact_id())::text::bigint"
 
 
 def _if_role(role: str, statement: str) -> None:
@@ -117,6 +126,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", postgresql.UUID(as_uuid=True), nullable=False),
         sa.Column("txid", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("event_id", sa.BigInteger(), server_default="0", nullable=False),
+        sa.Column("rows_txid", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column(
             "folded_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
@@ -128,6 +138,12 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("tenant_id", name=op.f("pk_sla_stats_positions")),
     )
+    for table in ROW_TABLES:
+        op.add_column(
+            table,
+            sa.Column("txid", sa.BigInteger(), server_default=sa.text(TXID), nullable=False),
+        )
+        op.create_index(f"ix_{table}_tenant_txid", table, ["tenant_id", "txid"])
     op.create_index("ix_sla_timers_tenant_started", "sla_timers", ["tenant_id", "started_at"])
     op.create_index(
         "ix_outbox_events_timer_id",
@@ -165,6 +181,9 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_outbox_events_timer_id", table_name="outbox_events")
     op.drop_index("ix_sla_timers_tenant_started", table_name="sla_timers")
+    for table in ROW_TABLES:
+        op.drop_index(f"ix_{table}_tenant_txid", table_name=table)
+        op.drop_column(table, "txid")
     op.drop_table("sla_stats_positions")
     op.drop_table("sla_stats_rollup")
     op.execute("DROP FUNCTION sla_stats_ttc_bin(timestamptz, timestamptz)")

@@ -5,22 +5,22 @@
 -- row-level security: the predicates are what the indexes are searched by.
 
 -- The compliance stats (models/stats.py) count the timers *started* in a range.
--- A closed timer (COMPLETED or CANCELLED) never changes again, and neither do
--- its step and warning rows (a close records the rest SKIPPED), so its
--- figures are folded once into sla_stats_rollup, by UTC hour and by UTC day
--- of started_at (hours 1 and 24) and contract, as counters (kind, key, outcome):
---   completed_within / completed_late / cancelled / superseded
+-- What never changes once written is folded into sla_stats_rollup, by UTC hour
+-- and by UTC day of the timer's started_at (hours 1 and 24) and contract, as
+-- counters (kind, key, outcome):
+--   completed_within / completed_late / cancelled / superseded   (at the close)
 --   ttc, key = time to complete in seconds, rounded up to the grid of
 --            sla_stats_ttc_bin (migration 0007: every second to 100 s, then two
---            significant digits)
---   step, key = step, outcome = SUCCESS / FAILED / SKIPPED (each step and repeat)
---   warning, key = threshold, outcome = SENT / SKIPPED
--- The fold follows the outbox like the pull feed (models/feed.py): each close
--- writes its sla.timer.completed or sla.timer.cancelled event in its own
--- transaction, and the fold reads the tenant's events after its position and
--- below the snapshot's horizon, so every close is folded exactly once.
--- fold_stats, rebuild_stats and stats spell the figures of a closed timer
--- alike (the LATERAL list): a change to one is a change to all three.
+--            significant digits)                                 (at the close)
+--   step, key = step, outcome = SUCCESS / FAILED / SKIPPED       (each step row)
+--   warning, key = threshold, outcome = SENT / SKIPPED           (each warning row)
+-- A closed timer (COMPLETED or CANCELLED) never changes again; step and
+-- warning rows are never updated. Closes are found through their outbox
+-- events, in the pull feed's (txid, id) order (models/feed.py); step and
+-- warning rows through their own txid. Either way only below the snapshot's
+-- horizon, where every transaction has ended, so nothing is folded twice or
+-- missed. fold_stats, rebuild_stats and stats spell a close's figures and a
+-- row's bucket alike: a change to one is a change to all three.
 
 -- name: timeline_timer
 -- The timer a timeline is asked for (none: another tenant's, or no such timer).
@@ -120,16 +120,17 @@ ON CONFLICT (tenant_id) DO UPDATE SET txid = sla_stats_positions.txid
 RETURNING txid, event_id
 
 -- name: fold_stats
--- Fold the closes of up to :batch events past the tenant's position; move the position.
--- The events of every type are read (and passed) so the position moves; the
--- position goes to the last event read when the batch is full, else past the
--- horizon, as the feed's cursor does. Runs after stats_position, in its
+-- Fold the closes of up to :batch events past the position, and the step and warning rows since.
+-- The events of every type are read (and passed) so the position moves; it
+-- goes to the last event read when the batch is full, else past the horizon,
+-- as the feed's cursor does. Rows: every one whose transaction is past
+-- rows_txid and below the horizon. Runs after stats_position, in its
 -- transaction: the position row is locked.
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
 ),
 pos AS MATERIALIZED (
-    SELECT txid, event_id FROM sla_stats_positions WHERE tenant_id = :tenant
+    SELECT txid, event_id, rows_txid FROM sla_stats_positions WHERE tenant_id = :tenant
 ),
 batch AS MATERIALIZED (
     SELECT e.txid, e.id, e.timer_id, e.event_type
@@ -141,19 +142,27 @@ batch AS MATERIALIZED (
     LIMIT :batch
 ),
 closed AS MATERIALIZED (
-    SELECT t.id, t.sla_contract_id, t.started_at, t.status, t.breached, t.completed_at,
+    SELECT t.sla_contract_id, t.started_at, t.status, t.breached, t.completed_at,
            t.cancel_reason
     FROM sla_timers t
     WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
       AND t.id IN (SELECT timer_id FROM batch
                    WHERE event_type IN ('sla.timer.completed', 'sla.timer.cancelled'))
 ),
+rows AS MATERIALIZED (
+    SELECT 'step' AS kind, s.timer_id, s.escalation_step AS key, s.outcome
+    FROM sla_escalation_events s, pos
+    WHERE s.tenant_id = :tenant AND s.txid > pos.rows_txid
+      AND s.txid < (SELECT xmin FROM horizon)
+    UNION ALL
+    SELECT 'warning', w.timer_id, w.threshold, w.outcome
+    FROM sla_timer_warnings w, pos
+    WHERE w.tenant_id = :tenant AND w.txid > pos.rows_txid
+      AND w.txid < (SELECT xmin FROM horizon)
+),
 figures AS (
-    SELECT g.hours, date_trunc(CASE g.hours WHEN 1 THEN 'hour' ELSE 'day' END, c.started_at,
-                               'UTC') AS bucket,
-           c.sla_contract_id, f.kind, f.key, f.outcome, count(*) AS n
+    SELECT c.sla_contract_id, c.started_at, f.kind, f.key, f.outcome
     FROM closed c
-    CROSS JOIN (VALUES (1), (24)) AS g(hours)
     CROSS JOIN LATERAL (
         SELECT CASE WHEN c.status = 'CANCELLED' THEN 'cancelled'
                     WHEN c.breached THEN 'completed_late' ELSE 'completed_within' END,
@@ -163,21 +172,21 @@ figures AS (
         UNION ALL
         SELECT 'ttc', sla_stats_ttc_bin(c.started_at, c.completed_at), ''
         WHERE c.status = 'COMPLETED'
-        UNION ALL
-        SELECT 'step', s.escalation_step, s.outcome
-        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.timer_id = c.id
-        UNION ALL
-        SELECT 'warning', w.threshold, w.outcome
-        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.timer_id = c.id
     ) AS f(kind, key, outcome)
-    GROUP BY 1, 2, 3, 4, 5, 6
+    UNION ALL
+    SELECT t.sla_contract_id, t.started_at, r.kind, r.key, r.outcome
+    FROM rows r JOIN sla_timers t ON t.id = r.timer_id AND t.tenant_id = :tenant
 ),
 added AS (
-    INSERT INTO sla_stats_rollup AS r
+    INSERT INTO sla_stats_rollup AS d
         (tenant_id, hours, bucket, sla_contract_id, kind, key, outcome, n)
-    SELECT :tenant, hours, bucket, sla_contract_id, kind, key, outcome, n FROM figures
+    SELECT :tenant, g.hours,
+           date_trunc(CASE g.hours WHEN 1 THEN 'hour' ELSE 'day' END, f.started_at, 'UTC'),
+           f.sla_contract_id, f.kind, f.key, f.outcome, count(*)
+    FROM figures f CROSS JOIN (VALUES (1), (24)) AS g(hours)
+    GROUP BY 2, 3, 4, 5, 6, 7
     ON CONFLICT (tenant_id, hours, bucket, sla_contract_id, kind, key, outcome)
-    DO UPDATE SET n = r.n + excluded.n
+    DO UPDATE SET n = d.n + excluded.n
 ),
 last AS (
     SELECT txid, id FROM batch ORDER BY txid DESC, id DESC LIMIT 1
@@ -189,10 +198,12 @@ moved AS (
         event_id = CASE WHEN (SELECT count(*) FROM batch) >= :batch THEN (SELECT id FROM last)
                         WHEN (SELECT xmin FROM horizon) - 1 >= txid THEN 9223372036854775807
                         ELSE event_id END,
+        rows_txid = greatest(rows_txid, (SELECT xmin FROM horizon) - 1),
         folded_at = now()
     WHERE tenant_id = :tenant
 )
-SELECT (SELECT count(*) FROM batch) AS events, (SELECT count(*) FROM closed) AS closed
+SELECT (SELECT count(*) FROM batch) + (SELECT count(*) FROM rows) AS events,
+       (SELECT count(*) FROM closed) AS closed
 
 -- name: stats_tenants
 -- Every tenant, for the fold (the maintenance role sees them all).
@@ -203,15 +214,15 @@ SELECT id FROM tenants ORDER BY id
 DELETE FROM sla_stats_rollup WHERE tenant_id = :tenant
 
 -- name: rebuild_stats
--- Fold the tenant's closed timers from the timers themselves; the position goes past the horizon.
+-- Fold the tenant's closed timers and rows from the tables themselves; positions go to the horizon.
 -- For timers written without events (a bulk load) and for repairs. A close
--- whose event is at or past the horizon is left to the next fold, which reads
--- from there: the timer row may be visible already, the position is not past it.
+-- whose event is at or past the horizon, and rows written there, are left to
+-- the next fold, which reads from there.
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
 ),
 closed AS MATERIALIZED (
-    SELECT t.id, t.sla_contract_id, t.started_at, t.status, t.breached, t.completed_at,
+    SELECT t.sla_contract_id, t.started_at, t.status, t.breached, t.completed_at,
            t.cancel_reason
     FROM sla_timers t
     WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
@@ -221,12 +232,18 @@ closed AS MATERIALIZED (
             AND e.event_type IN ('sla.timer.completed', 'sla.timer.cancelled')
             AND e.txid >= (SELECT xmin FROM horizon))
 ),
+rows AS (
+    SELECT 'step' AS kind, s.timer_id, s.escalation_step AS key, s.outcome
+    FROM sla_escalation_events s
+    WHERE s.tenant_id = :tenant AND s.txid < (SELECT xmin FROM horizon)
+    UNION ALL
+    SELECT 'warning', w.timer_id, w.threshold, w.outcome
+    FROM sla_timer_warnings w
+    WHERE w.tenant_id = :tenant AND w.txid < (SELECT xmin FROM horizon)
+),
 figures AS (
-    SELECT g.hours, date_trunc(CASE g.hours WHEN 1 THEN 'hour' ELSE 'day' END, c.started_at,
-                               'UTC') AS bucket,
-           c.sla_contract_id, f.kind, f.key, f.outcome, count(*) AS n
+    SELECT c.sla_contract_id, c.started_at, f.kind, f.key, f.outcome
     FROM closed c
-    CROSS JOIN (VALUES (1), (24)) AS g(hours)
     CROSS JOIN LATERAL (
         SELECT CASE WHEN c.status = 'CANCELLED' THEN 'cancelled'
                     WHEN c.breached THEN 'completed_late' ELSE 'completed_within' END,
@@ -236,22 +253,23 @@ figures AS (
         UNION ALL
         SELECT 'ttc', sla_stats_ttc_bin(c.started_at, c.completed_at), ''
         WHERE c.status = 'COMPLETED'
-        UNION ALL
-        SELECT 'step', s.escalation_step, s.outcome
-        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.timer_id = c.id
-        UNION ALL
-        SELECT 'warning', w.threshold, w.outcome
-        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.timer_id = c.id
     ) AS f(kind, key, outcome)
-    GROUP BY 1, 2, 3, 4, 5, 6
+    UNION ALL
+    SELECT t.sla_contract_id, t.started_at, r.kind, r.key, r.outcome
+    FROM rows r JOIN sla_timers t ON t.id = r.timer_id AND t.tenant_id = :tenant
 ),
 added AS (
     INSERT INTO sla_stats_rollup (tenant_id, hours, bucket, sla_contract_id, kind, key, outcome, n)
-    SELECT :tenant, hours, bucket, sla_contract_id, kind, key, outcome, n FROM figures
+    SELECT :tenant, g.hours,
+           date_trunc(CASE g.hours WHEN 1 THEN 'hour' ELSE 'day' END, f.started_at, 'UTC'),
+           f.sla_contract_id, f.kind, f.key, f.outcome, count(*)
+    FROM figures f CROSS JOIN (VALUES (1), (24)) AS g(hours)
+    GROUP BY 2, 3, 4, 5, 6, 7
 ),
 moved AS (
     UPDATE sla_stats_positions
-    SET txid = (SELECT xmin FROM horizon) - 1, event_id = 9223372036854775807, folded_at = now()
+    SET txid = (SELECT xmin FROM horizon) - 1, event_id = 9223372036854775807,
+        rows_txid = (SELECT xmin FROM horizon) - 1, folded_at = now()
     WHERE tenant_id = :tenant
 )
 SELECT count(*) AS closed FROM closed
@@ -260,15 +278,15 @@ SELECT count(*) AS closed FROM closed
 -- The figures of a tenant's timers started in [:from, :to), as (kind, key, outcome, n, at) rows.
 -- The range splits in three (bounds): whole UTC days [df, dt), whole hours at
 -- either side [hf, df) and [dt, ht), and the minutes at the very ends [from,
--- hf) and [ht, to). Days and hours come from the rollup, plus the closes its
--- position has not reached (outbox events after it that this snapshot sees;
--- the rollup and its position are read in one snapshot, so a close counts
--- once, in one or the other). The ends' minutes are counted from the timers
--- (ix_sla_timers_tenant_started), and so are the open timers, through the
--- open-timer index: their status, breach, the overdue backlog, and their steps
--- and warnings so far. Reading every open timer of the tenant, whatever the
--- range, keeps the planner on that index (open timers are few beside closed).
--- Rows: the closed figures as folded (see above), plus
+-- hf) and [ht, to). Days and hours come from the rollup, plus what its
+-- positions have not reached: the closes whose events are past it and the
+-- step and warning rows written since (this snapshot's; the rollup and its
+-- positions are read in the same one, so everything counts once). The ends'
+-- minutes are counted from the timers (ix_sla_timers_tenant_started) and
+-- their rows. Open timers, whose figures change with time, are read through
+-- the open-timer index: every open timer of the tenant, whatever the range,
+-- which keeps the planner on that index (open timers are few beside closed).
+-- Rows: the folded kinds (see above), plus
 --   active / paused: open timers, not PAUSED / PAUSED
 --   open_breached: open and past due (a paused one: due at or before its pause)
 --   overdue: open, next_fire_at <= now (a warning, the due time, a step or a
@@ -296,7 +314,8 @@ bounds AS MATERIALIZED (
     ) AS x
 ),
 pos AS MATERIALIZED (
-    SELECT coalesce(max(p.txid), 0) AS txid, coalesce(max(p.event_id), 0) AS event_id
+    SELECT coalesce(max(p.txid), 0) AS txid, coalesce(max(p.event_id), 0) AS event_id,
+           coalesce(max(p.rows_txid), 0) AS rows_txid
     FROM sla_stats_positions p WHERE p.tenant_id = :tenant
 ),
 rolled AS (
@@ -315,22 +334,24 @@ rolled AS (
     WHERE d.tenant_id = :tenant AND d.hours = 1 AND d.bucket >= b.dt AND d.bucket < b.ht
       AND (CAST(:contract AS text) IS NULL OR d.sla_contract_id = :contract)
 ),
-closed AS MATERIALIZED (
-    -- The minutes at the ends, whole.
+ends AS MATERIALIZED (
+    -- The timers of the minutes at the ends, whole.
     SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
     FROM sla_timers t, bounds b
-    WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
-      AND t.started_at >= b.f AND t.started_at < b.hf
+    WHERE t.tenant_id = :tenant AND t.started_at >= b.f AND t.started_at < b.hf
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
     UNION ALL
     SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
     FROM sla_timers t, bounds b
-    WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
-      AND t.started_at >= b.ht AND t.started_at < b.t
+    WHERE t.tenant_id = :tenant AND t.started_at >= b.ht AND t.started_at < b.t
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
+),
+closed AS (
+    SELECT e.started_at, e.status, e.breached, e.completed_at, e.cancel_reason
+    FROM ends e WHERE e.status IN ('COMPLETED', 'CANCELLED')
     UNION ALL
     -- The closes of the rolled-up part not folded yet.
-    SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
+    SELECT t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
     FROM sla_timers t, bounds b
     WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
       AND t.started_at >= b.hf AND t.started_at < b.ht
@@ -352,18 +373,38 @@ live AS (
         UNION ALL
         SELECT 'ttc', sla_stats_ttc_bin(c.started_at, c.completed_at), ''
         WHERE c.status = 'COMPLETED'
-        UNION ALL
-        SELECT 'step', s.escalation_step, s.outcome
-        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.timer_id = c.id
-        UNION ALL
-        SELECT 'warning', w.threshold, w.outcome
-        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.timer_id = c.id
     ) AS f(kind, key, outcome)
+    GROUP BY 1, 2, 3
+    UNION ALL
+    -- The rows of the ends' timers, and the rolled-up part's rows not folded yet.
+    SELECT 'step', s.escalation_step, s.outcome, count(*)
+    FROM ends e JOIN sla_escalation_events s ON s.tenant_id = :tenant AND s.timer_id = e.id
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT 'warning', w.threshold, w.outcome, count(*)
+    FROM ends e JOIN sla_timer_warnings w ON w.tenant_id = :tenant AND w.timer_id = e.id
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT 'step', s.escalation_step, s.outcome, count(*)
+    FROM sla_escalation_events s
+    JOIN pos ON s.txid > pos.rows_txid
+    JOIN sla_timers t ON t.id = s.timer_id AND t.tenant_id = :tenant
+    JOIN bounds b ON t.started_at >= b.hf AND t.started_at < b.ht
+    WHERE s.tenant_id = :tenant
+      AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
+    GROUP BY 1, 2, 3
+    UNION ALL
+    SELECT 'warning', w.threshold, w.outcome, count(*)
+    FROM sla_timer_warnings w
+    JOIN pos ON w.txid > pos.rows_txid
+    JOIN sla_timers t ON t.id = w.timer_id AND t.tenant_id = :tenant
+    JOIN bounds b ON t.started_at >= b.hf AND t.started_at < b.ht
+    WHERE w.tenant_id = :tenant
+      AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
     GROUP BY 1, 2, 3
 ),
 every_open AS MATERIALIZED (
-    SELECT t.id, t.sla_contract_id, t.started_at, t.status, t.due_at, t.paused_at,
-           t.next_fire_at
+    SELECT t.sla_contract_id, t.started_at, t.status, t.due_at, t.paused_at, t.next_fire_at
     FROM sla_timers t
     WHERE t.tenant_id = :tenant AND t.status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
 ),
@@ -385,20 +426,9 @@ open_figures AS (
     FROM open o, bounds b WHERE o.next_fire_at <= b.now
     UNION ALL
     SELECT 'now', 0, b.now FROM bounds b
-),
-open_rows AS (
-    SELECT 'step' AS kind, s.escalation_step AS key, s.outcome, count(*) AS n
-    FROM open o
-    JOIN sla_escalation_events s ON s.tenant_id = :tenant AND s.timer_id = o.id
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT 'warning', w.threshold, w.outcome, count(*)
-    FROM open o
-    JOIN sla_timer_warnings w ON w.tenant_id = :tenant AND w.timer_id = o.id
-    GROUP BY 1, 2, 3
 )
 SELECT kind, key, outcome, sum(n)::bigint AS n, NULL::timestamptz AS at
-FROM (SELECT * FROM rolled UNION ALL SELECT * FROM live UNION ALL SELECT * FROM open_rows) AS c
+FROM (SELECT * FROM rolled UNION ALL SELECT * FROM live) AS c
 GROUP BY 1, 2, 3
 UNION ALL
 SELECT kind, 0, '', n, at FROM open_figures
