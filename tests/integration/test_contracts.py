@@ -298,3 +298,27 @@ def test_the_wake_up_is_for_the_first_warning_not_due(api, monkeypatch):
     }
     assert api.post("/v1/timers/bulk", bulk).status_code == 201
     assert instants == [started + timedelta(minutes=60)] * 2  # 50 % of 120 minutes
+
+
+def test_a_retry_after_the_contract_was_retired_is_still_a_replay(api):
+    """Idempotency outlives the contract: the stored timers answer the retry."""
+    put(api, "gold", GOLD)
+    key = {"Idempotency-Key": "k-1"}
+    body = {"lead_id": "lead-r", "sla_contract_id": "gold"}
+    first = api.post("/v1/timers", body, headers=key)
+    bulk = {"timers": [{"lead_id": "lead-rb", "sla_contract_id": "gold"}]}
+    first_bulk = api.post("/v1/timers/bulk", bulk, headers={"Idempotency-Key": "k-2"})
+    assert (first.status_code, first_bulk.status_code) == (201, 201)
+    api.delete("/v1/contracts/gold")
+
+    again = api.post("/v1/timers", body, headers=key)
+    assert again.status_code == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json()["id"] == first.get_json()["id"]
+    again_bulk = api.post("/v1/timers/bulk", bulk, headers={"Idempotency-Key": "k-2"})
+    assert again_bulk.status_code == 200
+    assert again_bulk.get_json()["items"][0]["id"] == first_bulk.get_json()["items"][0]["id"]
+    # A new request under the retired contract is refused.
+    fresh = api.post(
+        "/v1/timers", {**body, "lead_id": "lead-new"}, headers={"Idempotency-Key": "k-3"}
+    )
+    assert_problem(fresh, 422, "sla_contract_id")
