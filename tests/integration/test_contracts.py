@@ -322,3 +322,28 @@ def test_a_retry_after_the_contract_was_retired_is_still_a_replay(api):
         "/v1/timers", {**body, "lead_id": "lead-new"}, headers={"Idempotency-Key": "k-3"}
     )
     assert_problem(fresh, 422, "sla_contract_id")
+
+
+def test_another_tenants_calendars_and_contracts_cannot_be_used(api, other_api):
+    assert other_api.put("/v1/calendars/theirs", BERLIN).status_code == 201
+    put(other_api, "their-gold", GOLD)
+    assert_problem(
+        api.put("/v1/contracts/mine", {**GOLD, "calendar_id": "theirs"}), 422, "calendar_id"
+    )
+    start_theirs = {"lead_id": "x", "window_seconds": 60, "calendar_id": "theirs"}
+    assert_problem(api.post("/v1/timers", start_theirs), 422, "calendar_id")
+    assert_problem(
+        api.post("/v1/timers", {"lead_id": "x", "sla_contract_id": "their-gold"}),
+        422,
+        "sla_contract_id",
+    )
+    event = {
+        "event_id": "e",
+        "type": "lead.qualified",
+        "lead_id": "x",
+        "sla_contract_id": "their-gold",
+    }
+    assert_problem(api.post("/v1/lead-events", event), 422, "sla_contract_id")
+    assert api.get("/v1/contracts").get_json()["items"] == []
+    assert api.get("/v1/calendars").get_json()["items"] == []
+    assert_problem(api.get("/v1/contracts/their-gold?version=1"), 404)
