@@ -190,7 +190,8 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         }
     figures["load_s"] = round(time.monotonic() - started, 1)
 
-    engine = get_engine()  # the API's role: row-level security applies
+    # The API's role (row-level security applies) and isolation, as the route.
+    engine = get_engine().execution_options(isolation_level="REPEATABLE READ")
 
     def stats_call(tenant: str, start: datetime, contract: str | None = None):
         def call():

@@ -36,7 +36,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -49,6 +49,8 @@ SQL = Queries("reports.sql")
 # Events read per fold statement: bounds one transaction's work after a long pause.
 FOLD_BATCH = 10_000
 STEP_OUTCOMES = ("SUCCESS", "FAILED", "SKIPPED")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+HOUR, DAY = timedelta(hours=1), timedelta(days=1)
 WARNING_OUTCOMES = ("SENT", "SKIPPED")
 
 
@@ -165,6 +167,33 @@ def compute(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _ceil(at: datetime, unit: timedelta) -> datetime:
+    floor = _floor(at, unit)
+    try:
+        return floor if floor == at else floor + unit
+    except OverflowError:  # the last hour of year 9999: no whole unit after it
+        return datetime.max.replace(tzinfo=UTC)
+
+
+def _floor(at: datetime, unit: timedelta) -> datetime:
+    at = at.astimezone(UTC)
+    return at - (at - EPOCH) % unit
+
+
+def split(start: datetime, end: datetime) -> dict[str, datetime]:
+    """The parts of [start, end) the stats read differently: whole UTC days
+    [df, dt) and whole hours [hf, df) and [dt, ht) from the rollup, and the
+    minutes [start, hf) and [ht, end) from the timers. Without a whole hour
+    (or day), the hours (or days) are empty and the rest is counted finer."""
+    hf, ht = _ceil(start, HOUR), _floor(end, HOUR)
+    if hf >= ht:
+        hf = ht = end
+    df, dt = _ceil(hf, DAY), _floor(ht, DAY)
+    if df >= dt:
+        df = dt = ht
+    return {"hf": hf, "ht": ht, "df": df, "dt": dt}
+
+
 def stats(
     conn: Connection,
     tenant_id: UUID,
@@ -174,9 +203,15 @@ def stats(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """The figures of the tenant's timers started in [start, end), of one
-    contract if given; ``now`` (tests) is the instant open timers are judged at."""
-    rows = conn.execute(
-        SQL.stats.text,
-        {"tenant": tenant_id, "from": start, "to": end, "contract": contract, "now": now},
-    )
+    contract if given; ``now`` (tests) is the instant open timers are judged at.
+
+    ``conn`` is in a REPEATABLE READ transaction: the fold positions are read
+    first, and the rollup they describe must come from the same snapshot, or
+    a fold committing in between would count its work twice."""
+    if conn.get_isolation_level() not in ("REPEATABLE READ", "SERIALIZABLE"):
+        raise ValueError("stats() needs a REPEATABLE READ transaction")
+    params = {"tenant": tenant_id}
+    positions = conn.execute(SQL.stats_positions_of.text, params).one()._mapping
+    params |= {"from": start, "to": end, "contract": contract, "now": now, **positions}
+    rows = conn.execute(SQL.stats.text, params | split(start, end))
     return compute(r._mapping for r in rows)

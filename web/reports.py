@@ -202,7 +202,9 @@ class Stats(ResponseModel):
     ),
 )
 def get_stats(query: StatsQuery):
-    with tenant_scope(services().engine, g.tenant_id) as conn:
+    # One snapshot for the fold positions and the rollup they describe.
+    engine = services().engine.execution_options(isolation_level="REPEATABLE READ")
+    with tenant_scope(engine, g.tenant_id) as conn:
         figures = stats_sql.stats(conn, g.tenant_id, query.from_, query.to, query.sla_contract_id)
     body = Stats(
         **figures, to=query.to, sla_contract_id=query.sla_contract_id, **{"from": query.from_}

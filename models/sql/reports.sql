@@ -205,6 +205,12 @@ moved AS (
 SELECT (SELECT count(*) FROM batch) + (SELECT count(*) FROM rows) AS events,
        (SELECT count(*) FROM closed) AS closed
 
+-- name: stats_positions_of
+-- A tenant's fold positions (none before its first fold: zeros).
+SELECT coalesce(max(txid), 0) AS pos_txid, coalesce(max(event_id), 0) AS pos_event_id,
+       coalesce(max(rows_txid), 0) AS rows_txid
+FROM sla_stats_positions WHERE tenant_id = :tenant
+
 -- name: stats_tenants
 -- Every tenant, for the fold (the maintenance role sees them all).
 SELECT id FROM tenants ORDER BY id
@@ -276,12 +282,15 @@ SELECT count(*) AS closed FROM closed
 
 -- name: stats
 -- The figures of a tenant's timers started in [:from, :to), as (kind, key, outcome, n, at) rows.
--- The range splits in three (bounds): whole UTC days [df, dt), whole hours at
--- either side [hf, df) and [dt, ht), and the minutes at the very ends [from,
--- hf) and [ht, to). Days and hours come from the rollup, plus what its
--- positions have not reached: the closes whose events are past it and the
--- step and warning rows written since (this snapshot's; the rollup and its
--- positions are read in the same one, so everything counts once). The ends'
+-- The range splits in three (models.stats.split): whole UTC days [df, dt),
+-- whole hours at either side [hf, df) and [dt, ht), and the minutes at the
+-- very ends [from, hf) and [ht, to). Days and hours come from the rollup, plus
+-- what its positions (:pos_txid, :pos_event_id, :rows_txid, read by
+-- stats_positions_of) have not reached: the closes whose events are past them
+-- and the step and warning rows written since. The caller's transaction is
+-- REPEATABLE READ, so the positions, the rollup and the rest are read in one
+-- snapshot and everything counts once. The bounds and positions are
+-- parameters, not a CTE: the planner sees how narrow the ranges are. The ends'
 -- minutes are counted from the timers (ix_sla_timers_tenant_started) and
 -- their rows. Open timers, whose figures change with time, are read through
 -- the open-timer index: every open timer of the tenant, whatever the range,
@@ -293,57 +302,35 @@ SELECT count(*) AS closed FROM closed
 --            retry has come and the firing path has not recorded it yet);
 --            at = the oldest such next_fire_at
 --   now: at = the instant the figures are for
-WITH r AS MATERIALIZED (
-    SELECT CAST(:from AS timestamptz) AS f, CAST(:to AS timestamptz) AS t,
-           coalesce(CAST(:now AS timestamptz), now()) AS now
-),
-h AS MATERIALIZED (
-    SELECT r.*, CASE WHEN hf < ht THEN hf ELSE r.t END AS hf,
-           CASE WHEN hf < ht THEN ht ELSE r.t END AS ht
-    FROM r, LATERAL (
-        SELECT date_trunc('hour', r.f + interval '1 hour' - interval '1 microsecond', 'UTC') AS hf,
-               date_trunc('hour', r.t, 'UTC') AS ht
-    ) AS x
-),
-bounds AS MATERIALIZED (
-    SELECT h.*, CASE WHEN df < dt THEN df ELSE h.ht END AS df,
-           CASE WHEN df < dt THEN dt ELSE h.ht END AS dt
-    FROM h, LATERAL (
-        SELECT date_trunc('day', h.hf + interval '1 day' - interval '1 microsecond', 'UTC') AS df,
-               date_trunc('day', h.ht, 'UTC') AS dt
-    ) AS x
-),
-pos AS MATERIALIZED (
-    SELECT coalesce(max(p.txid), 0) AS txid, coalesce(max(p.event_id), 0) AS event_id,
-           coalesce(max(p.rows_txid), 0) AS rows_txid
-    FROM sla_stats_positions p WHERE p.tenant_id = :tenant
+WITH bounds AS MATERIALIZED (
+    SELECT coalesce(CAST(:now AS timestamptz), now()) AS now
 ),
 rolled AS (
     SELECT d.kind, d.key, d.outcome, d.n
-    FROM sla_stats_rollup d, bounds b
-    WHERE d.tenant_id = :tenant AND d.hours = 24 AND d.bucket >= b.df AND d.bucket < b.dt
+    FROM sla_stats_rollup d
+    WHERE d.tenant_id = :tenant AND d.hours = 24 AND d.bucket >= :df AND d.bucket < :dt
       AND (CAST(:contract AS text) IS NULL OR d.sla_contract_id = :contract)
     UNION ALL
     SELECT d.kind, d.key, d.outcome, d.n
-    FROM sla_stats_rollup d, bounds b
-    WHERE d.tenant_id = :tenant AND d.hours = 1 AND d.bucket >= b.hf AND d.bucket < b.df
+    FROM sla_stats_rollup d
+    WHERE d.tenant_id = :tenant AND d.hours = 1 AND d.bucket >= :hf AND d.bucket < :df
       AND (CAST(:contract AS text) IS NULL OR d.sla_contract_id = :contract)
     UNION ALL
     SELECT d.kind, d.key, d.outcome, d.n
-    FROM sla_stats_rollup d, bounds b
-    WHERE d.tenant_id = :tenant AND d.hours = 1 AND d.bucket >= b.dt AND d.bucket < b.ht
+    FROM sla_stats_rollup d
+    WHERE d.tenant_id = :tenant AND d.hours = 1 AND d.bucket >= :dt AND d.bucket < :ht
       AND (CAST(:contract AS text) IS NULL OR d.sla_contract_id = :contract)
 ),
 ends AS MATERIALIZED (
     -- The timers of the minutes at the ends, whole.
     SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
-    FROM sla_timers t, bounds b
-    WHERE t.tenant_id = :tenant AND t.started_at >= b.f AND t.started_at < b.hf
+    FROM sla_timers t
+    WHERE t.tenant_id = :tenant AND t.started_at >= :from AND t.started_at < :hf
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
     UNION ALL
     SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
-    FROM sla_timers t, bounds b
-    WHERE t.tenant_id = :tenant AND t.started_at >= b.ht AND t.started_at < b.t
+    FROM sla_timers t
+    WHERE t.tenant_id = :tenant AND t.started_at >= :ht AND t.started_at < :to
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
 ),
 closed AS (
@@ -352,13 +339,13 @@ closed AS (
     UNION ALL
     -- The closes of the rolled-up part not folded yet.
     SELECT t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
-    FROM sla_timers t, bounds b
+    FROM sla_timers t
     WHERE t.tenant_id = :tenant AND t.status IN ('COMPLETED', 'CANCELLED')
-      AND t.started_at >= b.hf AND t.started_at < b.ht
+      AND t.started_at >= :hf AND t.started_at < :ht
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
       AND t.id IN (
-          SELECT e.timer_id FROM outbox_events e, pos
-          WHERE e.tenant_id = :tenant AND (e.txid, e.id) > (pos.txid, pos.event_id)
+          SELECT e.timer_id FROM outbox_events e
+          WHERE e.tenant_id = :tenant AND (e.txid, e.id) > (:pos_txid, :pos_event_id)
             AND e.event_type IN ('sla.timer.completed', 'sla.timer.cancelled'))
 ),
 live AS (
@@ -377,29 +364,27 @@ live AS (
     GROUP BY 1, 2, 3
     UNION ALL
     -- The rows of the ends' timers, and the rolled-up part's rows not folded yet.
-    SELECT 'step', s.escalation_step, s.outcome, count(*)
-    FROM ends e JOIN sla_escalation_events s ON s.tenant_id = :tenant AND s.timer_id = e.id
+    -- (LATERAL: one probe of each table per timer, whatever the estimates.)
+    SELECT r.kind, r.key, r.outcome, count(*)
+    FROM ends e CROSS JOIN LATERAL (
+        SELECT 'step', s.escalation_step, s.outcome
+        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.timer_id = e.id
+        UNION ALL
+        SELECT 'warning', w.threshold, w.outcome
+        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.timer_id = e.id
+    ) AS r(kind, key, outcome)
     GROUP BY 1, 2, 3
     UNION ALL
-    SELECT 'warning', w.threshold, w.outcome, count(*)
-    FROM ends e JOIN sla_timer_warnings w ON w.tenant_id = :tenant AND w.timer_id = e.id
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT 'step', s.escalation_step, s.outcome, count(*)
-    FROM sla_escalation_events s
-    JOIN pos ON s.txid > pos.rows_txid
-    JOIN sla_timers t ON t.id = s.timer_id AND t.tenant_id = :tenant
-    JOIN bounds b ON t.started_at >= b.hf AND t.started_at < b.ht
-    WHERE s.tenant_id = :tenant
-      AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
-    GROUP BY 1, 2, 3
-    UNION ALL
-    SELECT 'warning', w.threshold, w.outcome, count(*)
-    FROM sla_timer_warnings w
-    JOIN pos ON w.txid > pos.rows_txid
-    JOIN sla_timers t ON t.id = w.timer_id AND t.tenant_id = :tenant
-    JOIN bounds b ON t.started_at >= b.hf AND t.started_at < b.ht
-    WHERE w.tenant_id = :tenant
+    SELECT r.kind, r.key, r.outcome, count(*)
+    FROM (
+        SELECT 'step', s.timer_id, s.escalation_step, s.outcome
+        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.txid > :rows_txid
+        UNION ALL
+        SELECT 'warning', w.timer_id, w.threshold, w.outcome
+        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.txid > :rows_txid
+    ) AS r(kind, timer_id, key, outcome)
+    JOIN sla_timers t ON t.id = r.timer_id AND t.tenant_id = :tenant
+    WHERE t.started_at >= :hf AND t.started_at < :ht
       AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
     GROUP BY 1, 2, 3
 ),
@@ -409,8 +394,8 @@ every_open AS MATERIALIZED (
     WHERE t.tenant_id = :tenant AND t.status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
 ),
 open AS MATERIALIZED (
-    SELECT o.* FROM every_open o, bounds b
-    WHERE o.started_at >= b.f AND o.started_at < b.t
+    SELECT o.* FROM every_open o
+    WHERE o.started_at >= :from AND o.started_at < :to
       AND (CAST(:contract AS text) IS NULL OR o.sla_contract_id = :contract)
 ),
 open_figures AS (

@@ -323,3 +323,9 @@ def test_bad_input_is_a_422_naming_the_field(api, query, field):
 def test_stats_need_a_key(api):
     response = api.get("/v1/stats", key="", query_string={"from": iso(FROM), "to": iso(TO)})
     assert_problem(response, 401)
+
+
+def test_stats_refuse_a_read_committed_transaction(engine, tenant):
+    # The positions and the rollup they describe must share one snapshot.
+    with engine.begin() as conn, pytest.raises(ValueError, match="REPEATABLE READ"):
+        stats.stats(conn, tenant[0], FROM, TO)
