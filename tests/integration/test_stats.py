@@ -18,9 +18,11 @@ import pytest
 from sqlalchemy import text
 
 from models import stats
+from models.db import get_maintenance_engine
 from models.sla import utcnow
 from models.timers import finish_timer
 from tasks.firing import fire_due
+from tasks.stats import fold_stats
 from tests.support.api import assert_problem
 from tests.support.factories import start_timer
 
@@ -329,3 +331,11 @@ def test_stats_refuse_a_read_committed_transaction(engine, tenant):
     # The positions and the rollup they describe must share one snapshot.
     with engine.begin() as conn, pytest.raises(ValueError, match="REPEATABLE READ"):
         stats.stats(conn, tenant[0], FROM, TO)
+
+
+def test_the_worker_s_minutely_actor_folds_every_tenant(api, world, other_tenant):
+    fold_stats.fn()  # as the maintenance role, as the worker runs it
+    with get_maintenance_engine().connect() as conn:
+        folded = set(conn.execute(text("SELECT tenant_id FROM sla_stats_positions")).scalars())
+    assert folded == {world.tenant_id, other_tenant[0]}
+    assert figures(get_stats(api)) == EXPECTED
