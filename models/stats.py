@@ -58,9 +58,10 @@ def fold(conn: Connection, tenant_id: UUID, batch: int = FOLD_BATCH) -> int:
     """Fold the tenant's closes of up to ``batch`` events past its position, and
     its step and warning rows written since (one transaction: the caller's);
     the number of events and rows read."""
-    params = {"tenant": tenant_id}
-    conn.execute(SQL.stats_position.text, params)  # create and lock it
-    return conn.execute(SQL.fold_stats.text, {**params, "batch": batch}).one().events
+    params = {"tenant": tenant_id, "batch": batch}
+    # Create and lock the position; its values go in as parameters.
+    positions = conn.execute(SQL.stats_position.text, params).one()._mapping
+    return conn.execute(SQL.fold_stats.text, {**params, **positions}).one().events
 
 
 def fold_tenant(engine: Engine, tenant_id: UUID, batch: int = FOLD_BATCH) -> int:

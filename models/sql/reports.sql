@@ -117,7 +117,7 @@ ORDER BY at, rank, step, repeat, seq
 -- Create a tenant's fold position if it has none, and lock it (one fold at a time).
 INSERT INTO sla_stats_positions (tenant_id) VALUES (:tenant)
 ON CONFLICT (tenant_id) DO UPDATE SET txid = sla_stats_positions.txid
-RETURNING txid, event_id
+RETURNING txid AS pos_txid, event_id AS pos_event_id, rows_txid
 
 -- name: fold_stats
 -- Fold the closes of up to :batch events past the position, and the step and warning rows since.
@@ -125,18 +125,16 @@ RETURNING txid, event_id
 -- goes to the last event read when the batch is full, else past the horizon,
 -- as the feed's cursor does. Rows: every one whose transaction is past
 -- rows_txid and below the horizon. Runs after stats_position, in its
--- transaction: the position row is locked.
+-- transaction (the position row is locked), with the positions it returned
+-- as parameters: the planner then sees how few rows are past them.
 WITH horizon AS MATERIALIZED (
     SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin
 ),
-pos AS MATERIALIZED (
-    SELECT txid, event_id, rows_txid FROM sla_stats_positions WHERE tenant_id = :tenant
-),
 batch AS MATERIALIZED (
     SELECT e.txid, e.id, e.timer_id, e.event_type
-    FROM outbox_events e, pos
+    FROM outbox_events e
     WHERE e.tenant_id = :tenant
-      AND (e.txid, e.id) > (pos.txid, pos.event_id)
+      AND (e.txid, e.id) > (:pos_txid, :pos_event_id)
       AND e.txid < (SELECT xmin FROM horizon)
     ORDER BY e.txid, e.id
     LIMIT :batch
@@ -151,13 +149,13 @@ closed AS MATERIALIZED (
 ),
 rows AS MATERIALIZED (
     SELECT 'step' AS kind, s.timer_id, s.escalation_step AS key, s.outcome
-    FROM sla_escalation_events s, pos
-    WHERE s.tenant_id = :tenant AND s.txid > pos.rows_txid
+    FROM sla_escalation_events s
+    WHERE s.tenant_id = :tenant AND s.txid > :rows_txid
       AND s.txid < (SELECT xmin FROM horizon)
     UNION ALL
     SELECT 'warning', w.timer_id, w.threshold, w.outcome
-    FROM sla_timer_warnings w, pos
-    WHERE w.tenant_id = :tenant AND w.txid > pos.rows_txid
+    FROM sla_timer_warnings w
+    WHERE w.tenant_id = :tenant AND w.txid > :rows_txid
       AND w.txid < (SELECT xmin FROM horizon)
 ),
 figures AS (
