@@ -347,3 +347,14 @@ def test_another_tenants_calendars_and_contracts_cannot_be_used(api, other_api):
     assert api.get("/v1/contracts").get_json()["items"] == []
     assert api.get("/v1/calendars").get_json()["items"] == []
     assert_problem(api.get("/v1/contracts/their-gold?version=1"), 404)
+
+
+def test_the_documents_examples_are_accepted(app, api):
+    document = app.test_client().get("/openapi.json").get_json()
+    schemas = document["components"]["schemas"]
+    calendar = schemas["CalendarPut"]["examples"][0]
+    contract = schemas["ContractPut"]["examples"][0]
+    assert api.put("/v1/calendars/example", calendar).status_code == 201
+    assert (
+        api.put("/v1/contracts/example", {**contract, "calendar_id": "example"}).status_code == 201
+    )
