@@ -11,7 +11,7 @@ small VM.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from sqlalchemy import Connection
 
 from . import events
+from .closing import skip_remaining
 from .errors import DuplicateStart, KeyReused, TimerConflict
 from .outbox import insert_events, to_json
 from .schema import OPEN_STATUSES
@@ -41,6 +42,17 @@ class NewTimer:
     metadata: dict[str, Any]
     idempotency_key: str | None = None
     request_fingerprint: str | None = None
+    # The resolved policy (models/contracts.py): the calendar the timer counts
+    # in, its warnings, its contract version and snapshot, and what it waits
+    # for first (None: due_at).
+    calendar: dict[str, Any] | None = None
+    warning_thresholds: list[int] = field(default_factory=list)
+    contract_version: int | None = None
+    contract_snapshot: dict[str, Any] | None = None
+    next_fire_at: datetime | None = None
+    # Not resolved: the insert skips it when the tenant defined a contract by
+    # its sla_contract_id, and the caller then resolves it and starts it again.
+    unresolved: bool = False
 
 
 # The single start's fast path sends both statements in one simple query: one
@@ -74,21 +86,12 @@ def _insert_timers(
     times."""
     timers, started = [], []
     for timer_id, new, due in starts:
-        timer = {
-            "id": timer_id,
-            "tenant_id": tenant_id,
-            "lead_id": new.lead_id,
-            "sla_contract_id": new.sla_contract_id,
-            "started_at": new.started_at,
-            "due_at": due,
-            "window_seconds": new.window_seconds,
-            "correlation_id": new.correlation_id,
-            "idempotency_key": new.idempotency_key,
-            "request_fingerprint": new.request_fingerprint,
-            "escalation_steps": new.escalation_steps,
-            "metadata": new.metadata,
-        }
+        # Every field of the start is a column of the statement's recordset.
+        timer = {**vars(new), "id": timer_id, "tenant_id": tenant_id, "due_at": due}
         timers.append(timer)
+        # The policy in the started event; a plain start's event is as before contracts.
+        extra = ("contract_version", "warning_thresholds", "calendar")
+        policy = {k: timer[k] for k in extra if timer[k]}
         started.append(
             events.timer_event(
                 timer,
@@ -97,6 +100,7 @@ def _insert_timers(
                 window_seconds=new.window_seconds,
                 escalation_steps=new.escalation_steps,
                 metadata=new.metadata,
+                **policy,
             )
         )
     params = {"tenant": tenant_id, "timers": to_json(timers), "events": to_json(started)}
@@ -125,9 +129,10 @@ def _insert_timers(
     return {r["id"]: r for r in rows}
 
 
-def _stored_by_key(
+def stored_by_key(
     conn: Connection, tenant_id: UUID, keys: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
+    """A tenant's timers stored under some idempotency keys, by key (replays)."""
     if not keys:
         return {}
     rows = conn.execute(SQL.timers_by_keys.text, {"tenant": tenant_id, "keys": list(keys)})
@@ -172,7 +177,7 @@ def start_timers(
         return [created[i] for i, _, _ in work], True
 
     skipped = [w for w in work if w[0] not in created]
-    stored = _stored_by_key(
+    stored = stored_by_key(
         conn, tenant_id, [new.idempotency_key for _, new, _ in skipped if new.idempotency_key]
     )
     if stored:
@@ -212,7 +217,7 @@ def start_timers(
             break
     if skipped:
         keys = [new.idempotency_key for _, new, _ in skipped if new.idempotency_key]
-        if _stored_by_key(conn, tenant_id, keys):  # taken meanwhile, by a start of other leads
+        if stored_by_key(conn, tenant_id, keys):  # taken meanwhile, by a start of other leads
             raise KeyReused()
         raise DuplicateStart(
             "a timer with the same lead_id, sla_contract_id and started_at already exists"
@@ -273,17 +278,17 @@ def close_timers(
     at: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Cancel or complete open timers (already locked by the caller): their
-    remaining steps are recorded SKIPPED so they can never fire, and one event
-    per timer is written. ``now`` overrides the database's clock (tests);
-    ``at`` is when the lead was handled, if not now (a lead event's
-    occurred_at): it dates completed_at or cancelled_at and decides breached."""
+    remaining (step, repeat) runs and warnings are recorded SKIPPED so they
+    can never fire, and one event per timer is written. ``now`` overrides the
+    database's clock (tests); ``at`` is when the lead was handled, if not now
+    (a lead event's occurred_at): it dates completed_at or cancelled_at and
+    decides breached."""
     if not timers:
         return []
     status, event_type = (
         ("CANCELLED", events.CANCELLED) if verb == "cancel" else ("COMPLETED", events.COMPLETED)
     )
     ids = [t["id"] for t in timers]
-    conn.execute(SQL.skip_remaining_steps.text, {"ids": ids, "now": now})
     closed = [
         dict(r)
         for r in conn.execute(
@@ -291,6 +296,7 @@ def close_timers(
             {"ids": ids, "now": now, "at": at, "status": status, "reason": reason},
         ).mappings()
     ]
+    skip_remaining(conn, closed, now)
     # Events carry the instant the row recorded (the database's, unless given).
     insert_events(
         conn,

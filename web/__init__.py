@@ -28,12 +28,15 @@ from . import problems
 from .admin import bp as admin_bp
 from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
+from .contracts import bp as contracts_bp
 from .events import bp as events_bp
 from .health import REDIS_PROBE_TIMEOUT_MS, schema_heads
 from .health import bp as health_bp
 from .lead_events import bp as lead_events_bp
 from .openapi import bp as openapi_bp
+from .pauses import bp as pauses_bp
 from .ratelimit import TenantRateLimit
+from .reports import bp as reports_bp
 from .services import Services, engine_for, install
 from .timers import bp as timers_bp
 from .webhooks import bp as webhooks_bp
@@ -156,6 +159,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in (timers_bp, events_bp, webhooks_bp, admin_bp, health_bp, openapi_bp):
         app.register_blueprint(blueprint)
     app.register_blueprint(lead_events_bp)
+    app.register_blueprint(reports_bp)
+    app.register_blueprint(pauses_bp)
+    app.register_blueprint(contracts_bp)
     app.cli.add_command(tenants_cli)
 
     # No token, no dashboard: it can delete and requeue messages.

@@ -28,6 +28,8 @@ from pydantic import (
     ConfigDict,
     Field,
     field_validator,
+    model_serializer,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -41,6 +43,7 @@ from .parsing import INT64, MAX_DEPTH
 MAX_WINDOW_SECONDS = 366 * 24 * 3600
 MAX_STEPS = 50
 MAX_BULK = 1000
+MAX_STEP_REPEATS = 100
 EARLIEST_START = datetime(1970, 1, 1, tzinfo=UTC)
 
 TimerStatus = Literal[TIMER_STATUSES]  # type: ignore[valid-type]
@@ -169,6 +172,33 @@ class EscalationStep(RequestModel):
     )
     action: str = Field(min_length=1, max_length=100)
     target: str | None = Field(default=None, min_length=1, max_length=500)
+    repeat_every_seconds: Annotated[int, Field(ge=1, le=MAX_WINDOW_SECONDS), Whole] | None = Field(
+        default=None,
+        description="Run the step again every so many seconds after its first run, until "
+        "the timer completes or is cancelled, or max_repeats repeats have run.",
+    )
+    max_repeats: Annotated[int, Field(ge=1, le=MAX_STEP_REPEATS), Whole] | None = Field(
+        default=None,
+        description="How many repeats after the first run; needs repeat_every_seconds. "
+        f"Without it a repeating step repeats at most {MAX_STEP_REPEATS} times.",
+    )
+
+    # The rule in JSON Schema: a max_repeats number needs a repeat_every_seconds number.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"max_repeats": {"type": "integer"}}, "required": ["max_repeats"]},
+            "then": {
+                "properties": {"repeat_every_seconds": {"type": "integer"}},
+                "required": ["repeat_every_seconds"],
+            },
+        }
+    )
+
+    @model_validator(mode="after")
+    def _repeats_need_interval(self) -> EscalationStep:
+        if self.max_repeats is not None and self.repeat_every_seconds is None:
+            raise PydanticCustomError("repeats", "max_repeats needs repeat_every_seconds")
+        return self
 
 
 def _one_window_of(schema: dict[str, Any]) -> list[dict[str, Any]]:
@@ -192,6 +222,66 @@ def _usable_ladder(steps: list[EscalationStep]) -> list[EscalationStep]:
     return steps
 
 
+def ladder_json(steps: list[EscalationStep]) -> list[dict[str, Any]]:
+    """A ladder as stored: the repeat fields only on the steps that repeat.
+    Built by hand: on a bulk start of 1,000 timers model_dump costs more than
+    the rest of the item's preparation."""
+    out = []
+    for s in steps:
+        step = {"step": s.step, "after_seconds": s.after_seconds, "action": s.action}
+        step["target"] = s.target
+        if s.repeat_every_seconds is not None:
+            step["repeat_every_seconds"] = s.repeat_every_seconds
+        if s.max_repeats is not None:
+            step["max_repeats"] = s.max_repeats
+        out.append(step)
+    return out
+
+
+def _ascending_thresholds(value: list[int] | None) -> list[int] | None:
+    if value is not None:
+        if len(set(value)) != len(value):
+            raise PydanticCustomError("unique_thresholds", "must not name a threshold twice")
+        return sorted(value)
+    return value
+
+
+Threshold = Annotated[int, Field(ge=1, le=99), Whole]
+WarningThresholds = Annotated[
+    list[Threshold],
+    Field(max_length=99, json_schema_extra={"uniqueItems": True}),
+    AfterValidator(_ascending_thresholds),
+]
+KNOWN_CONTRACT = {
+    "rule": "known-contract",
+    "description": "sla_contract_id is default or names one of the tenant's contracts that "
+    "is not retired; calendar_id names one of the tenant's calendars; without a contract, "
+    "exactly one of window_seconds and window_minutes is required.",
+}
+
+
+def _at_most_one_window(schema: dict[str, Any]) -> None:
+    # Both windows at once is refused by JSON Schema too; "none" depends on
+    # the contract, which only the server knows (x-constraints).
+    schema["description"] = (
+        "At most one of window_seconds and window_minutes; without either, the "
+        "contract's window applies (a 422 when sla_contract_id names no contract)."
+    )
+    schema["not"] = {"required": ["window_seconds", "window_minutes"]}
+    schema.update(constraints(KNOWN_CONTRACT))
+
+
+def window_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+    """Both windows given: which one to take is ambiguous."""
+    given = [k for k in ("window_seconds", "window_minutes") if data.get(k) is not None]
+    if len(given) > 1:
+        return [{"field": "window_seconds", "reason": ONE_WINDOW}]
+    return []
+
+
+ONE_WINDOW = "give exactly one of window_seconds or window_minutes"
+
+
 class TimerCreate(RequestModel):
     lead_id: Id
     sla_contract_id: Id = "default"
@@ -210,7 +300,8 @@ class TimerCreate(RequestModel):
         default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
         min_length=1,
         max_length=MAX_STEPS,
-        description="Defaults to a single step: notify at due_at. Step numbers are unique, "
+        description="Defaults to the contract's ladder, else to a single step: notify at "
+        "due_at. Step numbers are unique, "
         "and after_seconds does not decrease as step numbers increase, so step order is "
         "firing order; a ladder that breaks either rule is a 422 (x-constraints: JSON "
         "Schema cannot compare the items of an array by one property).",
@@ -227,14 +318,18 @@ class TimerCreate(RequestModel):
         json_schema_extra=constraints(INT64_VALUES, BODY_DEPTH),
     )
 
-    @staticmethod
-    def _one_window(schema: dict[str, Any]) -> None:
-        # The rule in JSON Schema too: one window, given and not null (each
-        # branch repeats that window's bounds, so generators keep to them).
-        schema["description"] = "Exactly one of window_seconds and window_minutes is required."
-        schema["oneOf"] = _one_window_of(schema)
+    warning_thresholds: WarningThresholds | None = Field(
+        default=None,
+        description="Warnings before breach (sla.timer.warning), as percentages of the "
+        "window, 1 to 99, each at most once; overrides the contract's. Stored ascending.",
+    )
+    calendar_id: Id | None = Field(
+        default=None,
+        description="A business-hours calendar of the tenant (PUT /v1/calendars/{id}) to "
+        "count the window in; overrides the contract's. Unknown: 422.",
+    )
 
-    model_config = ConfigDict(json_schema_extra=_one_window)
+    model_config = ConfigDict(json_schema_extra=_at_most_one_window)
 
     @field_validator("started_at")
     @classmethod
@@ -251,20 +346,17 @@ class TimerCreate(RequestModel):
 
     @staticmethod
     def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
-        """Checks across fields, run on the raw body so they report alongside field errors."""
-        given = [k for k in ("window_seconds", "window_minutes") if data.get(k) is not None]
-        if len(given) != 1:
-            return [
-                {
-                    "field": "window_seconds",
-                    "reason": "give exactly one of window_seconds or window_minutes",
-                }
-            ]
-        return []
+        """Checks across fields, run on the raw body so they report alongside field
+        errors. A missing window is checked once the contract is known."""
+        return window_errors(data)
 
     @property
-    def window(self) -> int:
-        return self.window_seconds or (self.window_minutes or 0) * 60
+    def window(self) -> int | None:
+        return self.window_seconds or (self.window_minutes or 0) * 60 or None
+
+    @property
+    def steps_given(self) -> bool:
+        return "escalation_steps" in self.model_fields_set
 
 
 class TimerBulkCreate(RequestModel):
@@ -371,11 +463,33 @@ class Escalation(ResponseModel):
     error: str | None
 
 
+class TimerWarning(ResponseModel):
+    threshold: int = Field(description="Percentage of the window.")
+    outcome: Literal["SENT", "SKIPPED"] = Field(
+        description="SENT: sla.timer.warning was written. SKIPPED: already past when the "
+        "timer started, overtaken by due, or the timer closed first."
+    )
+    scheduled_at: UtcDatetime = Field(description="The instant the warning was for.")
+    recorded_at: UtcDatetime
+
+
 class StepOut(ResponseModel):
     step: int
     after_seconds: int
     action: str
     target: str | None = None
+    repeat_every_seconds: int | None = Field(None, description="Only on a step that repeats.")
+    max_repeats: int | None = Field(None, description="Only on a step that repeats.")
+
+    @model_serializer(mode="wrap")
+    def _repeats_only_when_set(self, handler: Any) -> dict[str, Any]:
+        # As the ladder is stored (ladder_json): a step that does not repeat
+        # reads as it did before steps could.
+        out = handler(self)
+        for key in ("repeat_every_seconds", "max_repeats"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
 
 
 class Timer(ResponseModel):
@@ -415,9 +529,17 @@ class Timer(ResponseModel):
     paused_at: UtcDatetime | None = Field(None, description="Set while PAUSED.")
     pause_reason: str | None = None
     paused_seconds: float = Field(0, description="Wall time spent paused, in total.")
+    warnings: list[TimerWarning] = Field(
+        default_factory=list, description="Warnings recorded so far, in threshold order."
+    )
 
     @classmethod
-    def from_row(cls, row: dict[str, Any], escalations: list[dict[str, Any]]) -> Timer:
+    def from_row(
+        cls,
+        row: dict[str, Any],
+        escalations: list[dict[str, Any]],
+        warnings: list[dict[str, Any]] | None = None,
+    ) -> Timer:
         steps = [
             {
                 "step": e["escalation_step"],
@@ -428,7 +550,7 @@ class Timer(ResponseModel):
             }
             for e in escalations
         ]
-        return cls.model_validate({**row, "escalations": steps})
+        return cls.model_validate({**row, "escalations": steps, "warnings": warnings or []})
 
 
 class TimerPage(ResponseModel):
@@ -902,6 +1024,14 @@ OCCURRED_RANGE = {
 }
 
 
+LEAD_KNOWN_CONTRACT = {
+    "rule": "known-contract",
+    "description": "For lead.qualified and lead.created: sla_contract_id is default or "
+    "names one of the tenant's contracts that is not retired; without a contract, exactly "
+    "one of window_seconds and window_minutes is required.",
+}
+
+
 def _accepted_type(value: str) -> str:
     if value not in LEAD_EVENT_TYPES:
         raise PydanticCustomError(
@@ -920,7 +1050,9 @@ class LeadEventCreate(RequestModel):
     type: Annotated[str, AfterValidator(_accepted_type)] = Field(
         description="lead.qualified and lead.created start the lead's timer for the contract "
         "(superseding an open one), lead.contacted completes it, lead.disqualified, "
-        "lead.closed and lead.deleted cancel it. Any other type is a 422.",
+        "lead.closed and lead.deleted cancel it. lead.waiting_on_customer, "
+        "lead.customer_replied, lead.on_hold and lead.off_hold pause or resume it when "
+        "the timer's contract names them in pause_on or resume_on. Any other type is a 422.",
         json_schema_extra={"enum": list(LEAD_EVENT_TYPES)},
     )
     lead_id: Id
@@ -945,7 +1077,8 @@ class LeadEventCreate(RequestModel):
         default_factory=lambda: [EscalationStep(**s) for s in DEFAULT_LADDER],
         min_length=1,
         max_length=MAX_STEPS,
-        description="The started timer's ladder, as POST /v1/timers takes it (x-constraints: "
+        description="The started timer's ladder, as POST /v1/timers takes it; defaults to "
+        "the contract's, else one step: notify at due_at (x-constraints: "
         "JSON Schema cannot compare the items of an array by one property).",
         json_schema_extra=constraints(UNIQUE_STEPS, ORDERED_STEPS),
     )
@@ -958,11 +1091,12 @@ class LeadEventCreate(RequestModel):
 
     @staticmethod
     def _window_for_starts(schema: dict[str, Any]) -> None:
-        # A start type needs exactly one window, given and not null; the other
-        # types ignore both.
+        # A start type takes at most one window (none: the contract's); the
+        # other types ignore both.
         schema["description"] = (
-            "lead.qualified and lead.created need exactly one of window_seconds and "
-            "window_minutes; the other types ignore them."
+            "lead.qualified and lead.created take at most one of window_seconds and "
+            "window_minutes; without either, the contract's window applies (a 422 when "
+            "sla_contract_id names no contract). The other types ignore them."
         )
         schema["allOf"] = [
             {
@@ -970,9 +1104,10 @@ class LeadEventCreate(RequestModel):
                     "properties": {"type": {"enum": list(LEAD_START_TYPES)}},
                     "required": ["type"],
                 },
-                "then": {"oneOf": _one_window_of(schema)},
+                "then": {"not": {"required": ["window_seconds", "window_minutes"]}},
             }
         ]
+        schema.update(constraints(LEAD_KNOWN_CONTRACT))
 
     model_config = ConfigDict(json_schema_extra=_window_for_starts)
 
@@ -992,18 +1127,25 @@ class LeadEventCreate(RequestModel):
     @staticmethod
     def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
         if data.get("type") in LEAD_START_TYPES:
-            return TimerCreate.cross_field_errors(data)
+            return window_errors(data)
         return []
 
     @property
     def window(self) -> int | None:
         return self.window_seconds or (self.window_minutes or 0) * 60 or None
 
+    @property
+    def steps_given(self) -> bool:
+        return "escalation_steps" in self.model_fields_set
+
     def canonical(self) -> dict[str, Any]:
         """The event as its fingerprint sees it: defaults filled in, the instant
         in UTC and the window in seconds, so equal events are equal here."""
         body = self.model_dump(mode="json", exclude={"window_minutes"})
-        return {**body, "window_seconds": self.window}
+        # Steps as stored: a ladder without repeats fingerprints as it did
+        # before steps could repeat, so replays of older events still match.
+        steps = ladder_json(self.escalation_steps)
+        return {**body, "window_seconds": self.window, "escalation_steps": steps}
 
 
 class LeadEventBulkCreate(RequestModel):
@@ -1032,7 +1174,7 @@ class LeadEventResult(ResponseModel):
     event_id: str
     outcome: LeadEventOutcome = Field(
         description="What the event did to the lead's timer: started, completed, cancelled, "
-        "or ignored (see reason). A replay answers the first outcome."
+        "paused, resumed, or ignored (see reason). A replay answers the first outcome."
     )
     timer_id: UUID | None = Field(
         description="The timer started, completed or cancelled; null when ignored."
@@ -1055,3 +1197,233 @@ class LeadEventBulkItem(ResponseModel):
 
 class LeadEventResults(ResponseModel):
     results: list[LeadEventBulkItem] = Field(description="One per event, in request order.")
+
+
+# --------------------------------------------------------------------------- calendars, contracts
+# PUT/GET/DELETE /v1/calendars/{calendar_id} and /v1/contracts/{contract_id}
+# (web/contracts.py, docs/contracts.md). The calendar's meaning (zone names,
+# intervals, holidays) is checked by models.calendars.Calendar.from_json; the
+# models here give its shape, for validation and the document.
+
+from models.lead_rules import HOLD_TYPES as LEAD_HOLD_TYPES  # noqa: E402
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_INTERVALS_PER_DAY = 24
+MAX_HOLIDAYS = 1000
+CLOCK_PATTERN = r"^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$"
+DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+Clock = Annotated[str, Field(pattern=CLOCK_PATTERN)]
+Interval = Annotated[
+    list[Clock],
+    Field(
+        min_length=2,
+        max_length=2,
+        description='["HH:MM", "HH:MM"], opening and closing; a closing time before the '
+        'opening one spans midnight (["22:00", "06:00"]).',
+    ),
+]
+HoldType = Literal[LEAD_HOLD_TYPES]  # type: ignore[valid-type]
+WEEKDAY_HOURS = {
+    "rule": "calendar",
+    "description": "The zone is an IANA name, the country and subdivision are known to the "
+    "holidays package, holiday dates exist, a day's intervals do not overlap, and the week "
+    "holds some working time.",
+}
+DISJOINT_HOLDS = {
+    "rule": "disjoint",
+    "fields": ["pause_on", "resume_on"],
+    "description": "No lead event type is in both pause_on and resume_on.",
+}
+KNOWN_CALENDAR = {
+    "rule": "known-calendar",
+    "description": "calendar_id names one of the tenant's calendars.",
+}
+
+
+class CalendarPut(RequestModel):
+    """A business-hours calendar: when the window's time counts (docs/calendars.md)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            **constraints(WEEKDAY_HOURS),
+            "examples": [
+                {
+                    "timezone": "Europe/Berlin",
+                    "weekly_hours": {d: [["09:00", "17:00"]] for d in DAYS[:5]},
+                    "holidays": ["2026-12-24"],
+                    "holiday_country": "DE",
+                    "holiday_subdivision": "BY",
+                }
+            ],
+        }
+    )
+
+    timezone: str = Field(
+        min_length=1, max_length=100, description="An IANA time zone, e.g. Europe/Berlin."
+    )
+    weekly_hours: dict[
+        Literal[DAYS], Annotated[list[Interval], Field(max_length=MAX_INTERVALS_PER_DAY)]
+    ] = Field(  # type: ignore[valid-type]
+        description='Working intervals per weekday ("mon" to "sun"); a day left out or '
+        "empty is closed. The week must hold some working time."
+    )
+    holidays: list[Annotated[str, Field(pattern=DATE_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_HOLIDAYS,
+        description="Closed dates (YYYY-MM-DD, in the calendar's zone), added to the "
+        "country's holidays.",
+    )
+    holiday_country: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z]{2,3}$",
+        description="A country code the holidays package knows (DE, US, also its "
+        "three-letter aliases; any case): its public holidays are closed.",
+    )
+    holiday_subdivision: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=10,
+        description="The country's subdivision (e.g. BY for Bavaria); needs holiday_country.",
+    )
+
+
+class Calendar(ResponseModel):
+    calendar_id: str
+    timezone: str
+    weekly_hours: dict[str, list[list[str]]]
+    holidays: list[str]
+    holiday_country: str | None
+    holiday_subdivision: str | None
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
+
+
+class CalendarPage(ResponseModel):
+    items: list[Calendar]
+    next_after: str | None = Field(
+        description="Pass as after for the next page (the last calendar_id); null at end."
+    )
+
+
+CONTRACT_EXAMPLE = {
+    "name": "Gold: first contact within 2 business hours",
+    "window_minutes": 120,
+    "warning_thresholds": [50, 75, 90],
+    "escalation_steps": [
+        {"step": 1, "after_seconds": 0, "action": "notify", "target": "owner"},
+        {
+            "step": 2,
+            "after_seconds": 600,
+            "action": "page",
+            "target": "team-lead",
+            "repeat_every_seconds": 900,
+            "max_repeats": 3,
+        },
+    ],
+    "pause_on": ["lead.waiting_on_customer"],
+    "resume_on": ["lead.customer_replied"],
+}
+
+
+class ContractPut(RequestModel):
+    """A contract's next version: the policy timers started under it follow."""
+
+    model_config = ConfigDict(
+        json_schema_extra=lambda schema: schema.update(
+            description="Exactly one of window_seconds and window_minutes is required.",
+            oneOf=_one_window_of(schema),
+            examples=[CONTRACT_EXAMPLE],
+            **constraints(DISJOINT_HOLDS),
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=ID_MAX, description="A label for people.")
+    window_seconds: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS), Whole] | None = None
+    window_minutes: Annotated[int, Field(gt=0, le=MAX_WINDOW_SECONDS // 60), Whole] | None = None
+    calendar_id: Id | None = Field(
+        default=None,
+        description="A calendar of the tenant to count the window in (business hours); "
+        "null: every hour counts. Unknown: 422 (x-constraints).",
+        json_schema_extra=constraints(KNOWN_CALENDAR),
+    )
+    warning_thresholds: WarningThresholds = Field(
+        default_factory=list,
+        description="Warnings before breach, as percentages of the window (1 to 99), each at "
+        "most once. Stored ascending.",
+    )
+    escalation_steps: list[EscalationStep] = Field(
+        min_length=1,
+        max_length=MAX_STEPS,
+        description="The ladder, as POST /v1/timers takes it (x-constraints: JSON Schema "
+        "cannot compare the items of an array by one property).",
+        json_schema_extra=constraints(UNIQUE_STEPS, ORDERED_STEPS),
+    )
+    pause_on: list[HoldType] = Field(
+        default_factory=list,
+        max_length=len(LEAD_HOLD_TYPES),
+        description="Lead event types that pause the lead's open timer of this contract.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    resume_on: list[HoldType] = Field(
+        default_factory=list,
+        max_length=len(LEAD_HOLD_TYPES),
+        description="Lead event types that resume it; none also in pause_on (x-constraints).",
+        json_schema_extra={"uniqueItems": True},
+    )
+
+    _usable_ladder = field_validator("escalation_steps")(_usable_ladder)
+    _unique_holds = field_validator("pause_on", "resume_on")(_unique_types)
+
+    @staticmethod
+    def cross_field_errors(data: dict[str, Any]) -> list[dict[str, str]]:
+        given = [k for k in ("window_seconds", "window_minutes") if data.get(k) is not None]
+        errors = [] if len(given) == 1 else [{"field": "window_seconds", "reason": ONE_WINDOW}]
+        pause, resume = data.get("pause_on"), data.get("resume_on")
+        if isinstance(pause, list) and isinstance(resume, list):
+            both = [t for t in resume if isinstance(t, str) and t in pause]
+            if both:
+                errors.append({"field": "resume_on", "reason": f"{both[0]} is in pause_on too"})
+        return errors
+
+    @property
+    def window(self) -> int:
+        return self.window_seconds or (self.window_minutes or 0) * 60
+
+
+class ContractQueryVersion(RequestModel):
+    model_config = ConfigDict(strict=False)  # query strings are all text
+
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="A version; absent: the current one."
+    )
+
+
+class ListQuery(RequestModel):
+    model_config = ConfigDict(strict=False)
+
+    limit: int = Field(default=50, ge=1, le=200)
+    after: Id | None = Field(default=None, description="List the ids after this one.")
+
+
+class Contract(ResponseModel):
+    contract_id: str
+    version: int
+    current_version: int = Field(description="The version new timers take.")
+    name: str
+    window_seconds: int
+    calendar_id: str | None
+    warning_thresholds: list[int]
+    escalation_steps: list[StepOut]
+    pause_on: list[str]
+    resume_on: list[str]
+    retired_at: UtcDatetime | None = Field(
+        description="Set once retired (DELETE): it starts no timers; a PUT revives it."
+    )
+    created_at: UtcDatetime = Field(description="When this version was written.")
+
+
+class ContractPage(ResponseModel):
+    items: list[Contract] = Field(description="Current versions, retired ones too, by id.")
+    next_after: str | None = Field(
+        description="Pass as after for the next page (the last contract_id); null at end."
+    )

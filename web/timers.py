@@ -12,6 +12,7 @@ from uuid import UUID, uuid4
 
 from flask import Blueprint, g
 
+from models import contracts
 from models import firing as firing_sql
 from models import timers as timer_sql
 from models.db import tenant_scope
@@ -38,6 +39,7 @@ from .schemas import (
     TimerItems,
     TimerListQuery,
     TimerPage,
+    ladder_json,
 )
 from .services import services
 
@@ -72,7 +74,10 @@ def _timer_id(raw: UUID | str) -> UUID:
 
 def _with_escalations(conn, rows: list[dict[str, Any]]) -> list[Timer]:
     steps = timer_sql.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
-    return [Timer.from_row(r, steps[r["id"]]) for r in rows]
+    # Only timers with thresholds can have warnings: plain ones cost no query.
+    warned = [r["id"] for r in rows if r.get("warning_thresholds")]
+    warnings = firing_sql.warnings_for(conn, g.tenant_id, warned)
+    return [Timer.from_row(r, steps[r["id"]], warnings.get(r["id"])) for r in rows]
 
 
 def _fingerprint(body: dict[str, Any]) -> str:
@@ -80,28 +85,111 @@ def _fingerprint(body: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _new_timer(
+def _plain_timer(
     body: TimerCreate,
     correlation_header: str | None,
     key: str | None,
     fingerprint: str | None,
 ) -> tuple[timer_sql.NewTimer, datetime | None]:
+    """A start as it was before contracts, for the fast path: its own window
+    and ladder, unresolved (the insert skips it if a contract of its name exists)."""
     # Without started_at, the database's clock dates the start (and so its
     # due_at): this host's clock may be skewed, and one running behind would
     # make timers fire early.
-    started = body.started_at
+    started, window = body.started_at, body.window
+    assert window is not None
     new = timer_sql.NewTimer(
         lead_id=body.lead_id,
         sla_contract_id=body.sla_contract_id,
         started_at=started,
-        window_seconds=body.window,
-        escalation_steps=[s.model_dump() for s in body.escalation_steps],
+        window_seconds=window,
+        escalation_steps=ladder_json(body.escalation_steps),
         correlation_id=body.correlation_id or correlation_header or str(uuid4()),
         metadata=body.metadata,
         idempotency_key=key,
         request_fingerprint=fingerprint,
+        unresolved=True,
     )
-    return new, None if started is None else due_at(started, body.window)
+    return new, None if started is None else due_at(started, window)
+
+
+def _fast(body: TimerCreate) -> bool:
+    """Whether a start can be inserted before anything is looked up."""
+    return (
+        body.window is not None
+        and body.warning_thresholds is None
+        and not contracts.needs_lookup(body.sla_contract_id, body.calendar_id)
+    )
+
+
+def _lookup(conn, items: list[TimerCreate]) -> contracts.Lookup:
+    return contracts.lookup(
+        conn,
+        g.tenant_id,
+        [b.sla_contract_id for b in items],
+        [b.calendar_id for b in items if b.calendar_id is not None],
+    )
+
+
+def _resolved_timer(
+    body: TimerCreate,
+    found: contracts.Lookup,
+    correlation_header: str | None,
+    key: str | None,
+    fingerprint: str | None,
+) -> tuple[timer_sql.NewTimer, datetime | None]:
+    """The start under its contract's current version, the request's fields
+    winning. Raises contracts.Unresolvable."""
+    policy = contracts.resolve(
+        found,
+        body.sla_contract_id,
+        window_seconds=body.window,
+        escalation_steps=ladder_json(body.escalation_steps) if body.steps_given else None,
+        warning_thresholds=body.warning_thresholds,
+        calendar_id=body.calendar_id,
+    )
+    started, due, fire = body.started_at, None, None
+    if not policy.plain:
+        # Business time and warnings are counted here, from the database's
+        # clock when the request gives no start (the lookup read it).
+        started = started or found.now
+    if started is not None:
+        due, fire = policy.due_at(started), policy.first_fire_at(started)
+    new = timer_sql.NewTimer(
+        lead_id=body.lead_id,
+        sla_contract_id=body.sla_contract_id,
+        started_at=started,
+        window_seconds=policy.window_seconds,
+        escalation_steps=policy.escalation_steps,
+        correlation_id=body.correlation_id or correlation_header or str(uuid4()),
+        metadata=body.metadata,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        calendar=policy.calendar,
+        warning_thresholds=policy.warning_thresholds,
+        contract_version=policy.contract_version,
+        contract_snapshot=policy.snapshot,
+        next_fire_at=fire,
+    )
+    return new, due
+
+
+def _replay(conn, keys: list[str | None], fingerprint: str | None) -> list[dict] | None:
+    """A retry of a request that started timers before its contract was retired
+    (or its calendar deleted) is still a replay: the stored timers, else None."""
+    if fingerprint is None or None in keys:
+        return None
+    stored = timer_sql.stored_by_key(conn, g.tenant_id, keys)  # type: ignore[arg-type]
+    rows = [stored.get(k) for k in keys]  # type: ignore[arg-type]
+    if all(r is not None and r["request_fingerprint"] == fingerprint for r in rows):
+        return rows  # type: ignore[return-value]
+    return None
+
+
+def _unresolvable(errors: list[tuple[str, contracts.Unresolvable]]):
+    return validation_error(
+        [{"field": f"{prefix}{e.field}", "reason": e.reason} for prefix, e in errors]
+    )
 
 
 def _created(conn, rows: list[dict[str, Any]], created: bool) -> list[Timer]:
@@ -111,13 +199,14 @@ def _created(conn, rows: list[dict[str, Any]], created: bool) -> list[Timer]:
     return _with_escalations(conn, rows)
 
 
-def _wake_up(timers: list[Timer]) -> None:
-    # After the commit, so a wake-up never races ahead of its row. A lost
-    # wake-up only delays firing until the next sweep, so never fail here.
+def _wake_up(rows: list[dict[str, Any]]) -> None:
+    # After the commit, so a wake-up never races ahead of its row; at what the
+    # timer waits for first (a warning may come before due). A lost wake-up
+    # only delays firing until the next sweep, so never fail here.
     try:
-        schedule_wakeups([t.due_at for t in timers])
+        schedule_wakeups([r["next_fire_at"] for r in rows if r["next_fire_at"] is not None])
     except Exception:
-        log.exception("scheduling wake-ups for %d timer(s) failed", len(timers))
+        log.exception("scheduling wake-ups for %d timer(s) failed", len(rows))
     wake_delivery()  # their sla.timer.started events (never raises)
 
 
@@ -143,19 +232,30 @@ def start(body: TimerCreate):
     # Checked even when the body's correlation_id wins: a bad header is still bad input.
     correlation = header("X-Correlation-ID")
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
-    new, due = _new_timer(body, correlation, key, fingerprint)
-    # Most starts are a single statement of their own; the rest (supersede,
-    # replay, conflicts) take the transactional path from the beginning.
-    with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        row = timer_sql.try_start_timer(conn, g.tenant_id, new, due)
+    row = None
+    if _fast(body):
+        # Most starts are a single statement of their own; the rest (a contract,
+        # supersede, replay, conflicts) take the transactional path.
+        new, due = _plain_timer(body, correlation, key, fingerprint)
+        with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            row = timer_sql.try_start_timer(conn, g.tenant_id, new, due)
     if row is not None:
         created, timer = True, Timer.from_row(row, [])
     else:
         with _tenant() as conn:
-            row, created = timer_sql.start_timer(conn, g.tenant_id, new, due)
+            found = _lookup(conn, [body])
+            try:
+                new, due = _resolved_timer(body, found, correlation, key, fingerprint)
+            except contracts.Unresolvable as exc:
+                replayed = _replay(conn, [key], fingerprint)
+                if replayed is None:
+                    raise _unresolvable([("", exc)]) from None
+                row, created = replayed[0], False
+            else:
+                row, created = timer_sql.start_timer(conn, g.tenant_id, new, due)
             timer = _created(conn, [row], created)[0]
     if created:
-        _wake_up([timer])
+        _wake_up([row])
     headers = {"Location": f"/v1/timers/{timer.id}"}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -187,15 +287,27 @@ def start_bulk(body: TimerBulkCreate):
     key = header("Idempotency-Key")
     correlation = header("X-Correlation-ID")
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
-    starts = [
-        _new_timer(item, correlation, None if key is None else f"{key}:{i}", fingerprint)
-        for i, item in enumerate(body.timers)
-    ]
     with _tenant() as conn:
-        rows, created = timer_sql.start_timers(conn, g.tenant_id, starts)
+        # Each distinct contract and calendar once, in one round trip.
+        found = _lookup(conn, body.timers)
+        starts, errors = [], []
+        for i, item in enumerate(body.timers):
+            item_key = None if key is None else f"{key}:{i}"
+            try:
+                starts.append(_resolved_timer(item, found, correlation, item_key, fingerprint))
+            except contracts.Unresolvable as exc:
+                errors.append((f"timers.{i}.", exc))
+        if errors:
+            keys = [None if key is None else f"{key}:{i}" for i in range(len(body.timers))]
+            replayed = _replay(conn, keys, fingerprint)
+            if replayed is None:
+                raise _unresolvable(errors)
+            rows, created = replayed, False
+        else:
+            rows, created = timer_sql.start_timers(conn, g.tenant_id, starts)
         timers = _created(conn, rows, created)
     if created:
-        _wake_up(timers)
+        _wake_up(rows)
     headers = {} if created else {"Idempotent-Replayed": "true"}
     return json_response(TimerBatch(items=timers), 201 if created else 200, headers)
 

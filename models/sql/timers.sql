@@ -50,19 +50,29 @@ inserted AS (
     INSERT INTO sla_timers (
         id, tenant_id, lead_id, sla_contract_id, started_at, due_at, window_seconds,
         correlation_id, idempotency_key, request_fingerprint, escalation_steps, metadata,
+        calendar, warning_thresholds, contract_version, contract_snapshot,
         next_fire_at, created_at, updated_at)
     SELECT n.id, :tenant, n.lead_id, n.sla_contract_id, started.at, due.at,
            n.window_seconds, n.correlation_id, n.idempotency_key, n.request_fingerprint,
-           n.escalation_steps, n.metadata, due.at, statement_timestamp(),
-           statement_timestamp()
+           n.escalation_steps, n.metadata, n.calendar,
+           coalesce(n.warning_thresholds, '{}'), n.contract_version, n.contract_snapshot,
+           coalesce(n.next_fire_at, due.at), statement_timestamp(), statement_timestamp()
     FROM locked, jsonb_to_recordset(CAST(:timers AS jsonb)) AS n(
         id uuid, lead_id text, sla_contract_id text, started_at timestamptz,
         due_at timestamptz, window_seconds int, correlation_id text, idempotency_key text,
-        request_fingerprint text, escalation_steps jsonb, metadata jsonb)
+        request_fingerprint text, escalation_steps jsonb, metadata jsonb, calendar jsonb,
+        warning_thresholds int[], contract_version int, contract_snapshot jsonb,
+        next_fire_at timestamptz, unresolved boolean)
     CROSS JOIN LATERAL (SELECT coalesce(n.started_at, statement_timestamp()) AS at) AS started
     CROSS JOIN LATERAL (
         SELECT coalesce(n.due_at, started.at + make_interval(secs => n.window_seconds)) AS at
     ) AS due
+    -- An unresolved start (a plain "default" start on the fast path) is
+    -- skipped when the tenant defined a contract by that name: the caller
+    -- resolves it and starts it again. One probe of a primary key, no round trip.
+    WHERE NOT (n.unresolved AND EXISTS (
+        SELECT FROM sla_contracts k
+        WHERE k.tenant_id = :tenant AND k.contract_id = n.sla_contract_id))
     ON CONFLICT DO NOTHING
     RETURNING *
 ),
@@ -109,18 +119,6 @@ SELECT t.* FROM sla_timers t
 WHERE t.id = ANY(ARRAY(SELECT id FROM found)) AND t.status IN ('ACTIVE', 'DUE', 'ESCALATED', 'PAUSED')
 ORDER BY t.id
 FOR UPDATE
-
--- name: skip_remaining_steps
--- Record the steps closing timers have not run as SKIPPED, so they can never fire.
-INSERT INTO sla_escalation_events (
-    tenant_id, lead_id, timer_id, escalation_step, executed_at, outcome,
-    escalation_config, correlation_id, idempotency_key)
-SELECT t.tenant_id, t.lead_id, t.id, (s ->> 'step')::int,
-       coalesce(CAST(:now AS timestamptz), now()), 'SKIPPED',
-       s, t.correlation_id, t.id::text || '-' || (s ->> 'step')
-FROM sla_timers t, jsonb_array_elements(t.escalation_steps) AS s
-WHERE t.id = ANY(:ids)
-ON CONFLICT DO NOTHING
 
 -- name: close_timers
 -- Cancel or complete timers (locked by the caller), dated by the database's clock.

@@ -17,6 +17,7 @@ def iso(at: datetime) -> str:
 
 
 def test_start_returns_the_timer_and_its_location(api):
+    api.contracts("gold")
     started = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     steps = [
         {"step": 1, "after_seconds": 0, "action": "notify", "target": "team-a"},
@@ -63,14 +64,21 @@ def test_start_returns_the_timer_and_its_location(api):
         "cancelled_at": None,
         "breached": None,
         "escalations": [],
-        "contract_version": None,
-        "contract_snapshot": None,
+        "contract_version": 1,
+        "contract_snapshot": timer["contract_snapshot"],
         "warning_thresholds": [],
         "paused_at": None,
         "pause_reason": None,
         "paused_seconds": 0,
+        "warnings": [],
     }
     assert timer["created_at"].endswith("Z")
+    snapshot = timer["contract_snapshot"]
+    assert (snapshot["contract_id"], snapshot["version"], snapshot["window_seconds"]) == (
+        "gold",
+        1,
+        900,  # the start's window wins over the contract's
+    )
 
     fetched = api.get(f"/v1/timers/{timer['id']}")
     assert fetched.status_code == 200
@@ -123,6 +131,7 @@ def test_same_start_twice_without_key_is_a_conflict(api):
 
 
 def test_new_start_supersedes_the_open_timer(api, engine):
+    api.contracts("other")
     old = api.start(lead_id="lead-s", started_at="2025-01-01T00:00:00Z")
     new = api.start(lead_id="lead-s", started_at="2025-01-01T00:05:00Z")
     assert new["status"] == "ACTIVE"
@@ -190,6 +199,7 @@ def test_complete_after_due_is_breached(api):
 
 
 def test_list_filters_and_pages(api):
+    api.contracts(*(f"c{i}" for i in range(5)))
     ids = [api.start(lead_id=f"lead-{i % 2}", sla_contract_id=f"c{i}")["id"] for i in range(5)]
     api.post(f"/v1/timers/{ids[0]}/cancel")
 
@@ -214,6 +224,7 @@ def test_list_filters_and_pages(api):
 
 
 def test_lead_endpoints_close_open_timers(api):
+    api.contracts("a", "b", "c")
     a = api.start(lead_id="lead/7", sla_contract_id="a")
     b = api.start(lead_id="lead/7", sla_contract_id="b")
     c = api.start(lead_id="lead/7", sla_contract_id="c")

@@ -35,6 +35,7 @@ TIMER_FIELDS = {
     "paused_at",
     "pause_reason",
     "paused_seconds",
+    "warnings",
 }
 
 
@@ -57,6 +58,26 @@ class Api:
         if json is not None:
             kw["json"] = json
         return self.client.post(path, headers=self._headers(headers, key), **kw)
+
+    def put(self, path: str, json: Any = None, *, key: str | None = None, headers=None, **kw):
+        if json is not None:
+            kw["json"] = json
+        return self.client.put(path, headers=self._headers(headers, key), **kw)
+
+    def delete(self, path: str, *, key: str | None = None, headers=None, **kw: Any):
+        return self.client.delete(path, headers=self._headers(headers, key), **kw)
+
+    def contracts(self, *contract_ids: str) -> None:
+        """Define contracts (a one-minute window, one step) so starts can name them:
+        a start under an unknown contract is a 422."""
+        for contract_id in contract_ids:
+            body = {
+                "name": contract_id,
+                "window_seconds": 60,
+                "escalation_steps": [{"step": 1, "after_seconds": 0, "action": "notify"}],
+            }
+            response = self.put(f"/v1/contracts/{contract_id}", body)
+            assert response.status_code == 201, response.get_json()
 
     def start(self, **body: Any) -> dict:
         body.setdefault("lead_id", "lead-1")
