@@ -41,12 +41,15 @@ ADMIN_TOKEN = "outage-admin-token"
 CONNECT_TIMEOUT_S = 2
 # Scheduling noise on a shared 2-core machine; a hang is unbounded, so any margin shows it.
 MARGIN_S = 1.5
+POOL_SIZE = 64
 REDIS_TIMEOUT_S = 1
 
 # Routes that must answer without the database. Anything else in the url_map is
 # expected to need it and to answer 503 while it is down.
 DB_FREE = {"/healthz", "/openapi.json"}
 PROBE = "/readyz"  # 503 without PostgreSQL, 200 "degraded" without Redis (tested on its own)
+# Valid query strings of the routes whose query has required parameters.
+SAMPLE_QUERIES = {"/v1/stats": "?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"}
 
 # A valid body per request model, so a request reaches the database instead of a 422.
 # Leads and names here must not exist when the outage ends: that shows nothing was written.
@@ -288,6 +291,11 @@ def db_calls(app, *, tenant_key: str, values: dict[str, str]) -> list[Call]:
             path = adapter.build(
                 rule.endpoint, {a: values.get(a, "x") for a in rule.arguments}, method=method
             )
+            if op is not None and op.query is not None:
+                required = op.query.model_json_schema().get("required", [])
+                if required and rule.rule not in SAMPLE_QUERIES:
+                    pytest.fail(f"{method} {rule.rule}: add a valid query to SAMPLE_QUERIES")
+                path += SAMPLE_QUERIES.get(rule.rule, "") if required else ""
             body = None
             if op is not None and op.body is not None and op.body_required:
                 name = op.body.__name__
@@ -305,7 +313,7 @@ def pg_app(engine, settings, pg_proxy, apps):
         settings,
         database_url=normalize_database_url(pg_proxy.url_for(os.environ["DATABASE_URL"])),
         db_connect_timeout_seconds=CONNECT_TIMEOUT_S,
-        db_pool_size=32,  # every route at once, each with its own connection
+        db_pool_size=POOL_SIZE,  # every route at once, each with its own connection
     )
     return apps(proxied)
 
@@ -333,6 +341,8 @@ def test_postgres_down_every_route_is_a_prompt_503_and_the_pool_recovers(
     calls = db_calls(pg_app, tenant_key=tenant[1], values=values)
     # A key this process has not cached yet needs the database to authenticate: 503, not 401.
     calls.append(Call("GET /v1/timers (uncached key)", "GET", "/v1/timers", other_tenant[1]))
+    # Each request its own pooled connection, or some would queue behind the pool.
+    assert len(calls) + 2 <= POOL_SIZE
 
     pg_proxy.down(mode)
     probes = [
