@@ -231,9 +231,7 @@ class Settings:
             webhook_failing_in_flight=_int(env, "SLA_WEBHOOK_FAILING_IN_FLIGHT", 2, minimum=1),
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
             delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
-            max_step_repeats=_int(
-                env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1
-            ),
+            max_step_repeats=_int(env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1),
         )
         if not _QUEUE.fullmatch(settings.queue):
             raise ConfigError(
