@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import subprocess
-import sys
 from uuid import uuid4
 
 import pytest
@@ -13,7 +10,7 @@ from sqlalchemy import text
 
 from tasks.firing import fire_due
 from tests.support.api import assert_problem
-from tests.support.common import ROOT
+from tests.support.common import alembic
 from tests.support.factories import overdue
 
 EXPLODING = [{"step": 1, "after_seconds": 0, "action": "count", "target": "crm"}]
@@ -124,16 +121,6 @@ def test_retrying_an_unknown_timer_is_404(api):
     assert_problem(api.post(f"/v1/timers/{uuid4()}/retry"), 404)
 
 
-def _alembic(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
-
-
 def _columns(engine) -> set[str]:
     with engine.connect() as conn:
         return set(
@@ -151,12 +138,12 @@ def test_migration_0003_goes_down_and_up(api, engine, one_attempt, counting):
     assert api.post(f"/v1/timers/{timer_id}/retry").status_code == 200
     engine.dispose()  # no pooled connection holds a lock the migration needs
     try:
-        _alembic("downgrade", "0002")
+        alembic("downgrade", "0002")
         assert "retries" not in _columns(engine)
         # Its events go with it; the old constraint is back.
         assert [t for t, _ in events_of(engine, timer_id)][-1] == "sla.timer.failed"
     finally:
-        _alembic("upgrade", "head")
+        alembic("upgrade", "head")
     assert "retries" in _columns(engine)
     with engine.connect() as conn:
         check = conn.execute(

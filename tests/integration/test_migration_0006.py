@@ -5,23 +5,9 @@ paused from, and every constraint of the new shape is back after the upgrade."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 from sqlalchemy import text
 
-from tests.support.common import ROOT
-
-
-def _alembic(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
+from tests.support.common import alembic
 
 
 def _scalar(engine, sql: str, **params):
@@ -77,7 +63,7 @@ def test_migration_0006_goes_down_and_up_with_its_data(api, engine, tenant):
         )
     engine.dispose()  # no pooled connection holds a lock the migration needs
     try:
-        _alembic("downgrade", "0005")
+        alembic("downgrade", "0005")
         assert _scalar(engine, "SELECT to_regclass('sla_timer_warnings')") is None
         assert _scalar(engine, "SELECT to_regclass('calendars')") is None
         assert _scalar(engine, "SELECT to_regclass('sla_contracts')") is None
@@ -96,7 +82,7 @@ def test_migration_0006_goes_down_and_up_with_its_data(api, engine, tenant):
         assert "PAUSED" not in _constraint(engine, "ck_sla_timers_status")
         assert "sla.timer.warning" not in _constraint(engine, "ck_outbox_events_event_type")
     finally:
-        _alembic("upgrade", "head")
+        alembic("upgrade", "head")
     assert "PAUSED" in _constraint(engine, "ck_sla_timers_status")
     assert "paused" in _constraint(engine, "ck_lead_events_outcome")
     assert "sla.timer.resumed" in _constraint(engine, "ck_outbox_events_event_type")

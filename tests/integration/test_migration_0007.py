@@ -4,26 +4,13 @@ takes in every close again from the events."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
 from models import stats
 from models.sla import utcnow
-from tests.support.common import ROOT
-
-
-def _alembic(*args: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "alembic", *args],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        env=os.environ.copy(),
-    )
+from tests.support.common import alembic
 
 
 def _regclass(engine, name: str):
@@ -56,11 +43,11 @@ def test_migration_0007_goes_down_and_up_with_a_rollup_in_place(api, engine, ten
     assert before["completed_late"] == 3
     engine.dispose()  # no pooled connection holds a lock the migration needs
     try:
-        _alembic("downgrade", "0006")
+        alembic("downgrade", "0006")
         for name in ("sla_stats_rollup", "sla_stats_positions", "ix_outbox_events_timer_id"):
             assert _regclass(engine, name) is None
     finally:
-        _alembic("upgrade", "head")
+        alembic("upgrade", "head")
     assert _regclass(engine, "sla_stats_rollup") is not None
     live = _stats(api)  # no position yet: every close counted from the events
     stats.fold_all(engine)

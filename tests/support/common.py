@@ -4,6 +4,8 @@ condition, and the tests' own Redis database."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -28,3 +30,14 @@ def redis_conn():
     import redis
 
     return redis.Redis.from_url(os.environ["REDIS_URL"])
+
+
+def alembic(*args: str) -> None:
+    """Run an alembic command on DATABASE_URL (the test database), as the release step does."""
+    subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env=os.environ.copy(),
+    )
