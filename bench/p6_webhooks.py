@@ -842,11 +842,13 @@ class Dead:
 # --------------------------------------------------------------------------- in one process
 
 
-def profile_loop(events: int, out: Path, pyinstrument: bool = False) -> None:
+def profile_loop(events: int, out: Path, pyinstrument: bool = False, vacuum: bool = True) -> None:
     """The delivery loop (``deliver_due``) in this process, for its author: deliveries/s,
     CPU per delivery here and in PostgreSQL, and the time and rows of each kind of
     statement, as the client saw them. ``pyinstrument`` also profiles the loop's thread
-    (not the sending threads). Uses the bench database and a fast receiver."""
+    (not the sending threads). Uses the bench database and a fast receiver. ``vacuum``
+    False leaves the backlog as P6 has it: never analyzed, its pages never vacuumed
+    (autovacuum is off on this machine's server)."""
     import collections
 
     from sqlalchemy import event
@@ -880,7 +882,8 @@ def profile_loop(events: int, out: Path, pyinstrument: bool = False) -> None:
         with bench.connect() as c:
             with c.transaction():
                 write_events(c, tenant, events // 2, "loop-")
-            c.execute("VACUUM ANALYZE")
+            if vacuum:
+                c.execute("VACUUM ANALYZE")
         meter = CpuMeter(bench, {"loop": [os.getpid()]})
         settings = get_settings()
         profiler = None
@@ -926,6 +929,9 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--pyinstrument", action="store_true")
+    parser.add_argument(
+        "--no-vacuum", action="store_true", help="loop: no VACUUM ANALYZE after writing, as in P6"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     if args.what == "bare":
@@ -933,4 +939,4 @@ if __name__ == "__main__":
     else:
         out = Path("/tmp") / "p6-loop"
         out.mkdir(exist_ok=True)
-        profile_loop(args.n, out, args.pyinstrument)
+        profile_loop(args.n, out, args.pyinstrument, vacuum=not args.no_vacuum)
