@@ -20,12 +20,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Migrate (the Procfile's release step), then run web, worker and scheduler.
+# Migrate (the Procfile's release step), then run web, worker and scheduler. Without
+# SLA_ADMIN_TOKEN (environment or .env) a local one is generated and kept in .env, so the
+# admin routes and the Dramatiq dashboard exist; once the API answers, the links to the
+# API, /docs, /dramatiq/ and /ui/ are printed, with the token.
 up: install
 	@eval "$$($(BIN)/python -m devtools.services env)" && \
+	eval "$$($(BIN)/python -m devtools.services admin-token)" && \
 	$(BIN)/python -m devtools.services wait && \
 	$(BIN)/alembic upgrade head && \
 	echo "API on http://127.0.0.1:$${PORT:-8000}  (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" && \
+	{ PORT=$${PORT:-8000} $(BIN)/python -m devtools.services links & } && \
 	$(BIN)/honcho start --port $${PORT:-8000} web worker scheduler
 
 # Unit, integration and acceptance tests (tens of seconds). `make test-all` adds the slow tier.

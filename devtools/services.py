@@ -5,6 +5,9 @@ Usage (from the project root):
                                        # print the DATABASE_URL / REDIS_URL exports
     python -m devtools.services wait   # wait (<= 30 s) until both URLs accept connections
     python -m devtools.services stop   # stop the embedded servers
+    python -m devtools.services admin-token  # SLA_ADMIN_TOKEN: the set one, else a new
+                                       # one recorded in .env; print its export
+    python -m devtools.services links  # once the API answers, print where everything is
 
 If DATABASE_URL and/or REDIS_URL are already set (in the environment, or in the
 project's ``.env``) they are passed through unchanged; only the missing ones are
@@ -38,6 +41,7 @@ import hashlib
 import importlib.util
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import signal
@@ -46,6 +50,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -58,6 +63,8 @@ REDIS_PORT = int(os.environ.get("SLA_EMBEDDED_REDIS_PORT", "63799"))
 HOST = "127.0.0.1"
 PG_USER = "nobody"  # unprivileged account used for postgres when we are root
 WAIT_SECONDS = 30
+# How long `links` waits for the API that `make up` is starting beside it.
+LINKS_WAIT_SECONDS = 60
 
 
 def log(msg: str) -> None:
@@ -390,8 +397,80 @@ def cmd_wait() -> None:
             time.sleep(0.25)
 
 
+def admin_token(env_file: Path = ENV_FILE) -> tuple[str, bool]:
+    """(SLA_ADMIN_TOKEN as every entry point sees it, whether it was made now).
+
+    The environment's, else ``env_file``'s; without either a new random token is
+    recorded in ``env_file``, so the web process (honcho and the settings read it)
+    mounts the admin routes and the Dramatiq dashboard, and the next `make up`
+    keeps the same token."""
+    from dotenv import dotenv_values, set_key
+
+    recorded = dotenv_values(env_file) if env_file.is_file() else {}
+    token = os.environ.get("SLA_ADMIN_TOKEN") or recorded.get("SLA_ADMIN_TOKEN")
+    if token:
+        return token, False
+    token = secrets.token_urlsafe(32)
+    set_key(env_file, "SLA_ADMIN_TOKEN", token, quote_mode="never")
+    return token, True
+
+
+def cmd_admin_token(env_file: Path = ENV_FILE) -> None:
+    token, made = admin_token(env_file)
+    if made:
+        log(f"no SLA_ADMIN_TOKEN set: generated one and wrote it to {env_file}")
+    print(f"export SLA_ADMIN_TOKEN={shlex.quote(token)}")
+
+
+def links(base: str, token: str | None) -> str:
+    """What `make up` prints once the API answers: where each part of the service is."""
+    dashboard = (
+        "user: any, password: the admin token" if token else "off: set SLA_ADMIN_TOKEN to mount it"
+    )
+    lines = [
+        f"API        {base}/v1/          (document: {base}/openapi.json)",
+        f"Docs       {base}/docs",
+        f"Dashboard  {base}/dramatiq/    ({dashboard})",
+        f"Ops page   {base}/ui/",
+    ]
+    if token:
+        lines.append(
+            f"Admin      SLA_ADMIN_TOKEN={token}   (in .env; Authorization: Bearer <token>)"
+        )
+    width = max(len(line) for line in lines)
+    rule = "-" * width
+    return "\n".join([rule, *lines, rule])
+
+
+def api_answers(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def cmd_links() -> None:
+    """Wait (<= LINKS_WAIT_SECONDS) for the API on $PORT, then print the links."""
+    base = f"http://{HOST}:{os.environ.get('PORT') or '8000'}"
+    deadline = time.monotonic() + LINKS_WAIT_SECONDS
+    while not api_answers(base):
+        if time.monotonic() > deadline:
+            log(f"the API did not answer on {base} within {LINKS_WAIT_SECONDS} s")
+            return
+        time.sleep(0.5)
+    token = os.environ.get("SLA_ADMIN_TOKEN") or None
+    print(links(base, token), flush=True)
+
+
 if __name__ == "__main__":
-    commands = {"env": cmd_env, "stop": cmd_stop, "wait": cmd_wait}
+    commands = {
+        "env": cmd_env,
+        "stop": cmd_stop,
+        "wait": cmd_wait,
+        "admin-token": cmd_admin_token,
+        "links": cmd_links,
+    }
     if len(sys.argv) != 2 or sys.argv[1] not in commands:
         sys.exit(f"usage: python -m devtools.services {{{'|'.join(commands)}}}")
     commands[sys.argv[1]]()
