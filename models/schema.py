@@ -17,6 +17,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -61,6 +62,8 @@ tenants = Table(
     Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
     Column("name", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
+    # A disabled tenant's API keys answer 403; its timers keep running.
+    Column("disabled_at", DateTime(timezone=True)),
 )
 
 api_keys = Table(
@@ -151,6 +154,8 @@ sla_timers = Table(
     ),
     # Also serves lookups by (tenant, lead).
     UniqueConstraint("tenant_id", "lead_id", "sla_contract_id", "started_at"),
+    # What step and warning rows refer to: keys led by tenant_id (docs/scaling.md).
+    UniqueConstraint("tenant_id", "id"),
     # The claim query (due work in due order) and the lease rescue. Its
     # predicate leaves out processing_status on purpose: claiming a timer then
     # changes no indexed column, so PostgreSQL updates the row in place (HOT)
@@ -183,12 +188,7 @@ sla_escalation_events = Table(
     Column("id", BigInteger, Identity(), primary_key=True),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
     Column("lead_id", Text, nullable=False),
-    Column(
-        "timer_id",
-        UUID(as_uuid=True),
-        ForeignKey("sla_timers.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("timer_id", UUID(as_uuid=True), nullable=False),
     Column("escalation_step", Integer, nullable=False),
     # 0 for a step's first run, then 1, 2... for its repeats.
     Column("repeat", Integer, nullable=False, server_default="0"),
@@ -206,6 +206,9 @@ sla_escalation_events = Table(
     UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
     UniqueConstraint("tenant_id", "idempotency_key"),
     Index("ix_sla_escalation_events_tenant_txid", "tenant_id", "txid"),
+    ForeignKeyConstraint(
+        ["tenant_id", "timer_id"], ["sla_timers.tenant_id", "sla_timers.id"], ondelete="CASCADE"
+    ),
 )
 
 outbox_events = Table(

@@ -33,12 +33,7 @@ sla_timer_warnings = Table(
     "sla_timer_warnings",
     metadata,
     Column("tenant_id", UUID(as_uuid=True), primary_key=True),
-    Column(
-        "timer_id",
-        UUID(as_uuid=True),
-        ForeignKey("sla_timers.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("timer_id", UUID(as_uuid=True), primary_key=True),
     Column("threshold", Integer, primary_key=True),
     Column("outcome", Text, nullable=False),
     # The instant the warning was for, and when it was recorded.
@@ -50,6 +45,9 @@ sla_timer_warnings = Table(
     CheckConstraint(_in("outcome", WARNING_OUTCOMES), name="outcome"),
     CheckConstraint("threshold > 0 AND threshold < 100", name="threshold_range"),
     Index("ix_sla_timer_warnings_tenant_txid", "tenant_id", "txid"),
+    ForeignKeyConstraint(
+        ["tenant_id", "timer_id"], ["sla_timers.tenant_id", "sla_timers.id"], ondelete="CASCADE"
+    ),
 )
 
 # A tenant's business-hours calendars (models/calendars.py), by the tenant's own id.

@@ -43,15 +43,20 @@ def tenant_exists(conn: Connection, tenant_id: UUID) -> bool:
     return conn.execute(SQL.tenant_exists.text, {"t": tenant_id}).first() is not None
 
 
-def api_key_record(conn: Connection, prefix: str) -> tuple[UUID, str] | None:
-    """(tenant_id, key_hash) of the unrevoked key with this prefix.
+def api_key_record(conn: Connection, prefix: str) -> tuple[UUID, str, bool] | None:
+    """(tenant_id, key_hash, tenant disabled) of the unrevoked key with this prefix.
 
     Runs before the tenant is known: the API's role may read just the key row
-    whose prefix the transaction names in ``app.api_key_prefix``.
+    whose prefix the transaction names in ``app.api_key_prefix``; then, scoped
+    to the key's tenant, the tenant's row.
     """
     conn.execute(SQL.enter_key_prefix.text, {"p": prefix})
     row = conn.execute(SQL.api_key_record.text, {"p": prefix}).first()
-    return None if row is None else (row.tenant_id, row.key_hash)
+    if row is None:
+        return None
+    enter_tenant(conn, row.tenant_id)
+    disabled_at = conn.execute(SQL.tenant_disabled_at.text, {"t": row.tenant_id}).scalar()
+    return row.tenant_id, row.key_hash, disabled_at is not None
 
 
 def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
@@ -64,6 +69,19 @@ def tenant_for_api_key(conn: Connection, key: str) -> UUID | None:
 
 def list_api_keys(conn: Connection, tenant_id: UUID) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in conn.execute(SQL.list_api_keys.text, {"t": tenant_id})]
+
+
+def list_tenants(conn: Connection) -> list[dict[str, Any]]:
+    """Every tenant (``conn`` must see them all: the maintenance role)."""
+    return [dict(r._mapping) for r in conn.execute(SQL.list_tenants.text)]
+
+
+def set_disabled(conn: Connection, tenant_id: UUID, disabled: bool) -> dict[str, Any] | None:
+    """Disable or enable a tenant (idempotent); None if there is no such tenant.
+    The record names the tenant's unrevoked key prefixes, for the key caches."""
+    row = conn.execute(SQL.set_tenant_disabled.text, {"t": tenant_id, "disabled": disabled})
+    found = row.first()
+    return None if found is None else dict(found._mapping)
 
 
 def revoke_api_key(conn: Connection, tenant_id: UUID, prefix: str) -> dict[str, Any] | None:

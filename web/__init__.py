@@ -24,9 +24,8 @@ from models.config import Settings, get_settings
 from models.db import TenantIsolationOff, web_role_guard
 from models.errors import is_outage
 
-from . import problems
+from . import cli, problems
 from .admin import bp as admin_bp
-from .admin import tenants_cli
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
 from .contracts import bp as contracts_bp
 from .events import bp as events_bp
@@ -162,7 +161,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(reports_bp)
     app.register_blueprint(pauses_bp)
     app.register_blueprint(contracts_bp)
-    app.cli.add_command(tenants_cli)
+    cli.register(app)  # tenants, keys, timers, events, db
 
     # No token, no dashboard: it can delete and requeue messages.
     if settings.admin_token:

@@ -57,7 +57,7 @@ REVOKED_CHANNEL = "sla:api-keys:revoked"
 
 
 class ApiKeyCache:
-    """API key prefix -> (tenant, key hash), kept ``ttl`` seconds per process, so
+    """API key prefix -> (tenant, key hash, tenant disabled), kept ``ttl`` seconds per process, so
     a request does not cost a database round trip to authenticate.
 
     The presented key is still hashed and compared in constant time with the
@@ -66,13 +66,15 @@ class ApiKeyCache:
     process drops the key as it hears it (within a second); a process that
     cannot hear it (Redis down) drops it when the entry expires, after at most
     ``ttl`` seconds (SLA_API_KEY_CACHE_SECONDS; 0 disables the cache).
+    Disabling or enabling a tenant (``flask tenants disable``) broadcasts each
+    of its keys the same way.
     """
 
     MAX_ENTRIES = 10_000
 
     def __init__(self, ttl: float, redis_url: str | None = None, redis_timeout: float = 2) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[UUID, str, float]] = {}
+        self._entries: dict[str, tuple[UUID, str, bool, float]] = {}
         # Bumped by every forget: a lookup that began before a revocation was
         # heard must not cache what it read.
         self._generation = 0
@@ -129,13 +131,14 @@ class ApiKeyCache:
         if self.listener is not None:
             self.listener.stop()
 
-    def tenant_for(self, key: str, engine) -> UUID | None:
+    def tenant_for(self, key: str, engine) -> tuple[UUID, bool] | None:
+        """(tenant, whether it is disabled) of a valid key; None for any other."""
         prefix = api_keys.key_prefix(key)
         if prefix is None:
             return None
         now = time.monotonic()
         entry = self._entries.get(prefix)
-        if entry is None or entry[2] <= now:
+        if entry is None or entry[3] <= now:
             self._listen()
             generation = self._generation
             with engine.connect() as conn:
@@ -150,8 +153,8 @@ class ApiKeyCache:
                         self._entries.clear()
                     if generation == self._generation:
                         self._entries[prefix] = entry
-        tenant_id, key_hash, _ = entry
-        return tenant_id if api_keys.key_matches(key_hash, key) else None
+        tenant_id, key_hash, disabled, _ = entry
+        return (tenant_id, disabled) if api_keys.key_matches(key_hash, key) else None
 
 
 class RevocationListener(threading.Thread):
@@ -238,16 +241,20 @@ def authenticate_tenant() -> UUID:
     challenge = 'Bearer realm="sla-timers"'
     if token is None:
         raise _unauthorized("an API key is required: Authorization: Bearer <key>", challenge)
-    tenant_id = None
+    match = None
     # Logs name a key by its prefix only, never by the secret.
     g.api_key_prefix = None
     if _KEY_SHAPE.fullmatch(token):
         g.api_key_prefix = api_keys.key_prefix(token)
         found = services()
-        tenant_id = found.api_keys.tenant_for(token, found.engine)
-    if tenant_id is None:
+        match = found.api_keys.tenant_for(token, found.engine)
+    if match is None:
         log.info("refused API key %s", g.api_key_prefix or "(not an API key)")
         raise _unauthorized("the API key is not valid", f'{challenge}, error="invalid_token"')
+    tenant_id, disabled = match
+    if disabled:
+        log.info("refused API key %s: its tenant is disabled", g.api_key_prefix)
+        raise ApiProblem(403, "the tenant of this API key is disabled")
     g.tenant_id = tenant_id
     return tenant_id
 

@@ -26,6 +26,10 @@ SELECT set_config('app.api_key_prefix', :p, true)
 -- The tenant and hash of the unrevoked key with this prefix.
 SELECT tenant_id, key_hash FROM api_keys WHERE prefix = :p AND revoked_at IS NULL
 
+-- name: tenant_disabled_at
+-- When the tenant was disabled (NULL: enabled); the transaction is scoped to it.
+SELECT disabled_at FROM tenants WHERE id = :t
+
 -- name: list_api_keys
 -- A tenant's keys, revoked ones included, oldest first.
 SELECT prefix, created_at, revoked_at FROM api_keys WHERE tenant_id = :t
@@ -35,3 +39,19 @@ ORDER BY created_at, prefix
 -- Revoke one of the tenant's keys; revoking again keeps the first instant.
 UPDATE api_keys SET revoked_at = coalesce(revoked_at, now())
 WHERE tenant_id = :t AND prefix = :p RETURNING prefix, created_at, revoked_at
+
+-- name: list_tenants
+-- Every tenant with its key counts, oldest first (the maintenance role sees all).
+SELECT t.id, t.name, t.created_at, t.disabled_at,
+       count(k.prefix) FILTER (WHERE k.revoked_at IS NULL) AS active_keys,
+       count(k.prefix) AS keys
+FROM tenants t LEFT JOIN api_keys k ON k.tenant_id = t.id
+GROUP BY t.id ORDER BY t.created_at, t.id
+
+-- name: set_tenant_disabled
+-- Disable (keeping the first instant) or enable a tenant; its unrevoked key prefixes.
+UPDATE tenants SET disabled_at = CASE WHEN :disabled THEN coalesce(disabled_at, now()) END
+WHERE id = :t
+RETURNING id, name, disabled_at,
+          ARRAY(SELECT prefix FROM api_keys WHERE tenant_id = :t AND revoked_at IS NULL)
+              AS prefixes
