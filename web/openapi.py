@@ -12,7 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from models import keys as api_keys
 
-from . import limits
+from . import examples, limits
 from .operations import Operation, operation
 from .problems import PROBLEM_JSON
 from .schemas import DeliveryDetail, Problem, Timer, TimerBatch, Webhook, WebhookCreated
@@ -131,40 +131,71 @@ def _operations(app: Flask) -> list[tuple[str, str, Operation]]:
     return sorted(found)
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {PROBLEM_JSON: {"schema": {"$ref": REF.format(model="Problem")}}},
-    }
+def _media(schema: dict[str, Any], example: Any) -> dict[str, Any]:
+    return {"schema": schema} if example is None else {"schema": schema, "example": example}
 
 
-def _responses(op: Operation, refs: dict, ops: list) -> dict[str, Any]:
+def _example_path(path: str) -> str:
+    """``path`` with its parameters filled in as the examples name them."""
+    return path.format_map(_EXAMPLE_PARAMS)
+
+
+_EXAMPLE_PARAMS = {
+    "timer_id": examples.TIMER,
+    "lead_id": "lead-42",
+    "tenant_id": examples.TENANT,
+    "webhook_id": examples.WEBHOOK,
+    "delivery_id": "17",
+    "calendar_id": "berlin-office",
+    "contract_id": "gold",
+    "prefix": "3f9c1a7b2e4d",
+}
+
+
+def _problem(description: str, status: int | None = None, path: str = "/") -> dict[str, Any]:
+    schema = {"$ref": REF.format(model="Problem")}
+    example = None if status is None else examples.problem_example(status, description, path)
+    return {"description": description, "content": {PROBLEM_JSON: _media(schema, example)}}
+
+
+def _responses(path: str, method: str, op: Operation, refs: dict, ops: list) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    instance = _example_path(path)
     for status, (description, model) in sorted(op.responses.items()):
         if model is None or model is Problem:
-            out[str(status)] = _problem(description) if model else {"description": description}
+            out[str(status)] = (
+                _problem(description, status, instance) if model else {"description": description}
+            )
         else:
             schema = refs[(model, "serialization")]
             out[str(status)] = {
                 "description": description,
-                "content": {"application/json": {"schema": schema}},
+                "content": {
+                    "application/json": _media(
+                        schema, examples.response_example(model, method, path)
+                    )
+                },
             }
             if links := _links(model, ops):
                 out[str(status)]["links"] = links
+
+    def plumbing(status: int, description: str) -> None:
+        out.setdefault(str(status), _problem(description, status, instance))
+
     # The errors the plumbing itself can produce.
     if op.auth:
-        out.setdefault("401", _problem("Missing or invalid bearer token"))
+        plumbing(401, "Missing or invalid bearer token")
     if op.body:
-        out.setdefault("400", _problem("Malformed JSON or invalid UTF-8"))
-        out.setdefault("413", _problem("Body larger than the configured limit"))
-        out.setdefault("415", _problem("Body not sent as application/json"))
+        plumbing(400, "Malformed JSON or invalid UTF-8")
+        plumbing(413, "Body larger than the configured limit")
+        plumbing(415, "Body not sent as application/json")
     if op.body or op.query or op.headers:
-        out.setdefault("422", _problem("Validation failed; see errors"))
+        plumbing(422, "Validation failed; see errors")
     if op.limited:
-        out.setdefault("429", _problem("The tenant's write limit is used up; see Retry-After"))
+        plumbing(429, "The tenant's write limit is used up; see Retry-After")
     if op.auth:
-        out.setdefault("503", _problem("Database unavailable; see Retry-After"))
-    out["default"] = _problem("Unexpected error")
+        plumbing(503, "Database unavailable; see Retry-After")
+    out["default"] = _problem("Unexpected error", 500, instance)
     return out
 
 
@@ -225,14 +256,15 @@ def build_document(app: Flask) -> dict[str, Any]:
             "tags": [op.tag],
             "security": SECURITY[op.auth],
             "parameters": _parameters(path, op),
-            "responses": _responses(op, refs, ops),
+            "responses": _responses(path, method, op, refs, ops),
         }
         if op.description:
             entry["description"] = op.description
         if op.body is not None:
+            schema = refs[(op.body, "validation")]
             entry["requestBody"] = {
                 "required": op.body_required,
-                "content": {"application/json": {"schema": refs[(op.body, "validation")]}},
+                "content": {"application/json": _media(schema, examples.request_example(op.body))},
             }
         paths.setdefault(path, {})[method] = entry
 
