@@ -392,6 +392,7 @@ def list_timers(
     status: str | None,
     limit: int,
     after: tuple[datetime, UUID] | None,
+    processing_status: str | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Newest first, keyset-paginated on (created_at, id): the page after the
     position ``after`` (None: the first page), and whether more follow."""
@@ -402,6 +403,7 @@ def list_timers(
                 "tenant": tenant_id,
                 "lead": lead_id,
                 "status": status,
+                "processing": processing_status,
                 "c_at": after[0] if after else None,
                 "c_id": after[1] if after else None,
                 "limit": limit + 1,

@@ -438,6 +438,9 @@ class TimerListQuery(RequestModel):
 
     lead_id: Id | None = None
     status: TimerStatus | None = None
+    processing_status: ProcessingStatus | None = Field(
+        default=None, description="FAILED: the dead-lettered timers, which POST .../retry re-arms."
+    )
     limit: int = Field(default=50, ge=1, le=200)
     cursor: str | None = Field(
         default=None,

@@ -334,6 +334,7 @@ def list_timers(query: TimerListQuery):
             g.tenant_id,
             lead_id=query.lead_id,
             status=query.status,
+            processing_status=query.processing_status,
             limit=query.limit,
             after=after,
         )

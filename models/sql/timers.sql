@@ -168,6 +168,7 @@ SELECT * FROM sla_timers
 WHERE tenant_id = :tenant
   AND (CAST(:lead AS text) IS NULL OR lead_id = :lead)
   AND (CAST(:status AS text) IS NULL OR status = :status)
+  AND (CAST(:processing AS text) IS NULL OR processing_status = :processing)
   AND (CAST(:c_at AS timestamptz) IS NULL
        OR (created_at, id) < (CAST(:c_at AS timestamptz), CAST(:c_id AS uuid)))
 ORDER BY created_at DESC, id DESC
