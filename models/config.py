@@ -181,6 +181,12 @@ class Settings:
     # open-ended repeat and of max_repeats. Keep it fixed while timers run: a
     # fire counts its runs in the order this bound gives (models/sla.py).
     max_step_repeats: int = DEFAULT_MAX_STEP_REPEATS
+    # Retention (models/retention.py): closed timers with their step and warning
+    # rows after this many days, delivered events with their deliveries after
+    # that many; rows deleted per batch (one short transaction each).
+    retention_days: int = 90
+    outbox_retention_days: int = 14
+    retention_batch_size: int = 1000
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -232,6 +238,9 @@ class Settings:
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
             delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
             max_step_repeats=_int(env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1),
+            retention_days=_int(env, "SLA_RETENTION_DAYS", 90, minimum=1),
+            outbox_retention_days=_int(env, "SLA_OUTBOX_RETENTION_DAYS", 14, minimum=1),
+            retention_batch_size=_int(env, "SLA_RETENTION_BATCH_SIZE", 1000, minimum=1),
         )
         if not _QUEUE.fullmatch(settings.queue):
             raise ConfigError(

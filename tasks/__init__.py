@@ -7,6 +7,7 @@ importing this package sets the broker and declares every actor.
 
 from .broker import broker
 from .actors import deliver, sweep, wake_up
+from .retention import apply_retention
 from .stats import fold_stats
 
-__all__ = ["broker", "deliver", "fold_stats", "sweep", "wake_up"]
+__all__ = ["apply_retention", "broker", "deliver", "fold_stats", "sweep", "wake_up"]
