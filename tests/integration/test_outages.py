@@ -48,6 +48,7 @@ REDIS_TIMEOUT_S = 1
 # expected to need it and to answer 503 while it is down.
 DB_FREE = {"/healthz", "/openapi.json"}
 DB_FREE |= {"/", "/docs", "/docs/init.js", "/docs/assets/<name>"}  # web/docs.py
+DB_FREE |= {"/ui/", "/ui/admin", "/ui/static/<path:filename>"}  # web/ui.py: static pages
 PROBE = "/readyz"  # 503 without PostgreSQL, 200 "degraded" without Redis (tested on its own)
 # Valid query strings of the routes whose query has required parameters.
 SAMPLE_QUERIES = {"/v1/stats": "?from=2026-01-01T00:00:00Z&to=2026-02-01T00:00:00Z"}
