@@ -227,8 +227,8 @@ def test_the_ops_page_in_a_real_browser(
         assert stored == key
         assert key not in browser.current_url
 
-        # A timer due in 4 s counts down, then fires through its wake-up and is ESCALATED.
-        timer = _timer(server, key, "lead-esc", 4)
+        # A timer due in 6 s counts down, then fires through its wake-up and is ESCALATED.
+        timer = _timer(server, key, "lead-esc", 6)
         row = f"#timers tr[data-timer-id='{timer['id']}']"
         first = wait_until(lambda: page.text(f"{row} .countdown"), 10, "the countdown")
         assert re.fullmatch(r"in \d+s", first), first
@@ -287,7 +287,10 @@ def test_the_ops_page_in_a_real_browser(
             "return document.getElementById('webhook').value"
         )
 
-        # The compliance chart: an SVG bar for today (two timers started and breached).
+        # The compliance chart, drawn at sign-in and each minute: a reload (still signed in,
+        # from sessionStorage) draws it now, with a bar for today (two timers, both breached).
+        browser.refresh()
+        wait_until(lambda: page.visible("#app"), 10, "the signed-in view after a reload")
         bars = wait_until(
             lambda: browser.execute_script(
                 "return [...document.querySelectorAll('#chart rect.bar')]"
