@@ -18,6 +18,9 @@ claims and records; this module only sends).
   ``Connection: close``, a ``Content-Length`` body read to its end), and only
   if it is quiet when taken from the pool. A reused connection that the
   receiver had closed meanwhile (no answer at all) is retried once on a new one.
+- The request carries ``X-Correlation-ID``, the event's correlation id (its
+  timer's, so the one its start request gave or was echoed), when it is
+  printable ASCII without spaces; the envelope's payload carries it anyway.
 """
 
 from __future__ import annotations
@@ -330,6 +333,11 @@ class Sender:
             f"User-Agent: {USER_AGENT}",
             *(f"{name}: {value}" for name, value in signed.items()),
         ]
+        # The event's (its timer's) correlation id, when it can go in a header
+        # as it is: the envelope carries it in any case.
+        correlation = row.get("correlation_id")
+        if correlation and _safe(correlation):
+            lines.append(f"X-Correlation-ID: {correlation}")
         if parts.username is not None:
             raw = f"{parts.username}:{parts.password or ''}".encode()
             lines.append("Authorization: Basic " + base64.b64encode(raw).decode())

@@ -23,6 +23,7 @@ from flask import g, request
 from werkzeug.exceptions import NotFound
 
 from models import keys as api_keys
+from models import logs
 from models import tenants as tenant_sql
 
 from .problems import ApiProblem
@@ -256,6 +257,7 @@ def authenticate_tenant() -> UUID:
         log.info("refused API key %s: its tenant is disabled", g.api_key_prefix)
         raise ApiProblem(403, "the tenant of this API key is disabled")
     g.tenant_id = tenant_id
+    logs.bind(tenant_id=tenant_id)  # unbound with the request (web/logs.py)
     return tenant_id
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from uuid import uuid4
 
 import orjson
 from flask import Blueprint, g
@@ -21,6 +20,7 @@ from models.lead_rules import START_TYPES as LEAD_START_TYPES
 from models.tenants import enter_tenant
 from tasks.wakeups import schedule_wakeups
 
+from .logs import request_correlation
 from .operations import json_response, operation
 from .parsing import header
 from .problems import validation_error
@@ -50,7 +50,7 @@ def _event(body: LeadEventCreate, correlation_header: str | None) -> lead_sql.Le
         sla_contract_id=body.sla_contract_id,
         occurred_at=body.occurred_at,
         fingerprint=fingerprint,
-        correlation_id=body.correlation_id or correlation_header or str(uuid4()),
+        correlation_id=body.correlation_id or correlation_header or request_correlation(),
         window_seconds=body.window,
         escalation_steps=tuple(ladder_json(body.escalation_steps)) if body.steps_given else (),
         metadata=body.data,

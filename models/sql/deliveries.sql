@@ -99,7 +99,7 @@ WHERE d.id = picked.id AND s.id = d.subscription_id AND e.id = d.event_id
 RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, d.timer_id, s.url, s.secret,
           CASE WHEN s.previous_secret_expires_at > coalesce(CAST(:now AS timestamptz), now())
                THEN s.previous_secret END AS previous_secret,
-          e.id AS event_id, e.event_type, e.payload, e.created_at
+          e.id AS event_id, e.event_type, e.payload, e.created_at, e.correlation_id
 
 -- name: record_outcomes
 -- Record a round's attempts: the deliveries still carrying their token, an attempt row each, and their subscriptions' health.

@@ -9,6 +9,7 @@ are judged by the database's own record of insert attempts
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -106,11 +107,17 @@ def test_the_scheduler_registers_the_sweep(engine, tmp_path):
         ready="tasks.actors:sweep@sla",
     )
     try:
-        registered = re.findall(
-            r"\] +(\S+ \S+ \S+ \S+ \S+) +(\S+:\S+@\S+)\s*$",
-            (tmp_path / "scheduler.log").read_text(),
-            re.MULTILINE,
-        )
+        # periodiq's table of registered actors, one JSON line per row (models/logs.py).
+        messages = [
+            json.loads(line)["message"]
+            for line in (tmp_path / "scheduler.log").read_text().splitlines()
+            if line.startswith("{")
+        ]
+        registered = [
+            found.groups()
+            for message in messages
+            if (found := re.fullmatch(r"\s*(\S+ \S+ \S+ \S+ \S+) +(\S+:\S+@\S+)\s*", message))
+        ]
         assert ("* * * * *", f"tasks.actors:sweep@{QUEUE}") in registered, registered
         assert scheduler.proc.poll() is None
     finally:
