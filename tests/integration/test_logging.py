@@ -21,6 +21,8 @@ from flask import g
 from sqlalchemy import text
 
 from models import logs
+from models.config import Settings
+from models.errors import ConfigError
 from models.signatures import new_secret
 from tasks.broker import broker
 from tasks.delivery import close_couriers, deliver_due
@@ -262,3 +264,12 @@ def test_one_correlation_id_follows_a_lead_from_the_request_to_the_receiver(
         got = receiver.received()
         assert {r.json()["type"] for r in got} == events.keys()
         assert {r.headers.get("x-correlation-id") for r in got} == {"lead-77-corr"}
+
+
+def test_the_log_settings_are_checked_at_start():
+    assert (Settings.from_env({}).log_format, Settings.from_env({}).log_level) == ("json", "INFO")
+    chosen = Settings.from_env({"SLA_LOG_FORMAT": "Console", "SLA_LOG_LEVEL": "debug"})
+    assert (chosen.log_format, chosen.log_level) == ("console", "DEBUG")
+    for name, value in (("SLA_LOG_FORMAT", "xml"), ("SLA_LOG_LEVEL", "loud")):
+        with pytest.raises(ConfigError, match=name):
+            Settings.from_env({name: value})
