@@ -8,7 +8,7 @@ import json
 import logging
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from flask import Blueprint, g
 
@@ -22,6 +22,7 @@ from tasks.wakeups import schedule_wakeups
 
 from .cursors import decode_cursor, encode_cursor
 from .limits import PATH_PARAMS
+from .logs import request_correlation
 from .operations import json_response, operation
 from .parsing import header, text_problems
 from .problems import not_found, validation_error
@@ -104,7 +105,7 @@ def _plain_timer(
         started_at=started,
         window_seconds=window,
         escalation_steps=ladder_json(body.escalation_steps),
-        correlation_id=body.correlation_id or correlation_header or str(uuid4()),
+        correlation_id=body.correlation_id or correlation_header or request_correlation(),
         metadata=body.metadata,
         idempotency_key=key,
         request_fingerprint=fingerprint,
@@ -161,7 +162,7 @@ def _resolved_timer(
         started_at=started,
         window_seconds=policy.window_seconds,
         escalation_steps=policy.escalation_steps,
-        correlation_id=body.correlation_id or correlation_header or str(uuid4()),
+        correlation_id=body.correlation_id or correlation_header or request_correlation(),
         metadata=body.metadata,
         idempotency_key=key,
         request_fingerprint=fingerprint,
