@@ -47,7 +47,7 @@ REQUESTS: dict[str, Any] = {
     "TimerBulkCreate": {
         "timers": [
             {"lead_id": "lead-43", "window_minutes": 30},
-            {"lead_id": "lead-44", "window_seconds": 3600, "sla_contract_id": "gold"},
+            {"lead_id": "lead-44", "window_seconds": 3600, "correlation_id": "import-7"},
         ]
     },
     "CancelRequest": {"reason": "lead merged into lead-41"},
@@ -58,7 +58,8 @@ REQUESTS: dict[str, Any] = {
     "ResumeRequest": {},
     "TenantCreate": {"name": "acme"},
     "WebhookCreate": {
-        "url": "https://crm.example.com/hooks/sla",
+        # An address, not a name: the API resolves a name when subscribing.
+        "url": "https://93.184.215.14/hooks/sla",
         "event_types": ["sla.timer.due", "sla.escalation.triggered"],
         "description": "CRM escalations",
     },
@@ -78,7 +79,12 @@ REQUESTS: dict[str, Any] = {
     },
     "LeadEventBulkCreate": {
         "events": [
-            {"event_id": "crm-1002", "type": "lead.qualified", "lead_id": "lead-89"},
+            {
+                "event_id": "crm-1002",
+                "type": "lead.qualified",
+                "lead_id": "lead-89",
+                "window_minutes": 15,
+            },
             {"event_id": "crm-1003", "type": "lead.contacted", "lead_id": "lead-88"},
         ]
     },
@@ -164,7 +170,7 @@ _CONTRACT = {
 }
 _WEBHOOK = {
     "id": WEBHOOK,
-    "url": "https://crm.example.com/hooks/sla",
+    "url": "https://93.184.215.14/hooks/sla",
     "event_types": ["sla.timer.due", "sla.escalation.triggered"],
     "description": "CRM escalations",
     "enabled": True,

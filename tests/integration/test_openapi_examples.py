@@ -73,6 +73,34 @@ def test_every_request_example_is_accepted_by_its_model(app):
     assert checked >= 15
 
 
+def test_the_request_examples_are_accepted_by_the_api(engine, settings, tenant):
+    """What a reader copies from /docs works (and the fuzzing run's examples phase,
+    which sends them, sees them accepted): every operation without path parameters
+    answers its example with a 2xx."""
+    import dataclasses
+
+    from web import create_app
+    from web.examples import request_example
+    from web.openapi import _operations
+
+    app = create_app(dataclasses.replace(settings, admin_token="examples", rate_limit=None))
+    client = app.test_client()
+    sent = 0
+    for path, method, op in _operations(app):
+        if op.body is None or "{" in path:
+            continue
+        key = "examples" if op.auth == "admin" else tenant[1]
+        response = client.open(
+            path,
+            method=method.upper(),
+            json=request_example(op.body),
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert response.status_code < 300, (method, path, response.get_json())
+        sent += 1
+    assert sent >= 5
+
+
 def test_a_problem_example_names_its_status_and_the_operations_path(document):
     op = document["paths"]["/v1/timers/{timer_id}/cancel"]["post"]
     example = op["responses"]["404"]["content"]["application/problem+json"]["example"]
