@@ -157,6 +157,8 @@ def configure(role: str, *, stream: TextIO | None = None) -> None:
         root.addHandler(logging.StreamHandler(stream or sys.stderr))
     for handler in root.handlers:
         install(handler, role, settings.log_format)
+        # Also on the handlers: periodiq sets the root's level again after this.
+        handler.setLevel(settings.log_level)
     root.setLevel(settings.log_level)
     # Reading the schema's heads at start (web/health.py) is not worth seven lines.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
