@@ -16,7 +16,7 @@ from uuid import UUID
 
 from sqlalchemy import Connection
 
-from . import events
+from . import events, metrics
 from .errors import TimerConflict
 from .outbox import insert_events, to_json
 from .sql import Queries
@@ -104,6 +104,8 @@ def rescue_expired_leases(
         SQL.rescue_expired.text,
         {"now": now, "max_attempts": max_attempts, "error": LEASE_EXPIRED},
     ).one()
+    metrics.count_on_commit(conn, metrics.LEASES_RESCUED, row.rescued)
+    metrics.count_on_commit(conn, metrics.DEAD_LETTERS.labels("lease_expired"), row.failed)
     return row.rescued
 
 

@@ -47,6 +47,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from models import deliveries as delivery_sql
+from models import metrics
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.deliveries import Outcome
@@ -536,16 +538,24 @@ def _record(
         ),
     )
     retries = []
+    results: Counter[str] = Counter()
     for o in outcomes:
         status, delay = delivery_sql.decide(o, schedule)
+        metrics.DELIVERY_LATENCY.observe(o.duration_ms / 1000)
         if status == delivery_sql.DELIVERED:
             report.delivered += 1
+            results["delivered"] += 1
         else:
             report.failed_attempts += 1
             if status == delivery_sql.FAILED:
                 report.dead += 1
+                results["failed"] += 1
             else:
                 retries.append(delay)
+                results["retry"] += 1
+    for result, n in results.items():
+        metrics.DELIVERIES.labels(result).inc(n)
+    metrics.SUBSCRIPTIONS_DISABLED.inc(len(disabled))
     report.disabled += len(disabled)
     for sub in disabled:
         log.warning(

@@ -22,6 +22,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 
 from models import firing as firing_sql
+from models import metrics
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.sla import utcnow
@@ -67,11 +68,16 @@ def schedule_horizon(engine: Engine, settings: Settings) -> int:
 def sweep_once() -> SweepReport:
     settings = get_settings()
     engine = get_maintenance_engine()
-    wake_delivery(force=True)
-    rescued = rescue_lost_work(engine)
-    fired = fire_with_help()
-    # Includes the later steps and retries the firing above just stored.
-    wakeups = schedule_horizon(engine, settings)
+    try:
+        wake_delivery(force=True)
+        rescued = rescue_lost_work(engine)
+        fired = fire_with_help()
+        # Includes the later steps and retries the firing above just stored.
+        wakeups = schedule_horizon(engine, settings)
+    except Exception:
+        metrics.SWEEPS.labels("error").inc()
+        raise
+    metrics.SWEEPS.labels("ok").inc()
     log.info(
         "sweep: rescued=%d claimed=%d steps=%d failures=%d wakeups=%d",
         rescued,

@@ -28,7 +28,7 @@ WHERE t.id = due.id
 RETURNING t.id, t.tenant_id, t.lead_id, t.sla_contract_id, t.status, t.started_at,
           t.due_at, t.escalation_steps, t.steps_done, t.attempts, t.retries, t.last_error,
           t.correlation_id, t.created_at, t.window_seconds, t.calendar, t.warning_thresholds,
-          t.warnings_done, t.shift_seconds, t.last_attempt_at AS claimed_at
+          t.warnings_done, t.shift_seconds, t.next_fire_at, t.last_attempt_at AS claimed_at
 
 -- name: lock_claimed
 -- Lock the claimed rows that still carry the token.
