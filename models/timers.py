@@ -20,7 +20,7 @@ import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Connection
 
-from . import events
+from . import events, metrics
 from .closing import skip_remaining
 from .errors import DuplicateStart, KeyReused, TimerConflict
 from .outbox import insert_events, to_json
@@ -126,6 +126,7 @@ def _insert_timers(
                     raise
         cursor.nextset()
         rows = cursor.fetchall()
+    metrics.count_on_commit(conn, metrics.TIMERS_STARTED, len(rows))
     return {r["id"]: r for r in rows}
 
 
@@ -297,6 +298,7 @@ def close_timers(
         ).mappings()
     ]
     skip_remaining(conn, closed, now)
+    metrics.closed(conn, verb, closed)
     # Events carry the instant the row recorded (the database's, unless given).
     insert_events(
         conn,
