@@ -412,6 +412,7 @@ def admin_token(env_file: Path = ENV_FILE) -> tuple[str, bool]:
         return token, False
     token = secrets.token_urlsafe(32)
     set_key(env_file, "SLA_ADMIN_TOKEN", token, quote_mode="never")
+    env_file.chmod(0o600)  # a credential now: the owner's alone
     return token, True
 
 

@@ -24,6 +24,7 @@ def test_without_a_token_one_is_generated_and_kept_in_env(tmp_path, monkeypatch)
     recorded = dotenv_values(env_file)
     assert recorded["SLA_ADMIN_TOKEN"] == token
     assert recorded["DATABASE_URL"].endswith(":54329/postgres")  # the rest is kept
+    assert env_file.stat().st_mode & 0o777 == 0o600  # a credential: the owner's alone
 
     # The next `make up` keeps it: dashboards and scripts go on working.
     assert services.admin_token(env_file) == (token, False)
