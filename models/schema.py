@@ -21,6 +21,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -87,7 +88,7 @@ api_keys = Table(
 sla_timers = Table(
     "sla_timers",
     metadata,
-    Column("id", UUID(as_uuid=True), primary_key=True),
+    Column("id", UUID(as_uuid=True), nullable=False),
     Column("tenant_id", UUID(as_uuid=True), ForeignKey("tenants.id"), nullable=False),
     Column("lead_id", Text, nullable=False),
     Column("sla_contract_id", Text, nullable=False),
@@ -154,8 +155,10 @@ sla_timers = Table(
     ),
     # Also serves lookups by (tenant, lead).
     UniqueConstraint("tenant_id", "lead_id", "sla_contract_id", "started_at"),
-    # What step and warning rows refer to: keys led by tenant_id (docs/scaling.md).
-    UniqueConstraint("tenant_id", "id"),
+    # Keys led by tenant_id (the sharding rule, docs/scaling.md); the firing
+    # path finds claimed timers by id alone.
+    PrimaryKeyConstraint("tenant_id", "id"),
+    Index("ix_sla_timers_id", "id"),
     # The claim query (due work in due order) and the lease rescue. Its
     # predicate leaves out processing_status on purpose: claiming a timer then
     # changes no indexed column, so PostgreSQL updates the row in place (HOT)
@@ -185,7 +188,7 @@ sla_timers = Table(
 sla_escalation_events = Table(
     "sla_escalation_events",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
     Column("lead_id", Text, nullable=False),
     Column("timer_id", UUID(as_uuid=True), nullable=False),
@@ -206,6 +209,7 @@ sla_escalation_events = Table(
     UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
     UniqueConstraint("tenant_id", "idempotency_key"),
     Index("ix_sla_escalation_events_tenant_txid", "tenant_id", "txid"),
+    PrimaryKeyConstraint("tenant_id", "id"),
     ForeignKeyConstraint(
         ["tenant_id", "timer_id"], ["sla_timers.tenant_id", "sla_timers.id"], ondelete="CASCADE"
     ),
@@ -214,7 +218,7 @@ sla_escalation_events = Table(
 outbox_events = Table(
     "outbox_events",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
     Column("event_type", Text, nullable=False),
     Column("timer_id", UUID(as_uuid=True)),
@@ -229,6 +233,9 @@ outbox_events = Table(
     Column("txid", BigInteger, nullable=False, server_default=TXID),
     CheckConstraint(_in("event_type", EVENT_TYPES), name="event_type"),
     UniqueConstraint("tenant_id", "idempotency_key"),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    # Deliveries name their event by id alone in the delivery path's joins.
+    Index("ix_outbox_events_id", "id"),
     # The feed: a tenant's events in (txid, id) order.
     Index("ix_outbox_events_tenant_txid", "tenant_id", "txid", "id"),
     # A timer's events, for its timeline (models/timeline.py).
@@ -241,7 +248,7 @@ outbox_events = Table(
 webhook_subscriptions = Table(
     "webhook_subscriptions",
     metadata,
-    Column("id", UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")),
+    Column("id", UUID(as_uuid=True), nullable=False, server_default=text("gen_random_uuid()")),
     Column(
         "tenant_id",
         UUID(as_uuid=True),
@@ -269,6 +276,8 @@ webhook_subscriptions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     CheckConstraint("url ~ '^https?://'", name="url_scheme"),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    Index("ix_webhook_subscriptions_id", "id"),
     # Listings (newest first, keyset) and the fan-out's lookup by tenant.
     Index("ix_webhook_subscriptions_tenant_created", "tenant_id", "created_at", "id"),
 )
@@ -279,20 +288,10 @@ webhook_subscriptions = Table(
 webhook_deliveries = Table(
     "webhook_deliveries",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
-    Column(
-        "subscription_id",
-        UUID(as_uuid=True),
-        ForeignKey("webhook_subscriptions.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column(
-        "event_id",
-        BigInteger,
-        ForeignKey("outbox_events.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("subscription_id", UUID(as_uuid=True), nullable=False),
+    Column("event_id", BigInteger, nullable=False),
     # Copied from the event: one timer's events reach a subscription in event order.
     Column("timer_id", UUID(as_uuid=True)),
     Column("status", Text, nullable=False, server_default="PENDING"),
@@ -307,7 +306,20 @@ webhook_deliveries = Table(
     Column("delivered_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=_now()),
     CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
-    UniqueConstraint("subscription_id", "event_id"),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    UniqueConstraint("tenant_id", "subscription_id", "event_id"),
+    ForeignKeyConstraint(
+        ["tenant_id", "subscription_id"],
+        ["webhook_subscriptions.tenant_id", "webhook_subscriptions.id"],
+        ondelete="CASCADE",
+    ),
+    ForeignKeyConstraint(
+        ["tenant_id", "event_id"],
+        ["outbox_events.tenant_id", "outbox_events.id"],
+        ondelete="CASCADE",
+    ),
+    # Claims and their outcomes update deliveries by id alone.
+    Index("ix_webhook_deliveries_id", "id"),
     # The claim, per subscription: due work in due order; finished deliveries
     # leave the index.
     Index(
@@ -343,20 +355,21 @@ webhook_deliveries = Table(
 webhook_attempts = Table(
     "webhook_attempts",
     metadata,
-    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("id", BigInteger, Identity(), nullable=False),
     Column("tenant_id", UUID(as_uuid=True), nullable=False),
-    Column(
-        "delivery_id",
-        BigInteger,
-        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("delivery_id", BigInteger, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("attempted_at", DateTime(timezone=True), nullable=False),
     Column("status_code", Integer),
     Column("duration_ms", Integer, nullable=False),
     Column("error", Text),
     Index("ix_webhook_attempts_delivery_id", "delivery_id", "id"),
+    PrimaryKeyConstraint("tenant_id", "id"),
+    ForeignKeyConstraint(
+        ["tenant_id", "delivery_id"],
+        ["webhook_deliveries.tenant_id", "webhook_deliveries.id"],
+        ondelete="CASCADE",
+    ),
 )
 
 # Lead events taken by POST /v1/lead-events: one row per (tenant, event_id), so a

@@ -152,7 +152,7 @@ WHERE e.tenant_id = :tenant
   AND (CAST(:sub_types AS text[]) IS NULL OR e.event_type = ANY(CAST(:sub_types AS text[])))
   AND (CAST(:types AS text[]) IS NULL OR e.event_type = ANY(CAST(:types AS text[])))
 ORDER BY e.id
-ON CONFLICT (subscription_id, event_id) DO UPDATE SET
+ON CONFLICT (tenant_id, subscription_id, event_id) DO UPDATE SET
     status = 'PENDING',
     attempts = 0,
     next_attempt_at = now(),

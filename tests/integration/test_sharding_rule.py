@@ -5,41 +5,17 @@ table is led by ``tenant_id``, and a foreign key refers to its target by
 change. ``tenants`` and ``api_keys`` are reference tables (small, copied to
 every node): a key is looked up by its prefix before the tenant is known.
 
-What still breaks the rule is listed in KNOWN_VIOLATIONS: the test of the full
-rule fails (xfail, strict) until the list is empty, and no new violation may
-appear meanwhile.
+Migrations 0008 and 0009 made it true: a new table or key that breaks it fails
+here.
 """
 
 from __future__ import annotations
 
-import pytest
 from sqlalchemy import text
 
 from models.schema import metadata
 
 REFERENCE_TABLES = {"tenants", "api_keys"}
-
-# The bigint/uuid surrogate keys of the event, delivery and timer tables, and
-# the webhook tables' keys, which the firing and delivery hot paths use by id
-# alone: moving them under tenant_id needs a tenant in those statements (and a
-# measurement of P1 and P6) first. docs/scaling.md, "The sharding rule".
-KNOWN_VIOLATIONS = {
-    "outbox_events: primary key pk_outbox_events (id)",
-    "sla_escalation_events: primary key pk_sla_escalation_events (id)",
-    "sla_timers: primary key pk_sla_timers (id)",
-    "webhook_attempts: foreign key fk_webhook_attempts_delivery_id_webhook_deliveries "
-    "(delivery_id) -> webhook_deliveries (id)",
-    "webhook_attempts: primary key pk_webhook_attempts (id)",
-    "webhook_deliveries: foreign key fk_webhook_deliveries_event_id_outbox_events "
-    "(event_id) -> outbox_events (id)",
-    "webhook_deliveries: foreign key "
-    "fk_webhook_deliveries_subscription_id_webhook_subscriptions "
-    "(subscription_id) -> webhook_subscriptions (id)",
-    "webhook_deliveries: primary key pk_webhook_deliveries (id)",
-    "webhook_deliveries: unique uq_webhook_deliveries_subscription_id_event_id "
-    "(subscription_id, event_id)",
-    "webhook_subscriptions: primary key pk_webhook_subscriptions (id)",
-}
 
 # Keys and unique indexes of the schema's tables, their columns in key order,
 # and what a foreign key refers to.
@@ -103,15 +79,5 @@ def test_every_table_of_the_schema_holds_tenant_id(engine):
     assert missing == []
 
 
-def test_no_new_violation_of_the_sharding_rule(engine):
-    assert violations(engine) - KNOWN_VIOLATIONS == set()
-
-
-def test_the_known_violations_are_still_there(engine):
-    """A fixed one leaves the list, so the list stays the truth."""
-    assert KNOWN_VIOLATIONS - violations(engine) == set()
-
-
-@pytest.mark.xfail(strict=True, reason="KNOWN_VIOLATIONS is not empty yet")
 def test_every_key_of_a_tenant_table_is_led_by_tenant_id(engine):
     assert violations(engine) == set()
