@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 # SLA_ADMIN_TOKEN (environment or .env) a local one is generated and kept in .env, so the
 # admin routes and the Dramatiq dashboard exist; once the API answers, the links to the
 # API, /docs, /dramatiq/ and /ui/ are printed, with the token.
+# The roles' metrics share a multiprocess directory, emptied first (docs/metrics.md).
+# Human-readable log lines unless SLA_LOG_FORMAT says otherwise (docs/logging.md).
 up: install
 	@eval "$$($(BIN)/python -m devtools.services env)" && \
 	eval "$$($(BIN)/python -m devtools.services admin-token)" && \
@@ -31,7 +33,9 @@ up: install
 	$(BIN)/alembic upgrade head && \
 	echo "API on http://127.0.0.1:$${PORT:-8000}  (DATABASE_URL=$$DATABASE_URL REDIS_URL=$$REDIS_URL)" && \
 	{ PORT=$${PORT:-8000} $(BIN)/python -m devtools.services links & } && \
-	$(BIN)/honcho start --port $${PORT:-8000} web worker scheduler
+	export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$(CURDIR)/.data/metrics}" && \
+	mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && rm -f "$$PROMETHEUS_MULTIPROC_DIR"/*.db && \
+	SLA_LOG_FORMAT=$${SLA_LOG_FORMAT:-console} $(BIN)/honcho start --port $${PORT:-8000} web worker scheduler
 
 # Unit, integration and acceptance tests (tens of seconds). `make test-all` adds the slow tier.
 test: install

@@ -122,6 +122,19 @@ def _rate_limit(raw: str) -> str | None:
     return raw
 
 
+def _choice(env: dict[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = env.get(name, "").strip()
+    if raw == "":
+        return default
+    if raw.lower() not in (c.lower() for c in choices):
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return next(c for c in choices if c.lower() == raw.lower())
+
+
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -187,6 +200,19 @@ class Settings:
     retention_days: int = 90
     outbox_retention_days: int = 14
     retention_batch_size: int = 1000
+    # Logs (models/logs.py, docs/logging.md): one JSON object per line, or
+    # human-readable lines (`make up`); and the root level.
+    log_format: str = "json"
+    log_level: str = "INFO"
+    # Metrics (models/metrics.py, docs/metrics.md): prometheus-client's multiprocess
+    # directory (PROMETHEUS_MULTIPROC_DIR; None: each process counts alone), the
+    # bearer token /metrics asks for (None: open), how long a scrape reuses the
+    # state read from the database, and the port on which a worker or scheduler
+    # host without a web process serves the directory (None: none).
+    metrics_dir: str | None = None
+    metrics_token: str | None = None
+    metrics_cache_seconds: float = 10.0
+    metrics_port: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -241,6 +267,12 @@ class Settings:
             retention_days=_int(env, "SLA_RETENTION_DAYS", 90, minimum=1),
             outbox_retention_days=_int(env, "SLA_OUTBOX_RETENTION_DAYS", 14, minimum=1),
             retention_batch_size=_int(env, "SLA_RETENTION_BATCH_SIZE", 1000, minimum=1),
+            log_format=_choice(env, "SLA_LOG_FORMAT", "json", LOG_FORMATS),
+            log_level=_choice(env, "SLA_LOG_LEVEL", "INFO", LOG_LEVELS),
+            metrics_dir=env.get("PROMETHEUS_MULTIPROC_DIR") or None,
+            metrics_token=env.get("SLA_METRICS_TOKEN") or None,
+            metrics_cache_seconds=_seconds(env, "SLA_METRICS_CACHE_SECONDS", 10.0, minimum=0),
+            metrics_port=_int(env, "SLA_METRICS_PORT", 0, minimum=0) or None,
         )
         if not _QUEUE.fullmatch(settings.queue):
             raise ConfigError(

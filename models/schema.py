@@ -337,7 +337,8 @@ webhook_deliveries = Table(
         postgresql_where=text("status = 'PENDING' AND claim_token IS NOT NULL"),
     ),
     # Per-timer order: the timer's first pending event for a subscription. The
-    # timer leads, so no other index serves the claim's lookup, whatever the
+    # claim's lookup compares the subscription with IS NOT DISTINCT FROM, which
+    # no index can serve, so only this one (timer first) fits it, whatever the
     # planner's statistics say (see models/sql/deliveries.sql).
     Index(
         "ix_webhook_deliveries_pending_timer",

@@ -61,6 +61,9 @@ from periodiq import PeriodiqMiddleware
 
 from models.config import Settings, get_settings
 
+from .logs import LogContext
+from .metrics import worker_middleware
+
 # SLA_QUEUE: a test run's actors use their own queue, beside a running stack's.
 QUEUE = get_settings().queue
 
@@ -181,7 +184,8 @@ class SweepOnBoot(Middleware):
 
 
 def make_broker(settings: Settings) -> RedisBroker:
-    # Dramatiq's defaults less Prometheus, which would bind a port in every worker.
+    # Dramatiq's defaults less Prometheus, which would bind a port for every
+    # worker command; tasks/metrics.py adds it back without that.
     middleware = [
         m() for m in (AgeLimit, TimeLimit, ShutdownNotifications, Callbacks, Pipelines, Retries)
     ]
@@ -192,6 +196,11 @@ def make_broker(settings: Settings) -> RedisBroker:
     )
     broker.add_middleware(PeriodiqMiddleware(skip_delay=50))
     broker.add_middleware(SweepOnBoot())
+    # Dramatiq's own worker metrics, into the shared multiprocess directory.
+    for middleware in worker_middleware():
+        broker.add_middleware(middleware)
+    # JSON lines, correlation ids through messages; before periodiq's, whose lines it then names.
+    broker.add_middleware(LogContext(), before=PeriodiqMiddleware)
     return broker
 
 

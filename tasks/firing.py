@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -60,7 +61,7 @@ from dramatiq.middleware.time_limit import TimeLimitExceeded
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
-from models import events
+from models import events, logs, metrics
 from models import firing as firing_sql
 from models.config import Settings
 from models.errors import connection_lost
@@ -118,6 +119,9 @@ class FireReport:
     interrupted: bool = False
     # Instants at which processed timers need firing again (later steps, retries).
     next_fire_times: set[datetime] = field(default_factory=set)
+    # What the metrics count (models/metrics.py ``record_fire``): ("fire", outcome),
+    # ("step", step, outcome) and ("warning", outcome), added once committed.
+    tally: Counter = field(default_factory=Counter)
 
 
 @dataclass
@@ -191,14 +195,35 @@ def fire_due(
             break
         report.batches += 1
         report.claimed += len(timers)
-        released = report.released
-        fire_claimed(engine, settings, timers, token, timers[0]["claimed_at"], report)
+        metrics.observe_lateness(timers[0]["claimed_at"], (t["next_fire_at"] for t in timers))
+        released, before = report.released, (report.steps, report.failures, report.dead_lettered)
+        # Bound per batch, not per timer: the burst's cost stays the same.
+        with logs.binding(batch_id=token):
+            fire_claimed(engine, settings, timers, token, timers[0]["claimed_at"], report)
+            _log_batch(len(timers), before, report)
         # Given back rows are due again at once: leave them to the wake-up below.
         if report.interrupted or report.released > released:
             break
         if len(timers) < settings.batch_size:
             break
     return report
+
+
+def _log_batch(claimed: int, before: tuple[int, int, int], report: FireReport) -> None:
+    """One line per batch: at INFO only when some of its timers failed."""
+    steps, failures, dead = (
+        report.steps - before[0],
+        report.failures - before[1],
+        report.dead_lettered - before[2],
+    )
+    log.log(
+        logging.INFO if failures else logging.DEBUG,
+        "fired a batch: claimed=%d steps=%d failures=%d dead_lettered=%d",
+        claimed,
+        steps,
+        failures,
+        dead,
+    )
 
 
 def fire_claimed(
@@ -213,6 +238,7 @@ def fire_claimed(
     them) at ``at``, the database's time of the claim."""
     planned = [_plan(timer, at, settings) for timer in timers]
     interrupt: BaseException | None = None
+    counted, released_before = report.tally.copy(), report.released
     try:
         with engine.begin() as conn:
             interrupt = _fire_in(conn, token, at, planned, settings, report)
@@ -226,7 +252,13 @@ def fire_claimed(
         )
         report.released += released
         report.next_fire_times.add(at + RELEASED_RETRY)
+        report.tally = counted  # what the rolled back transaction tallied never happened
+        report.tally["fire", "released"] += released
+        metrics.record_fire({("fire", "released"): released})
         return
+    # Committed: counted now, so a batch lost with its connection counts nothing.
+    report.tally["fire", "released"] += report.released - released_before
+    metrics.record_fire(report.tally - counted)
     if interrupt is not None:
         report.interrupted = True
         if not isinstance(interrupt, TimeLimitExceeded):
@@ -270,7 +302,9 @@ def _fire_in(
         if interrupt is not None:
             released.append(timer["id"])  # not tried: give it back, no attempt counted
             continue
-        interrupt = _fire_acting(conn, token, at, p, settings, report)
+        # Actions may log: their lines name the timer.
+        with logs.binding(**logs.timer_fields(timer)):
+            interrupt = _fire_acting(conn, token, at, p, settings, report)
     if released:
         report.released += _in_place(
             conn, lambda: firing_sql.release_claimed(conn, token, released)
@@ -405,7 +439,12 @@ def _apply(
         except DBAPIError as exc:
             if connection_lost(exc) or is_transient(exc):
                 raise
-            log.warning("timer %s could not be written (%s); recording the failure", timer_id, exc)
+            log.warning(
+                "timer %s could not be written (%s); recording the failure",
+                timer_id,
+                exc,
+                extra=logs.timer_fields(timer),
+            )
             failed = _BatchWrites()
             _plan_failure(timer, exc, at, settings, failed)
             try:
@@ -414,7 +453,12 @@ def _apply(
                 if connection_lost(again) or is_transient(again):
                     raise
                 # Not even its failure can be written: the lease rescue counts it.
-                log.error("timer %s: its failure could not be written either: %s", timer_id, again)
+                log.error(
+                    "timer %s: its failure could not be written either: %s",
+                    timer_id,
+                    again,
+                    extra=logs.timer_fields(timer),
+                )
 
 
 def _apply_one(
@@ -452,6 +496,40 @@ def _count(writes: _BatchWrites, applied: set[UUID], report: FireReport) -> None
     report.next_fire_times.update(
         u["next_fire_at"] for u in writes.updates if u["id"] in applied and u["next_fire_at"]
     )
+    _tally(writes, applied, report.tally)
+
+
+def _tally(writes: _BatchWrites, applied: set[UUID], tally: Counter) -> None:
+    """The metrics' view of what was written: each timer's fire by outcome, each
+    step run by step and outcome, each warning by outcome."""
+    due = {e["timer_id"] for e in writes.events if e["event_type"] == events.DUE}
+    stepped = set()
+    for s in writes.steps:
+        if s["timer_id"] in applied:
+            stepped.add(s["timer_id"])
+            tally["step", s["escalation_step"], s["outcome"]] += 1
+    warned = set()
+    for w in writes.warnings:
+        if w["timer_id"] in applied:
+            warned.add(w["timer_id"])
+            tally["warning", w["outcome"]] += 1
+    for u in writes.updates:
+        timer_id = u["id"]
+        if timer_id not in applied:
+            continue
+        if u["processing_status"] == "FAILED":
+            outcome = "dead_letter"
+        elif u["attempts"] > 0:
+            outcome = "retry"
+        elif timer_id in due:
+            outcome = "due"
+        elif timer_id in stepped:
+            outcome = "step"
+        elif timer_id in warned:
+            outcome = "warning"
+        else:
+            outcome = "none"
+        tally["fire", outcome] += 1
 
 
 def _plan(timer: Mapping[str, Any], at: datetime, settings: Settings) -> _Planned:
@@ -468,7 +546,9 @@ def _plan(timer: Mapping[str, Any], at: datetime, settings: Settings) -> _Planne
             repeat_cap=settings.max_step_repeats,
         )
     except Exception as exc:  # a malformed snapshot: retried, then dead-lettered
-        log.warning("timer %s cannot be planned: %s", timer["id"], exc)
+        log.warning(
+            "timer %s cannot be planned: %s", timer["id"], exc, extra=logs.timer_fields(timer)
+        )
         return _Planned(timer, error=exc)
     return _Planned(timer, plan, runs_actions=any(has_action(r.step.action) for r in plan.steps))
 

@@ -45,6 +45,7 @@ from collections.abc import Callable
 import dramatiq.worker
 from sqlalchemy import Engine, text
 
+from models import logs
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 
@@ -263,9 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     import periodiq
 
     global current
-    logging.basicConfig(level=logging.INFO, format=periodiq.LOGFORMAT)
+    # Before periodiq's own basicConfig, which then leaves the root as it is.
+    logs.configure("scheduler")
     current = DirectFiring(get_maintenance_engine(), get_settings()).start()
-    sys.argv = ["periodiq", "tasks", *(sys.argv[1:] if argv is None else argv)]
+    if get_settings().metrics_port:  # a host without a web process (docs/metrics.md)
+        from .metrics import start_server
+
+        start_server(get_settings().metrics_port)
+    # periodiq sets the root's level from its -v count: INFO, or DEBUG with one.
+    verbose = ["-v"] if get_settings().log_level == "DEBUG" else []
+    sys.argv = ["periodiq", "tasks", *verbose, *(sys.argv[1:] if argv is None else argv)]
     periodiq.entrypoint()  # exits
     return 0
 

@@ -28,16 +28,20 @@ from . import cli, problems
 from .admin import bp as admin_bp
 from .auth import ApiKeyCache, basic_password, bearer_token_of, token_matches
 from .contracts import bp as contracts_bp
+from .docs import bp as docs_bp
 from .events import bp as events_bp
 from .health import REDIS_PROBE_TIMEOUT_MS, schema_heads
 from .health import bp as health_bp
 from .lead_events import bp as lead_events_bp
+from .logs import Correlation
+from .metrics import mount as mount_metrics
 from .openapi import bp as openapi_bp
 from .pauses import bp as pauses_bp
 from .ratelimit import TenantRateLimit
 from .reports import bp as reports_bp
 from .services import Services, engine_for, install
 from .timers import bp as timers_bp
+from .ui import bp as ui_bp
 from .webhooks import bp as webhooks_bp
 
 DASHBOARD_PREFIX = "/dramatiq"
@@ -161,9 +165,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(reports_bp)
     app.register_blueprint(pauses_bp)
     app.register_blueprint(contracts_bp)
+    app.register_blueprint(docs_bp)
+    app.register_blueprint(ui_bp)
     cli.register(app)  # tenants, keys, timers, events, db
 
+    mount_metrics(app, settings)  # GET /metrics (web/metrics.py)
     # No token, no dashboard: it can delete and requeue messages.
     if settings.admin_token:
         _mount_dashboard(app, settings.admin_token)
+    # Outermost: every answer, the dashboard's too, echoes the request's ids.
+    app.wsgi_app = Correlation(app.wsgi_app)  # type: ignore[method-assign]
     return app
