@@ -48,6 +48,8 @@ class Outcome:
     duration_ms: int
     error: str | None = None
     retry_after_s: float | None = None
+    # With delivery_id, the row's primary key (the record statement's lookup).
+    tenant_id: UUID | None = None
 
     @property
     def ok(self) -> bool:
@@ -142,6 +144,7 @@ def record_outcomes(
         status, delay = decide(o, schedule)
         rows.append(
             {
+                "tenant_id": o.tenant_id,
                 "id": o.delivery_id,
                 "token": o.token,
                 "attempt": o.attempt,

@@ -237,6 +237,7 @@ class Sender:
         started = time.monotonic()
         deadline = started + self.settings.webhook_timeout_seconds
         base = {
+            "tenant_id": row["tenant_id"],
             "delivery_id": row["id"],
             "subscription_id": row["subscription_id"],
             "token": token,

@@ -46,10 +46,10 @@ subs AS (
     FOR NO KEY UPDATE OF s SKIP LOCKED
 ),
 picked AS (
-    SELECT p.id
+    SELECT p.tenant_id, p.id
     FROM subs
     CROSS JOIN LATERAL (
-        SELECT w.id
+        SELECT w.tenant_id, w.id
         FROM webhook_deliveries w
         WHERE w.subscription_id = subs.id
           AND w.status = 'PENDING'
@@ -95,7 +95,11 @@ UPDATE webhook_deliveries d SET
     next_attempt_at = coalesce(CAST(:now AS timestamptz), now()) + make_interval(secs => :lease),
     last_attempt_at = coalesce(CAST(:now AS timestamptz), now())
 FROM picked, webhook_subscriptions s, outbox_events e, relaxed
-WHERE d.id = picked.id AND s.id = d.subscription_id AND e.id = d.event_id
+-- By the primary keys, (tenant_id, id): unique, so the planner reads one row
+-- each even on tables never analyzed (a lone id index is not unique, and was
+-- planned as a scan of the whole backlog).
+WHERE d.tenant_id = picked.tenant_id AND d.id = picked.id AND s.id = d.subscription_id
+  AND e.tenant_id = d.tenant_id AND e.id = d.event_id
 RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, d.timer_id, s.url, s.secret,
           CASE WHEN s.previous_secret_expires_at > coalesce(CAST(:now AS timestamptz), now())
                THEN s.previous_secret END AS previous_secret,
@@ -121,7 +125,7 @@ WITH clock AS (
 ),
 outcome AS (
     SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS r(
-        id bigint, token uuid, attempt int, status text, delay float8,
+        tenant_id uuid, id bigint, token uuid, attempt int, status text, delay float8,
         status_code int, duration_ms int, error text)
 ),
 recorded AS (
@@ -138,7 +142,7 @@ recorded AS (
         last_error = o.error,
         delivered_at = CASE WHEN o.status = 'DELIVERED' THEN clock.at ELSE d.delivered_at END
     FROM outcome o, clock
-    WHERE d.id = o.id AND d.claim_token = o.token
+    WHERE d.tenant_id = o.tenant_id AND d.id = o.id AND d.claim_token = o.token
     RETURNING d.id, d.tenant_id, d.subscription_id
 ),
 attempts AS (

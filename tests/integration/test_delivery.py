@@ -481,7 +481,9 @@ def test_an_outcome_recorded_after_the_claim_was_taken_over_is_dropped(engine, t
         [new] = delivery_sql.claim_due(
             conn, (token := uuid4()), limit=1, max_in_flight=10, lease_seconds=60, first_delay=0
         )
-    stale = delivery_sql.Outcome(old["id"], old["subscription_id"], uuid4(), 1, 200, 3)
+    stale = delivery_sql.Outcome(
+        old["id"], old["subscription_id"], uuid4(), 1, 200, 3, tenant_id=old["tenant_id"]
+    )
     with engine.begin() as conn:
         delivery_sql.record_outcomes(conn, [stale], (0, 1), disable_after_seconds=100)
     [d] = deliveries(engine)
