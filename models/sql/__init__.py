@@ -9,7 +9,9 @@ Each file holds statements in procrastinate's style::
 The first comment after the name is the statement's one-line description; the
 comment lines that follow it explain why the statement is written so and are
 kept as its ``notes`` (not sent to the server); comments inside the statement
-stay in it.
+are dropped from the text sent too. They explain the file; to the server they
+are only length, and psycopg re-parses a statement over 4,096 characters on
+every execution instead of caching its conversion.
 Every file uses one placeholder style, ``:name`` (``::type`` casts, string
 literals and comments are left alone), and the loader, which parses the files
 once at import, derives the other forms a caller needs:
@@ -106,6 +108,18 @@ def _rewrite(sql: str, placeholder, *, escape_percent: bool) -> str:
     return "".join(out)
 
 
+def _without_comments(sql: str) -> str:
+    """``sql`` less its ``--`` comments (not those inside string literals), and
+    less the lines that held nothing else."""
+    out, last = [], 0
+    for m in _TOKEN.finditer(sql):
+        if m.group(0).startswith("--"):
+            out.append(sql[last : m.start()])
+            last = m.end()
+    out.append(sql[last:])
+    return "\n".join(line.rstrip() for line in "".join(out).splitlines() if line.strip())
+
+
 def parse(source: str, origin: str = "<sql>") -> dict[str, Query]:
     """The named statements of one file's text."""
     queries: dict[str, Query] = {}
@@ -118,7 +132,7 @@ def parse(source: str, origin: str = "<sql>") -> dict[str, Query]:
         while start < len(lines) and lines[start].startswith("--"):
             start += 1
         notes = "\n".join(line[3:] for line in lines[1:start])
-        sql = "\n".join(lines[start:]).strip()
+        sql = _without_comments("\n".join(lines[start:])).strip()
         if not sql or name in queries:
             raise ValueError(f"{origin}: {name} is empty or named twice")
         queries[name] = Query(name, lines[0][3:].strip(), sql, notes)

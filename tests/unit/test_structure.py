@@ -125,21 +125,21 @@ def test_every_statement_has_a_name_a_description_and_one_placeholder_style(file
         assert "%(" not in q.sql and not re.search(r"\$\d", q.sql), q.name
 
 
-def test_the_loader_leaves_casts_literals_and_comments_alone_and_doubles_percent_signs():
+def test_the_loader_leaves_casts_and_literals_alone_drops_comments_and_doubles_percent_signs():
     (q,) = parse(
         "-- name: probe\n-- A probe.\n-- Why it is so.\n"
-        "SELECT :a::text, ':not_a_param', 5 % 2 -- :nor_this, 10%\nWHERE x = :b AND y = :a"
+        "SELECT :a::text, ':not_a_param', '-- kept', 5 % 2 -- :nor_this, 10%\n"
+        "  -- a comment line\nWHERE x = :b AND y = :a"
     ).values()
     assert q.params == ("a", "b")
     assert q.notes == "Why it is so."
     assert q.psycopg == (
-        "SELECT %(a)s::text, ':not_a_param', 5 %% 2 -- :nor_this, 10%%\n"
-        "WHERE x = %(b)s AND y = %(a)s"
+        "SELECT %(a)s::text, ':not_a_param', '-- kept', 5 %% 2\nWHERE x = %(b)s AND y = %(a)s"
     )
     prepared = q.prepared("probe_1", [("b", "int"), ("a", "text")])
     assert prepared.prepare == (
-        "PREPARE probe_1 (int, text) AS SELECT $2::text, ':not_a_param', 5 % 2 -- :nor_this,"
-        " 10%\nWHERE x = $1 AND y = $2"
+        "PREPARE probe_1 (int, text) AS SELECT $2::text, ':not_a_param', '-- kept', 5 % 2\n"
+        "WHERE x = $1 AND y = $2"
     )
     assert prepared.execute == "EXECUTE probe_1 (%(b)s, %(a)s)"
     with pytest.raises(ValueError, match="types"):
