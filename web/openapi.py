@@ -185,6 +185,8 @@ def _responses(path: str, method: str, op: Operation, refs: dict, ops: list) -> 
     # The errors the plumbing itself can produce.
     if op.auth:
         plumbing(401, "Missing or invalid bearer token")
+    if op.auth == "tenant":
+        plumbing(403, "The API key's tenant is disabled")
     if op.body:
         plumbing(400, "Malformed JSON or invalid UTF-8")
         plumbing(413, "Body larger than the configured limit")

@@ -6,6 +6,7 @@ up). The codes the plumbing documents for every operation of a kind (web/openapi
 ``_responses``) are provoked the same way for each:
 
 - 401: no Authorization header (admin routes: with the admin token configured);
+- 403: a key of a disabled tenant (tenant routes);
 - 400 / 413 / 415: a malformed JSON body, one byte over SLA_MAX_BODY_BYTES, a body
   sent as text/plain;
 - 422: a body or query parameter the model does not know;
@@ -60,6 +61,7 @@ class World:
     engine: Any
     tenant_id: Any
     key: str
+    disabled_key: str  # a key of a disabled tenant
     _n: int = 0
 
     def call(
@@ -333,6 +335,8 @@ def generic(w: World, method: str, path: str, op, status: int):
     url = _fill(path)
     if status == 401 and op.auth:
         return w.call(http, url, _body(op), auth=False)
+    if status == 403 and op.auth == "tenant":
+        return w.call(http, url, _body(op), key=w.disabled_key)
     if op.body is not None and status in (400, 413, 415):
         content, mimetype = {
             400: (b'{"lead_id": ', "application/json"),
@@ -360,7 +364,12 @@ def generic(w: World, method: str, path: str, op, status: int):
 
 @pytest.fixture
 def world(engine, settings, tenant):
+    from models import tenants as tenant_sql
     from web import create_app
+
+    with engine.begin() as conn:
+        disabled_id, disabled_key = tenant_sql.create_tenant(conn, "disabled")
+        tenant_sql.set_disabled(conn, disabled_id, True)
 
     plain = dataclasses.replace(settings, admin_token=ADMIN, rate_limit=None)
     dead_url = re.sub(r"@[^/]+/", "@127.0.0.1:1/", settings.database_url)
@@ -370,7 +379,9 @@ def world(engine, settings, tenant):
         "limited": create_app(dataclasses.replace(plain, rate_limit="1/hour")),
         "dead": create_app(dataclasses.replace(plain, database_url=dead_url)),
     }
-    yield World(**apps, engine=engine, tenant_id=tenant[0], key=tenant[1])
+    yield World(
+        **apps, engine=engine, tenant_id=tenant[0], key=tenant[1], disabled_key=disabled_key
+    )
     apps["dead"].extensions["sla"].engine.dispose()
 
 
