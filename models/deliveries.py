@@ -15,7 +15,7 @@ caller; tasks/delivery.py sends the requests. The decisions are pure:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -48,8 +48,9 @@ class Outcome:
     duration_ms: int
     error: str | None = None
     retry_after_s: float | None = None
-    # With delivery_id, the row's primary key (the record statement's lookup).
-    tenant_id: UUID | None = None
+    # With delivery_id, the row's primary key (the record statement's lookup):
+    # required, since an outcome without it would match no row and be dropped.
+    tenant_id: UUID = field(kw_only=True)
 
     @property
     def ok(self) -> bool:

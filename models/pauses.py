@@ -36,7 +36,8 @@ from .timers import lock_timer
 
 SQL = Queries("pauses.sql")
 
-RUNNING = ("ACTIVE", "DUE", "ESCALATED")
+# The open statuses a pause applies to.
+RUNNING = tuple(s for s in OPEN_STATUSES if s != "PAUSED")
 
 
 class TimerClosed(TimerConflict):

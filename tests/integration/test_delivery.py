@@ -265,7 +265,7 @@ def test_retry_after_on_other_statuses_is_ignored_and_capped_at_a_day():
     from models.deliveries import MAX_RETRY_AFTER_S, Outcome, decide
 
     def outcome(status, retry_after):
-        return Outcome(1, uuid4(), uuid4(), 1, status, 5, "x", retry_after)
+        return Outcome(1, uuid4(), uuid4(), 1, status, 5, "x", retry_after, tenant_id=uuid4())
 
     assert decide(outcome(500, 30.0), (0, 1, 1)) == ("PENDING", 1.0)
     assert decide(outcome(429, 10 * MAX_RETRY_AFTER_S), (0, 1, 1)) == (
