@@ -7,15 +7,17 @@ A delivery loop (``deliver_due``), run by the ``deliver`` actor, by the
 scheduler's direct path while Redis is down, and woken by the minute sweep:
 
 1. claims as many due deliveries as this process has free sending slots
-   (twice ``SLA_DELIVERY_CONCURRENCY``, the pool's threads: the next claim is
+   (twice ``SLA_DELIVERY_CONCURRENCY``, the sending threads: the next claim is
    queued while the last is sent), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
-   statement (models/sql/deliveries.sql): SKIP LOCKED, a lease of twice the
-   timeout plus a margin, each subscription within its in-flight room
-   (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all workers), per-timer order;
-2. hands each to a thread of the process's pool, which sends it
-   (tasks/sender.py: the destination checked again, the connection pinned to
-   the checked address, the envelope's exact bytes POSTed signed, no redirect
-   followed, all within ``SLA_WEBHOOK_TIMEOUT_SECONDS``);
+   statement (models/sql/deliveries.sql) on the driver's connection: SKIP
+   LOCKED, a lease of twice the timeout plus a margin, each subscription within
+   its in-flight room (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all
+   workers), per-timer order; each row comes with its envelope's text;
+2. puts each on the process's sending queue, from which a sending thread
+   takes it and sends it (tasks/sender.py: the destination checked again, the
+   connection pinned to the checked address, the envelope's exact bytes POSTed
+   signed, no redirect followed, all within ``SLA_WEBHOOK_TIMEOUT_SECONDS``)
+   and puts the outcome on the loop's completion queue;
 3. records whatever has completed, every few milliseconds, in one statement
    (attempt rows, retries, subscription health, auto-disable) on a thread of
    its own, while it claims again. A slow receiver holds only its own subscription's slots: the loop
@@ -49,12 +51,12 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 from uuid import UUID, uuid4
 
+import psycopg
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
@@ -63,7 +65,7 @@ from models import deliveries as delivery_sql
 from models import metrics
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
-from models.deliveries import Outcome
+from models.deliveries import Claimed, Outcome
 from models.errors import connection_lost
 
 from .broker import broker, redis_client
@@ -213,9 +215,72 @@ class _Slots:
             self._free += n
 
 
+class _Senders:
+    """The process's sending threads: each takes a claimed delivery from one
+    queue, sends it and puts its outcome on its loop's completion queue. No
+    future per request: a claim's rows are handed over with one put each, and
+    a thread is started only while fewer run than deliveries were ever handed
+    over (never more than ``size``), so every delivery waiting in the queue has
+    a thread that will take it once its current request ends."""
+
+    def __init__(self, sender: Sender, slots: _Slots, size: int) -> None:
+        self._sender, self._slots, self._size = sender, slots, size
+        self._jobs: queue.SimpleQueue[tuple | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._handed = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, rows: list[Claimed], token: UUID, done: queue.SimpleQueue) -> None:
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the courier is closed")
+            self._handed += len(rows)
+            while len(self._threads) < min(self._size, self._handed):
+                thread = threading.Thread(
+                    target=self._run, name=f"webhook_{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+        put = self._jobs.put
+        for row in rows:
+            put((row, token, done))
+
+    def _run(self) -> None:
+        send, give, jobs = self._sender.send, self._slots.give, self._jobs
+        while (job := jobs.get()) is not None:
+            row, token, done = job
+            try:
+                result = send(row, token)
+            except BaseException:  # a bug in sending: the lease returns the delivery
+                log.exception("sending a webhook failed unexpectedly")
+                result = _LOST
+            give(1)
+            done.put(result)
+
+    def close(self) -> None:
+        """Let the threads finish their current request and stop (deliveries not
+        yet taken are left to their leases)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        while True:  # what no thread took yet is not sent: its lease returns it
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                self._slots.give(1)
+                job[2].put(_LOST)
+        for _ in threads:
+            self._jobs.put(None)
+        for thread in threads:
+            thread.join()
+
+
 class Courier:
-    """A process's sending capacity for one configuration: the thread pool,
-    its slots and the sender."""
+    """A process's sending capacity for one configuration: the sending threads,
+    their slots and the sender."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -223,12 +288,10 @@ class Courier:
         # Twice the threads: the next claim is on its way while the last is sent
         # (the lease, twice the timeout and more, covers the wait in the queue).
         self.slots = _Slots(2 * settings.delivery_concurrency)
-        self.pool = ThreadPoolExecutor(
-            max_workers=settings.delivery_concurrency, thread_name_prefix="webhook"
-        )
+        self.senders = _Senders(self.sender, self.slots, settings.delivery_concurrency)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.senders.close()
         self.sender.close()
 
 
@@ -269,7 +332,7 @@ class _Loop:
     (asked to claim again) since its last claim."""
 
     def __init__(self) -> None:
-        self.done: queue.Queue[Any] = queue.Queue()
+        self.done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.kicked = False
 
 
@@ -343,14 +406,6 @@ def deliver_due(
     last_claim = 0.0
     recorded_since = 0  # deliveries recorded since the last claim
 
-    def completed(future) -> None:
-        courier.slots.give(1)
-        try:
-            loop.done.put(future.result())
-        except BaseException:  # a bug in sending: the lease returns the delivery
-            log.exception("sending a webhook failed unexpectedly")
-            loop.done.put(_LOST)
-
     try:
         while True:
             now_s = time.monotonic()
@@ -382,9 +437,8 @@ def deliver_due(
                 report.claims += 1
                 report.claimed += claimed
                 sending += claimed
-                for row in rows:
-                    future = courier.pool.submit(courier.sender.send, row, token)
-                    future.add_done_callback(completed)
+                if rows:
+                    courier.senders.submit(rows, token, loop.done)
             if sending + unrecorded == 0:
                 if claiming and asked and not claimed:
                     with _loops_lock:  # kicked since the claim: claim again
@@ -404,8 +458,8 @@ def deliver_due(
             else:
                 wait = IDLE_WAIT_S
             outcomes = []
-            for item in _gather(loop.done, wait, sending + unrecorded):
-                if isinstance(item, Outcome):
+            for item in _gather(loop.done, wait, sending):
+                if type(item) is Outcome:
                     outcomes.append(item)
                     sending -= 1
                 elif item is _LOST:
@@ -482,39 +536,69 @@ class _Recorder:
                 return
 
 
-def _gather(done: queue.Queue, wait: float, most: int) -> list[Any]:
+def _gather(done: queue.SimpleQueue, wait: float, most: int) -> list[Any]:
     """The first item within ``wait`` seconds, then whatever else arrives
-    within ``RECORD_GATHER_S``, up to ``most`` completions."""
+    within ``RECORD_GATHER_S``, until ``most`` sends have completed."""
     try:
         items = [done.get(timeout=wait)]
     except queue.Empty:
         return []
+    sent = _is_sent(items[0])
     until = time.monotonic() + RECORD_GATHER_S
-    while sum(isinstance(i, Outcome) or i is _LOST for i in items) < most:
-        left = until - time.monotonic()
+    while sent < most:
         try:
-            items.append(done.get(timeout=left) if left > 0 else done.get_nowait())
+            item = done.get_nowait()
         except queue.Empty:
-            break
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                item = done.get(timeout=left)
+            except queue.Empty:
+                break
+        items.append(item)
+        sent += _is_sent(item)
     return items
 
 
-def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> list[dict]:
+def _is_sent(item: Any) -> bool:
+    return type(item) is Outcome or item is _LOST
+
+
+def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> list[Claimed]:
+    """``claim`` on a pooled connection's driver, in autocommit (one round trip),
+    retried as ``_retrying`` does. A connection the driver found broken is
+    invalidated, not returned to the pool."""
     schedule = settings.webhook_retry_schedule
-    return _retrying(
-        engine,
-        lambda conn: delivery_sql.claim_due(
-            conn,
-            token,
-            limit=limit,
-            max_in_flight=settings.webhook_max_in_flight,
-            failing_in_flight=settings.webhook_failing_in_flight,
-            lease_seconds=lease_seconds(settings),
-            first_delay=float(schedule[0]) if schedule else 0.0,
-            now=None if now is None else now(),
-        ),
-        autocommit=True,
-    )
+    for pause in (0.05, 0.2, 0.5, None):
+        pooled = engine.raw_connection()
+        driver = pooled.driver_connection
+        try:
+            driver.autocommit = True
+            try:
+                return delivery_sql.claim(
+                    driver,
+                    token,
+                    limit=limit,
+                    max_in_flight=settings.webhook_max_in_flight,
+                    failing_in_flight=settings.webhook_failing_in_flight,
+                    lease_seconds=lease_seconds(settings),
+                    first_delay=float(schedule[0]) if schedule else 0.0,
+                    now=None if now is None else now(),
+                )
+            finally:
+                if not (driver.closed or driver.broken):
+                    driver.autocommit = False
+        except psycopg.Error as exc:
+            lost = driver.closed or driver.broken
+            if lost:
+                pooled.invalidate(exc)
+            if pause is None or lost or exc.sqlstate not in _TRANSIENT_SQLSTATES:
+                raise
+        finally:
+            pooled.close()
+        time.sleep(pause)
+    raise AssertionError("unreachable")
 
 
 def _record(

@@ -100,10 +100,21 @@ FROM picked, webhook_subscriptions s, outbox_events e, relaxed
 -- planned as a scan of the whole backlog).
 WHERE d.tenant_id = picked.tenant_id AND d.id = picked.id AND s.id = d.subscription_id
   AND e.tenant_id = d.tenant_id AND e.id = d.event_id
-RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, d.timer_id, s.url, s.secret,
+-- Each row comes ready to send, in the order of models.deliveries.Claimed: the
+-- envelope's exact text is built here (models/envelope.py's object: id, type,
+-- timestamp in RFC 3339 UTC with microseconds, data = the payload less its type
+-- plus tenant_id), so the worker neither decodes the payload nor encodes it again.
+RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, s.url, s.secret,
           CASE WHEN s.previous_secret_expires_at > coalesce(CAST(:now AS timestamptz), now())
                THEN s.previous_secret END AS previous_secret,
-          e.id AS event_id, e.event_type, e.payload, e.created_at, e.correlation_id
+          'evt_' || e.id AS webhook_id,
+          '{"id":"evt_' || e.id || '","type":' || to_json(e.event_type)::text
+              || ',"timestamp":"'
+              || to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+              || '","data":'
+              || (jsonb_build_object('tenant_id', d.tenant_id) || (e.payload - 'type'))::text
+              || '}' AS body,
+          e.correlation_id
 
 -- name: record_outcomes
 -- Record a round's attempts: the deliveries still carrying their token, an attempt row each, and their subscriptions' health.

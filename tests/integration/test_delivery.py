@@ -11,6 +11,7 @@ retry after (0, 1, 1) seconds.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
 from models import deliveries as delivery_sql
+from models.envelope import envelope
 from models.outbox import insert_events
 from models.signatures import new_secret
 from tasks.delivery import close_couriers, deliver_due, lease_seconds
@@ -180,6 +182,59 @@ def test_an_expired_previous_secret_no_longer_signs(engine, tenant, dsettings, r
     [request] = receiver.received()
     assert len(request.headers["webhook-signature"].split(" ")) == 1
     Webhook(sub["secret"]).verify(request.body, request.headers)
+
+
+def test_the_claim_builds_the_envelope_of_models_envelope(engine, tenant):
+    """The claim's SQL writes the envelope's text (workers send it as it is): the
+    same object models.envelope makes of the event, the feed's too, whatever the
+    payload holds (escapes, non-ASCII, nesting, numbers), its type said once."""
+    sub = subscribe(engine, tenant[0], "http://127.0.0.1:9/")
+    payload = {
+        "type": "sla.escalation.triggered",
+        "timer_id": str(uuid4()),
+        "lead_id": 'lead "42" \\ é \n\t\u0001 ✓',
+        "escalation_step": 2,
+        "ratio": 0.1,
+        "big": 12345678901234567,
+        "nested": {"a": [1, None, True, "x"], "": {}},
+    }
+    created = datetime(2026, 12, 1, 13, 5, 7, 120, tzinfo=UTC)
+    with engine.begin() as conn:
+        insert_events(
+            conn,
+            [
+                {
+                    "tenant_id": tenant[0],
+                    "timer_id": None,
+                    "event_type": "sla.escalation.triggered",
+                    "payload": payload,
+                    "correlation_id": "corr-1",
+                    "idempotency_key": f"claim-envelope:{uuid4()}",
+                    "created_at": created,
+                }
+            ],
+        )
+        event = dict(
+            conn.execute(
+                text("SELECT * FROM outbox_events WHERE tenant_id = :t ORDER BY id DESC LIMIT 1"),
+                {"t": tenant[0]},
+            )
+            .mappings()
+            .one()
+        )
+    with engine.connect() as conn:  # the workers' claim: the driver, in autocommit
+        driver = conn.connection.driver_connection
+        driver.autocommit = True
+        [row] = delivery_sql.claim(
+            driver, uuid4(), limit=10, max_in_flight=10, lease_seconds=30, first_delay=0
+        )
+        driver.autocommit = False
+    assert row.webhook_id == f"evt_{event['id']}"
+    assert json.loads(row.body) == envelope(event)
+    assert json.loads(row.body)["timestamp"] == "2026-12-01T13:05:07.000120Z"
+    assert (row.subscription_id, row.tenant_id, row.attempts) == (sub["id"], tenant[0], 0)
+    assert (row.url, row.secret, row.previous_secret) == (sub["url"], sub["secret"], None)
+    assert row.correlation_id == "corr-1"
 
 
 # -- retries ---------------------------------------------------------------------
