@@ -271,6 +271,7 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     metrics_dir = work / "metrics"
     metrics_dir.mkdir()
 
+    code = _code_state()
     pg = OwnPostgres(params["pg_port"])
     server = pg.start(params["autovacuum_naptime_s"])
     try:
@@ -321,6 +322,7 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
 
     figures = {
         "params": params,
+        "code": code,
         "postgresql": pg_settings,
         "check": check,
         **result,
@@ -341,6 +343,18 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         "plots": ["p8-soak.png"],
         "rows": rows(summary, params, rate),
     }
+
+
+def _code_state() -> dict:
+    """HEAD, and the service's files that differ from it (the processes run them)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    changed = git("status", "--porcelain", "--", "models", "tasks", "web", "migrations")
+    return {"commit": git("rev-parse", "--short", "HEAD"), "changed": changed.splitlines()}
 
 
 def _soak(
