@@ -205,9 +205,10 @@ sla_escalation_events = Table(
     Column("txid", BigInteger, nullable=False, server_default=TXID),
     CheckConstraint(_in("outcome", STEP_OUTCOMES), name="outcome"),
     # The exactly-once guarantee for steps lives here, not in application code.
-    # It also serves the lookup of a timer's steps (by tenant and timer).
+    # It also serves the lookup of a timer's steps (by tenant and timer). The
+    # idempotency_key is derived from it (<timer>-<step>[-r<repeat>]): no index
+    # of its own, one B-tree insertion less per fire (migration 0011).
     UniqueConstraint("tenant_id", "timer_id", "escalation_step", "repeat"),
-    UniqueConstraint("tenant_id", "idempotency_key"),
     Index("ix_sla_escalation_events_tenant_txid", "tenant_id", "txid"),
     PrimaryKeyConstraint("tenant_id", "id"),
     ForeignKeyConstraint(
