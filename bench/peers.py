@@ -44,6 +44,8 @@ QUICK = {
     "pgq_batch_size": 100,
     "pgq_max_concurrent_tasks": 200,
     "pgq_pool_size": 8,
+    "naive_threads": 8,
+    "systems": "ours,pgqueuer,naive",  # a subset runs only those (no ratio rows without ours)
 }
 FULL = {**QUICK, "jobs": 100_000}
 
@@ -167,7 +169,8 @@ def _measure_pgqueuer(bench: Bench, params: dict, out_dir: Path) -> dict:
         for _ in range(params["worker_processes"])
     ]
     with running(*workers):
-        due = datetime.now(UTC) + timedelta(seconds=5 + n / 20_000)
+        # One statement; under a load average of 20 it took over 6 s for 20,000.
+        due = datetime.now(UTC) + timedelta(seconds=5 + n / 2_000)
         asyncio.run(peers_pgqueuer.enqueue(bench.dsn, n, due))
         if datetime.now(UTC) > due:
             raise RuntimeError("enqueueing took longer than the lead before the due instant")
@@ -187,10 +190,12 @@ def _measure_naive(bench: Bench, params: dict, out_dir: Path) -> dict:
         [
             str(BIN / "dramatiq"),
             "bench.peers_naive:broker",
+            "--queues",
+            peers_naive.QUEUE,
             "--processes",
             str(params["worker_processes"]),
             "--threads",
-            str(params["worker_threads"]),
+            str(params["naive_threads"]),
         ],
         bench.env,
         log,
@@ -198,14 +203,18 @@ def _measure_naive(bench: Bench, params: dict, out_dir: Path) -> dict:
         ready_count=params["worker_processes"],
     )
     with running(worker):
-        # Sending is one Redis round trip per job: ~1,000/s on this machine under load.
-        due = datetime.now(UTC) + timedelta(seconds=5 + n / 1_000)
+        # Sending is one Redis round trip per job, from 5,000/s down to 500/s here
+        # depending on the load: the due instant leaves 2.5 times what it should take
+        # (workers fetching the delayed messages slow the sending down).
+        rate = peers_naive.sends_per_second()
+        due = datetime.now(UTC) + timedelta(seconds=3 + 2.5 * n / rate)
         send_s = peers_naive.send(n, due)
         if datetime.now(UTC) > due:
             raise RuntimeError("sending took longer than the lead before the due instant")
         result = _wait_all(bench, n, due)
     result["due"] = due.timestamp()
     result["send_s"] = send_s
+    result["sends_per_s_measured_before"] = rate
     return result
 
 
@@ -263,7 +272,7 @@ def _configuration(bench: Bench, params: dict) -> dict:
             "broker": f"plain RedisBroker, default middleware less Prometheus, "
             f"idle poll {POLL_MS} ms",
             "processes": params["worker_processes"],
-            "threads": params["worker_threads"],
+            "threads": params["naive_threads"],
             "prefetch": "default: 1,000 delayed per thread, 2 per thread from the queue",
             "writes per job": "step row, one event row (scratch tables), psycopg",
         },
@@ -283,65 +292,59 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             ("pgqueuer", _measure_pgqueuer),
             ("naive", _measure_naive),
         ):
+            if name not in params["systems"].split(","):
+                continue
             bench.reset()
+            load = os.getloadavg()
             result = measure(bench, params, out_dir)
+            result["load_average_before"] = load
             cpu = sampler.between(result["due"], result["due"] + result["seconds_from_due"])
             result["cpu_us_per_job"] = {k: v * 1e6 / n for k, v in cpu.items()}
             figures[name] = result
     finally:
         sampler.stop()
     figures["configuration"] = _configuration(bench, params)
-    ours, pgq, naive = (figures[k]["jobs_per_s"] for k in ("ours", "pgqueuer", "naive"))
-    pgq_version = figures["configuration"]["pgqueuer"]["version"]
-    rows = [
-        {
-            "figure": f"burst of {n:,}: ours, jobs/s",
-            "value": ours,
-            "unit": "jobs/s",
-            "beside": f"pgqueuer {pgq_version}",
-            "beside_value": pgq,
-            "ratio": ours / pgq,
-            "target": f">= {TARGET_PGQUEUER:g}x",
-            "met": ours / pgq >= TARGET_PGQUEUER,
-        },
-        {
-            "figure": f"burst of {n:,}: ours, jobs/s",
-            "value": ours,
-            "unit": "jobs/s",
-            "beside": "naive: one Dramatiq delayed message per job",
-            "beside_value": naive,
-            "ratio": ours / naive,
-            "target": f">= {TARGET_NAIVE:g}x",
-            "met": ours / naive >= TARGET_NAIVE,
-        },
-    ]
-    for name in ("ours", "pgqueuer", "naive"):
+    systems = [k for k in ("ours", "pgqueuer", "naive") if k in figures]
+    rows = []
+    if "ours" in figures:
+        ours = figures["ours"]["jobs_per_s"]
+        for name, beside, target in (
+            ("pgqueuer", f"pgqueuer {version('pgqueuer')}", TARGET_PGQUEUER),
+            ("naive", "naive: one Dramatiq delayed message per job", TARGET_NAIVE),
+        ):
+            if name in figures:
+                ratio = ours / figures[name]["jobs_per_s"]
+                rows.append(
+                    {
+                        "figure": f"burst of {n:,}: ours, jobs/s",
+                        "value": ours,
+                        "unit": "jobs/s",
+                        "beside": beside,
+                        "beside_value": figures[name]["jobs_per_s"],
+                        "ratio": ratio,
+                        "target": f">= {target:g}x",
+                        "met": ratio >= target,
+                    }
+                )
+    for name in systems:
         cpu = figures[name]["cpu_us_per_job"]
         rows.append(
             {
-                "figure": f"{name}: CPU per job, workers",
-                "value": cpu["workers"],
-                "unit": "µs",
-                "beside": "PostgreSQL",
+                "figure": f"{name}: jobs/s, CPU per job in workers",
+                "value": f"{figures[name]['jobs_per_s']:,.0f}, {cpu['workers']:,.0f}",
+                "unit": "jobs/s, µs",
+                "beside": "CPU per job in PostgreSQL",
                 "beside_value": cpu["postgresql"],
-                "ratio": None,
-                "target": "",
-                "met": None,
             }
         )
+    done = [figures[k].get("fired", figures[k].get("done")) for k in systems]
     rows.append(
         {
-            "figure": "every job done: ours / pgqueuer / naive",
-            "value": " / ".join(
-                str(figures[k].get("fired", figures[k].get("done")))
-                for k in ("ours", "pgqueuer", "naive")
-            ),
-            "unit": f"of {n}",
+            "figure": f"every job done: {' / '.join(systems)}",
+            "value": " / ".join(map(str, done)),
+            "unit": f"of {n:,}",
             "target": "all",
-            "met": all(
-                figures[k].get("fired", figures[k].get("done")) == n
-                for k in ("ours", "pgqueuer", "naive")
-            ),
+            "met": all(d == n for d in done),
         }
     )
     return {"params": params, "figures": figures, "rows": rows}

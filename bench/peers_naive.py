@@ -2,7 +2,7 @@
 
 Workers are Dramatiq's own CLI on this module::
 
-    dramatiq bench.peers_naive:broker --processes 2 --threads 8
+    dramatiq bench.peers_naive:broker --queues peers --processes 2 --threads 8
 
 The broker is a plain ``RedisBroker`` on ``REDIS_URL`` with Dramatiq's default
 middleware less Prometheus (which would bind a port per worker command, as
@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import psycopg
@@ -42,6 +42,7 @@ from .peers_job import JOB, job_args
 
 POLL_MS = 25
 QUEUE = "peers"
+CALIBRATION = "peers-calibration"
 
 
 class PromptBroker(RedisBroker):
@@ -73,16 +74,31 @@ def peer_fire(args: list[str]) -> None:
     _connection().execute(JOB, args)
 
 
-def send(n: int, due: datetime, threads: int = 4) -> float:
-    """One delayed message per job, all due at ``due``, sent from ``threads``
-    threads (each send is a Redis round trip); returns the seconds it took."""
+@dramatiq.actor(broker=broker, queue_name=CALIBRATION)
+def calibrate(args: list[str]) -> None:
+    """Never run: its queue has no worker (``--queues peers``)."""
+
+
+def _send_all(actor, n: int, due: datetime, threads: int) -> float:
     started = time.time()
 
     def send_slice(k: int) -> None:
         for i in range(k, n, threads):
             delay_ms = max(0, int((due.timestamp() - time.time()) * 1000))
-            peer_fire.send_with_options(args=(job_args(i),), delay=delay_ms)
+            actor.send_with_options(args=(job_args(i),), delay=delay_ms)
 
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(send_slice, range(threads)))
     return time.time() - started
+
+
+def sends_per_second(k: int = 500, threads: int = 4) -> float:
+    """How fast this process sends delayed messages now (to a queue no worker reads),
+    so that the burst's due instant leaves time to send it all."""
+    return k / _send_all(calibrate, k, datetime.now(UTC) + timedelta(hours=1), threads)
+
+
+def send(n: int, due: datetime, threads: int = 4) -> float:
+    """One delayed message per job, all due at ``due``, sent from ``threads``
+    threads (each send is a Redis round trip); returns the seconds it took."""
+    return _send_all(peer_fire, n, due, threads)
