@@ -173,12 +173,16 @@ sla_timers = Table(
     # The stats' partial days at the ends of a range (models/stats.py).
     Index("ix_sla_timers_tenant_started", "tenant_id", "started_at"),
     # At most one open timer per lead and contract: a new start supersedes the old one.
+    # It carries what the open-timer counts read (/metrics, /v1/stats), so they are
+    # index-only scans (migration 0010); each of these columns changes only with
+    # status or next_fire_at, so no update that was HOT stops being HOT.
     Index(
         "uq_sla_timers_open_per_lead_contract",
         "tenant_id",
         "lead_id",
         "sla_contract_id",
         unique=True,
+        postgresql_include=["status", "started_at", "due_at", "paused_at", "next_fire_at"],
         postgresql_where=text(_in("status", OPEN_STATUSES)),
     ),
     # Room on each page for the claim's in-place (HOT) update.

@@ -4,10 +4,10 @@
 -- active = open and not PAUSED, paused = PAUSED, overdue = next_fire_at has
 -- come (a warning, the due time, a step or a retry not recorded yet: the
 -- firing backlog). Overdue reads the claim index from its start (an index-only
--- scan over the backlog alone). Active and paused are one pass over the table
--- (no index holds the status of open timers; at 1M rows PostgreSQL scans, in
--- ~100 ms with parallel workers): the caller caches the result
--- (SLA_METRICS_CACHE_SECONDS). Pending deliveries read their partial index.
+-- scan over the backlog alone). Active and paused are an index-only scan of the
+-- open-timer index, which carries status (migration 0010): its cost grows with
+-- the open timers, never with the finished ones, and the caller caches the
+-- result (SLA_METRICS_CACHE_SECONDS). Pending deliveries read their partial index.
 SELECT
     s.active,
     s.paused,
