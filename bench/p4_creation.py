@@ -8,6 +8,16 @@ similar width into a scratch table of the same database, the rate of a bare
 INSERT + COMMIT on this machine. gunicorn, PostgreSQL and wrk share the cores,
 as does pgbench with PostgreSQL.
 
+The floor: the same server's ``GET /healthz`` rate (no I/O: Flask and the
+WSGI server alone), measured just before the starts, with the starts' share
+of it. ``servers`` names the WSGI servers to measure side by side, each with
+the same workers and threads: ``gunicorn`` (gthread, the Procfile's) and
+``granian`` (its WSGI interface); the first one's rows keep the plain names.
+
+``profile=<tag>`` records a py-spy flame graph of the web workers during each
+measured phase, ``bench/results/profiles/p4-<server>-<phase>-<tag>.svg`` (the
+sampling costs the workers some CPU: compare rates from runs without it).
+
 Timers use a 30 minute window (beyond the wake-up horizon), so no Redis
 wake-up is sent: a start is the database work and the HTTP path.
 """
@@ -23,7 +33,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from .common import BIN, Bench, Service, cpu_seconds, running, wait_for
+from .common import BIN, RESULTS, Bench, Service, cpu_seconds, running, wait_for
 
 QUICK = {
     "web_workers": 2,
@@ -35,11 +45,16 @@ QUICK = {
     "seconds": 12,
     "pgbench_seconds": 8,
     "pgbench_clients": 4,
+    "servers": "gunicorn,granian",
+    "port": 0,  # 0: any free port
+    "profile": "",  # a tag: record flame graphs (see the module)
 }
 FULL = {**QUICK, "seconds": 30, "pgbench_seconds": 30, "warmup_seconds": 5}
 
 TARGET_SINGLE = 2_000
+TARGET_SINGLE_SHARE = 0.6  # ...or this share of the same server's /healthz rate
 TARGET_BULK = 20_000
+PROFILES = RESULTS / "profiles"
 
 # One timer as a CRM would start it: a two-step ladder, a little metadata, the
 # "default" contract (a named one would have to be defined first: PUT /v1/contracts).
@@ -266,6 +281,38 @@ class CpuMeter:
         return {k: end[k] - self._start[k] for k in end}
 
 
+class Profiler:
+    """py-spy recording the web workers to a flame graph. Only the thread
+    holding the GIL is sampled (``--gil``): its Python work is what a worker
+    serializes, and py-spy's own idle detection counts the threads blocked on
+    gunicorn's queue or a lock as busy here."""
+
+    def __init__(self, pid: int, path: Path, seconds: float) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.proc = subprocess.Popen(
+            [
+                str(BIN / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--subprocesses",
+                "--gil",
+                "--duration",
+                str(max(1, round(seconds))),
+                "--output",
+                str(path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def wait(self) -> None:
+        _, err = self.proc.communicate(timeout=120)
+        if self.proc.returncode != 0:
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-500:]}")
+
+
 def _phase(
     bench: Bench,
     wrk: str,
@@ -276,23 +323,28 @@ def _phase(
     name: str,
     env: dict[str, str],
     meter: CpuMeter,
+    profile: Path | None = None,
 ) -> dict:
-    """A warm-up run, then the measured run; the rate counts committed rows."""
+    """A warm-up run, then the measured run; the rate counts committed rows
+    (for ``/healthz``, answered requests)."""
     _wrk(wrk, url, script, params["warmup_seconds"], connections, f"{name}-warm", env)
     timers0, started0 = _counts(bench)
+    profiler = None if profile is None else Profiler(meter.web_pid, profile, params["seconds"])
     meter.start()
     result = _wrk(wrk, url, script, params["seconds"], connections, name, env)
     cpu = meter.stop()
+    if profiler is not None:
+        profiler.wait()
     timers1, started1 = _counts(bench)
     result["timers"] = timers1 - timers0
     result["started_events"] = started1 - started0
+    done = result["timers"] or result["requests"] - result["non_2xx"]
     result["timers_per_second"] = result["timers"] / result["seconds"]
+    result["per_second"] = done / result["seconds"]
     # New backends can appear mid-run (their CPU before the first sample is
     # lost), so these are lower bounds; with warmed-up pools they are exact.
     result["cpu_seconds"] = cpu
-    result["cpu_us_per_timer"] = {
-        k: v / result["timers"] * 1e6 if result["timers"] else None for k, v in cpu.items()
-    }
+    result["cpu_us_per_timer"] = {k: v / done * 1e6 if done else None for k, v in cpu.items()}
     return result
 
 
@@ -309,12 +361,12 @@ def _rate_row(figure: str, rate: float, pg_tps: float, target: int) -> dict:
     }
 
 
-def _cpu_row(figure: str, result: dict) -> dict:
+def _cpu_row(figure: str, result: dict, unit: str) -> dict:
     per = result["cpu_us_per_timer"]
     return {
         "figure": figure,
         "value": per["web"],
-        "unit": "µs CPU/timer in gunicorn",
+        "unit": unit,
         "beside": "in PostgreSQL",
         "beside_value": per["postgres"],
         "ratio": None,
@@ -323,29 +375,24 @@ def _cpu_row(figure: str, result: dict) -> dict:
     }
 
 
-def run(bench: Bench, params: dict, out_dir: Path) -> dict:
-    wrk = ensure_wrk()
-    pg_tps = _pgbench(bench, out_dir, params["pgbench_seconds"], params["pgbench_clients"])
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-    _, api_key = bench.tenant()
-    env = {**bench.env, "SLA_BENCH_API_KEY": api_key}
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    scripts = {}
-    for name, items, path in (
-        ("single", 0, "/v1/timers"),
-        ("bulk", params["bulk_items"], "/v1/timers/bulk"),
-    ):
-        scripts[name] = out_dir / f"p4_{name}.lua"
-        scripts[name].write_text(_LUA % {"item": _ITEM, "items": items, "path": path})
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
-    # Each gthread worker accepts keep-alive connections greedily: left alone,
-    # one worker can take all of wrk's connections while the other idles (one
-    # process, one GIL: half the machine). A per-worker cap spreads them.
-    connections = max(params["single_connections"], params["bulk_connections"])
-    per_worker = -(-connections // params["web_workers"])
-    web = Service(
-        [
+
+def _server(name: str, port: int, params: dict, env: dict[str, str], log: Path) -> Service:
+    workers, threads = str(params["web_workers"]), str(params["web_threads"])
+    if name == "gunicorn":
+        # Each gthread worker accepts keep-alive connections greedily: left alone,
+        # one worker can take all of wrk's connections while the other idles (one
+        # process, one GIL: half the machine). A per-worker cap spreads them.
+        connections = max(params["single_connections"], params["bulk_connections"])
+        per_worker = -(-connections // params["web_workers"])
+        args = [
             str(BIN / "gunicorn"),
             "web:create_app()",
             "--bind",
@@ -353,17 +400,49 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             "--worker-class",
             "gthread",
             "--workers",
-            str(params["web_workers"]),
+            workers,
             "--threads",
-            str(params["web_threads"]),
+            threads,
             "--worker-connections",
             str(per_worker),
-        ],
-        env,
-        out_dir / "p4_gunicorn.log",
-        ready="Booting worker",
-        ready_count=params["web_workers"],
-    )
+        ]
+        return Service(args, env, log, ready="Booting worker", ready_count=params["web_workers"])
+    if name == "granian":
+        # The WSGI interface: the app runs in each worker's blocking threads,
+        # as in gunicorn's gthread workers; HTTP is parsed in Rust.
+        args = [
+            str(BIN / "granian"),
+            "--interface",
+            "wsgi",
+            "--factory",
+            "web:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+            "--blocking-threads",
+            threads,
+            "--no-ws",
+            "--http",
+            "1",
+        ]
+        return Service(args, env, log, ready="Started worker-", ready_count=params["web_workers"])
+    raise ValueError(f"unknown server {name!r}: gunicorn or granian")
+
+
+def _measure_server(
+    bench: Bench,
+    name: str,
+    wrk: str,
+    scripts: dict[str, Path],
+    params: dict,
+    env: dict[str, str],
+    out_dir: Path,
+) -> dict[str, dict]:
+    port = params["port"] or _free_port()
+    base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
         try:
@@ -372,49 +451,77 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         except OSError:
             return False
 
+    web = _server(name, port, params, env, out_dir / f"p4_{name}.log")
+    results = {}
     with running(web):
         wait_for(healthy, 30, 0.2)
         meter = CpuMeter(bench, web.pid)
-        single, bulk = (
-            _phase(
+        # /healthz first: the floor, on the same warm processes as the starts.
+        for phase, connections in (
+            ("healthz", params["single_connections"]),
+            ("single", params["single_connections"]),
+            ("bulk", params["bulk_connections"]),
+        ):
+            profile = None
+            if params["profile"]:
+                profile = PROFILES / f"p4-{name}-{phase}-{params['profile']}.svg"
+            results[phase] = _phase(
                 bench,
                 wrk,
                 base,
-                scripts[name],
+                scripts[phase],
                 params,
-                params[f"{name}_connections"],
-                name,
+                connections,
+                f"{name}-{phase}",
                 env,
                 meter,
+                profile,
             )
-            for name in ("single", "bulk")
-        )
+    for phase, result in results.items():
+        (out_dir / f"p4_wrk_{name}_{phase}.txt").write_text(result.pop("output"))
+    return results
 
-    for name, result in (("single", single), ("bulk", bulk)):
-        (out_dir / f"p4_wrk_{name}.txt").write_text(result.pop("output"))
 
-    bad = single["non_2xx"] + single["socket_errors"] + bulk["non_2xx"] + bulk["socket_errors"]
-    missing = sum(r["timers"] - r["started_events"] for r in (single, bulk))
-    figures = {
-        "single": single,
-        "bulk": bulk,
-        "pgbench_single_row_inserts_per_second": pg_tps,
-        "cores": os.cpu_count(),
-    }
-    rows = [
+def _server_rows(name: str, first: bool, r: dict[str, dict], params: dict, pg_tps: float):
+    single, bulk, healthz = r["single"], r["bulk"], r["healthz"]
+    label = "" if first else f"{name}: "
+    share = single["timers_per_second"] / healthz["per_second"] if healthz["per_second"] else 0
+    cpu = "µs CPU/timer in " + name
+    return [
+        {
+            **_rate_row(
+                f"{label}single start, POST /v1/timers",
+                single["timers_per_second"],
+                pg_tps,
+                TARGET_SINGLE,
+            ),
+            "beside": f"GET /healthz req/s, same {name}",
+            "beside_value": healthz["per_second"],
+            "ratio": share,
+            "target": f">= {TARGET_SINGLE:,}/s or >= {TARGET_SINGLE_SHARE:.0%} of /healthz",
+            "met": single["timers_per_second"] >= TARGET_SINGLE or share >= TARGET_SINGLE_SHARE,
+        },
         _rate_row(
-            "single start, POST /v1/timers", single["timers_per_second"], pg_tps, TARGET_SINGLE
-        ),
-        _rate_row(
-            f"bulk start, {params['bulk_items']} per POST /v1/timers/bulk",
+            f"{label}bulk start, {params['bulk_items']} per POST /v1/timers/bulk",
             bulk["timers_per_second"],
             pg_tps,
             TARGET_BULK,
         ),
-        _cpu_row("single start CPU", single),
-        _cpu_row("bulk start CPU", bulk),
         {
-            "figure": "single start latency p50",
+            **_cpu_row(f"{label}single start CPU", single, cpu),
+            "beside": f"per GET /healthz in {name}",
+            "beside_value": healthz["cpu_us_per_timer"]["web"],
+            "ratio": None,
+        },
+        {
+            **_cpu_row(f"{label}single start CPU in PostgreSQL", single, "µs CPU/timer"),
+            "value": single["cpu_us_per_timer"]["postgres"],
+            "beside": "in wrk",
+            "beside_value": single["cpu_us_per_timer"]["wrk"],
+        },
+        _cpu_row(f"{label}bulk start CPU", bulk, cpu),
+        {
+            "figure": f"{label}single start latency p50",
             "value": single["p50_ms"],
             "unit": "ms",
             "beside": "p99",
@@ -423,6 +530,54 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             "target": "",
             "met": None,
         },
+    ]
+
+
+def run(bench: Bench, params: dict, out_dir: Path) -> dict:
+    wrk = ensure_wrk()
+    pg_tps = _pgbench(bench, out_dir, params["pgbench_seconds"], params["pgbench_clients"])
+
+    _, api_key = bench.tenant()
+    env = {**bench.env, "SLA_BENCH_API_KEY": api_key}
+    scripts = {}
+    for name, items, path in (
+        ("single", 0, "/v1/timers"),
+        ("bulk", params["bulk_items"], "/v1/timers/bulk"),
+    ):
+        scripts[name] = out_dir / f"p4_{name}.lua"
+        scripts[name].write_text(_LUA % {"item": _ITEM, "items": items, "path": path})
+    scripts["healthz"] = out_dir / "p4_healthz.lua"
+    scripts["healthz"].write_text('wrk.method = "GET"\nwrk.path = "/healthz"\n')
+
+    servers = [s.strip() for s in params["servers"].split(",") if s.strip()]
+    measured = {
+        name: _measure_server(bench, name, wrk, scripts, params, env, out_dir) for name in servers
+    }
+
+    runs = [r for by_phase in measured.values() for r in by_phase.values()]
+    bad = sum(r["non_2xx"] + r["socket_errors"] for r in runs)
+    missing = sum(
+        r[phase]["timers"] - r[phase]["started_events"]
+        for r in measured.values()
+        for phase in ("single", "bulk")
+    )
+    first = servers[0]
+    figures = {
+        # The first server's figures where they always were, every server's by name.
+        "single": measured[first]["single"],
+        "bulk": measured[first]["bulk"],
+        "healthz": measured[first]["healthz"],
+        "servers": measured,
+        "server_versions": {name: _version(name) for name in servers},
+        "pgbench_single_row_inserts_per_second": pg_tps,
+        "cores": os.cpu_count(),
+    }
+    rows = [
+        row
+        for name in servers
+        for row in _server_rows(name, name == first, measured[name], params, pg_tps)
+    ]
+    rows.append(
         {
             "figure": "non-2xx responses and socket errors",
             "value": bad,
@@ -432,6 +587,6 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             "ratio": None,
             "target": "0 and 0",
             "met": bad == 0 and missing == 0,
-        },
-    ]
+        }
+    )
     return {"params": params, "figures": figures, "rows": rows}
