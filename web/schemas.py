@@ -216,7 +216,8 @@ def _one_window_of(schema: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _usable_ladder(steps: list[EscalationStep]) -> list[EscalationStep]:
-    problem = ladder_problem([s.model_dump() for s in steps])
+    # ladder_json, not model_dump: the same fields for the check, at a fraction of the cost.
+    problem = ladder_problem(ladder_json(steps))
     if problem:
         raise PydanticCustomError("ladder", problem)
     return steps

@@ -238,8 +238,7 @@ def start(body: TimerCreate):
         # Most starts are a single statement of their own; the rest (a contract,
         # supersede, replay, conflicts) take the transactional path.
         new, due = _plain_timer(body, correlation, key, fingerprint)
-        with _engine().connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            row = timer_sql.try_start_timer(conn, g.tenant_id, new, due)
+        row = timer_sql.try_start_timer(_engine(), g.tenant_id, new, due)
     if row is not None:
         created, timer = True, Timer.from_row(row, [])
     else:
