@@ -309,8 +309,16 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     if "ours" in figures:
         ours = figures["ours"]["jobs_per_s"]
         for name, beside, target in (
-            ("pgqueuer", f"pgqueuer {version('pgqueuer')}", TARGET_PGQUEUER),
-            ("naive", "naive: one Dramatiq delayed message per job", TARGET_NAIVE),
+            (
+                "pgqueuer",
+                f"pgqueuer {version('pgqueuer')}, batches of {params['pgq_batch_size']}",
+                TARGET_PGQUEUER,
+            ),
+            (
+                "naive",
+                f"naive: a Dramatiq {version('dramatiq')} delayed message per job",
+                TARGET_NAIVE,
+            ),
         ):
             if name in figures:
                 ratio = ours / figures[name]["jobs_per_s"]
@@ -332,13 +340,14 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         for name in ("pgqueuer", "naive"):
             if name in figures:
                 peer_cpu = sum(figures[name]["cpu_us_per_job"].values())
+                uncounted = " (Redis not counted)" if name == "naive" else ""
                 rows.append(
                     {
-                        "figure": "CPU per job, workers + PostgreSQL: ours",
-                        "value": ours_cpu,
+                        "figure": f"{name}: CPU per job, workers + PostgreSQL{uncounted}",
+                        "value": peer_cpu,
                         "unit": "µs",
-                        "beside": name if name == "pgqueuer" else "naive (Redis not counted)",
-                        "beside_value": peer_cpu,
+                        "beside": "ours",
+                        "beside_value": ours_cpu,
                         "ratio": peer_cpu / ours_cpu,
                     }
                 )
@@ -346,10 +355,10 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
         cpu = figures[name]["cpu_us_per_job"]
         rows.append(
             {
-                "figure": f"{name}: jobs/s, CPU per job in workers",
-                "value": f"{figures[name]['jobs_per_s']:,.0f}, {cpu['workers']:,.0f}",
-                "unit": "jobs/s, µs",
-                "beside": "CPU per job in PostgreSQL",
+                "figure": f"{name}: CPU per job in its workers",
+                "value": cpu["workers"],
+                "unit": "µs",
+                "beside": "in PostgreSQL",
                 "beside_value": cpu["postgresql"],
             }
         )
