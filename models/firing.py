@@ -35,38 +35,12 @@ def claim_due(
     ``claimed_at``, the database's time of the claim. Commit right after, so
     the lease is visible to all. ``now`` overrides the database's clock (tests;
     production passes None)."""
-    return [
-        dict(r)
-        for r in conn.execute(
-            SQL.claim_due.text,
-            {"token": token, "now": now, "limit": limit, "lease": lease_seconds},
-        ).mappings()
-    ]
-
-
-def lock_due(conn: Connection, now: datetime | None, limit: int) -> list[dict[str, Any]]:
-    """Lock up to ``limit`` due PENDING timers for the caller's transaction,
-    skipping rows another claimer holds, and return what planning them needs,
-    with ``claimed_at``, the database's time of the lock. No row version is
-    written: the lock is the lease, and the transaction that holds it writes
-    the fires (``apply_fired`` with no token) or claims the rows that need a
-    visible lease (``claim_locked``). ``now`` overrides the database's clock
-    (tests; production passes None)."""
-    return [
-        dict(r) for r in conn.execute(SQL.lock_due.text, {"now": now, "limit": limit}).mappings()
-    ]
-
-
-def claim_locked(
-    conn: Connection, token: UUID, ids: Sequence[UUID], at: datetime, lease_seconds: int
-) -> int:
-    """Mark timers locked by ``lock_due`` in this transaction PROCESSING under
-    ``token`` with a lease from ``at``, as ``claim_due`` does: once committed,
-    the rescue counts an attempt if their processing is lost."""
-    return conn.execute(
-        SQL.claim_locked.text,
-        {"token": token, "ids": list(ids), "at": at, "lease": lease_seconds},
-    ).rowcount
+    result = conn.execute(
+        SQL.claim_due.text, {"token": token, "now": now, "limit": limit, "lease": lease_seconds}
+    )
+    # All rows at once, zipped with the keys: a burst's batch is a thousand of them.
+    keys = list(result.keys())
+    return [dict(zip(keys, row, strict=True)) for row in result.all()]
 
 
 def lock_claimed(conn: Connection, token: UUID, ids: Sequence[UUID]) -> set[UUID]:
@@ -88,7 +62,7 @@ def release_claimed(conn: Connection, token: UUID, ids: Sequence[UUID]) -> int:
 
 def apply_fired(
     conn: Connection,
-    token: UUID | None,
+    token: UUID,
     *,
     events: Sequence[Mapping[str, Any]],
     steps: Sequence[Mapping[str, Any]],
@@ -100,8 +74,7 @@ def apply_fired(
 ) -> set[UUID]:
     """Write a planned batch (warning rows, events, step rows, each row's event
     only if the row is new, and the new timer states) in one statement;
-    returns the ids of the timers it applied to. ``token`` None: the timers
-    were locked by ``lock_due`` in this transaction, not claimed."""
+    returns the ids of the timers it applied to."""
     result = conn.execute(
         SQL.apply_fired.text,
         {

@@ -30,33 +30,6 @@ RETURNING t.id, t.tenant_id, t.lead_id, t.sla_contract_id, t.status, t.started_a
           t.correlation_id, t.created_at, t.window_seconds, t.calendar, t.warning_thresholds,
           t.warnings_done, t.shift_seconds, t.next_fire_at, t.last_attempt_at AS claimed_at
 
--- name: lock_due
--- Lock up to :limit due PENDING timers for this transaction, skipping rows another claimer holds.
--- The burst's claim: no row version is written, the lock is the lease. The
--- plain timers among them are written in the same transaction (one row
--- version per fire); those with in-process actions are claimed with
--- claim_locked before it commits. A worker lost meanwhile loses the
--- transaction, and the rows are PENDING and due again at once.
-SELECT id, tenant_id, lead_id, sla_contract_id, status, started_at, due_at, escalation_steps,
-       steps_done, attempts, retries, last_error, correlation_id, created_at, window_seconds,
-       calendar, warning_thresholds, warnings_done, shift_seconds, next_fire_at,
-       coalesce(CAST(:now AS timestamptz), now()) AS claimed_at
-FROM sla_timers
-WHERE processing_status = 'PENDING'
-  AND next_fire_at <= coalesce(CAST(:now AS timestamptz), now())
-ORDER BY next_fire_at
-LIMIT :limit
-FOR UPDATE SKIP LOCKED
-
--- name: claim_locked
--- Mark timers this transaction holds PROCESSING under a claim token, with a lease.
-UPDATE sla_timers SET
-    processing_status = 'PROCESSING',
-    claim_token = :token,
-    lease_expires_at = CAST(:at AS timestamptz) + make_interval(secs => :lease),
-    last_attempt_at = :at
-WHERE id = ANY(:ids) AND processing_status = 'PENDING'
-
 -- name: lock_claimed
 -- Lock the claimed rows that still carry the token.
 SELECT id FROM sla_timers
@@ -77,11 +50,10 @@ WHERE id = ANY(:ids) AND claim_token = :token
 -- cancelled, completed, paused or rescued since the claim has lost it, and
 -- nothing below touches it. A warning row is written at most once per (timer,
 -- threshold) and a step row once per (timer, step, repeat); the event of
--- either only when its row is written here. A NULL :token names rows locked
--- by lock_due in this same transaction (never claimed, so no token).
+-- either only when its row is written here.
 WITH ours AS (
     SELECT id FROM sla_timers
-    WHERE id = ANY(:ids) AND claim_token IS NOT DISTINCT FROM CAST(:token AS uuid)
+    WHERE id = ANY(:ids) AND claim_token = :token
     ORDER BY id
     FOR UPDATE
 ),
@@ -155,7 +127,6 @@ UPDATE sla_timers t SET
     next_attempt_at = r.next_attempt_at,
     claim_token = NULL,
     lease_expires_at = NULL,
-    last_attempt_at = :now,
     updated_at = :now
 FROM jsonb_to_recordset(CAST(:updates AS jsonb)) AS r(
     id uuid, status text, steps_done int, warnings_done int, next_fire_at timestamptz,
