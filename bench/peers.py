@@ -22,7 +22,8 @@ ours / pgqueuer (target >= 4) and ours / naive (target >= 10); the results
 hold each peer's version and configuration.
 
 ``python -m bench.peers [--profile quick|full] [--param NAME=VALUE]`` runs it
-alone and writes ``bench/results/peers-<profile>.json``.
+alone and writes ``bench/results/peers-<profile>.json`` (with
+``--param systems=pgqueuer`` or another subset, ``peers-<profile>-<subset>.json``).
 """
 
 from __future__ import annotations
@@ -403,7 +404,10 @@ def main() -> int:
         if not args.keep:
             bench.drop()
     report["scenarios"]["peers"] = result
-    path = write_results(f"peers-{args.profile}", report)
+    name = f"peers-{args.profile}"
+    if params["systems"] != QUICK["systems"]:  # a subset keeps the whole run's file
+        name += "-" + params["systems"].replace(",", "-")
+    path = write_results(name, report)
     print_table(report["scenarios"])
     print(json.dumps(result["figures"], indent=2, default=str))
     print(f"\nwrote {path.relative_to(ROOT)}")
