@@ -77,6 +77,9 @@ NOISE_MS = 10.0
 
 ALLOW_PRIVATE = {"SLA_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "1"}
 
+# CpuMeter.stop()'s wait for the database's counters (the workers' CPU counts on).
+METER_SETTLE_S = 1.5
+
 # Two events per timer, as a firing writes them: due, then the step. ``ord`` keeps
 # each timer's due event before its step in id order (the order a subscription
 # must see them in). Timer ids are derived from the series and a salt: unique.
@@ -207,8 +210,8 @@ class CpuMeter:
     def start(self) -> None:
         self._start = self._sample()
 
-    def stop(self) -> dict[str, float]:
-        time.sleep(1.5)  # backends report their counters at most once a second
+    def stop(self, settle: float = 1.5) -> dict[str, float]:
+        time.sleep(settle)  # backends report their counters at most once a second
         end = self._sample()
         return {k: round(end[k] - self._start.get(k, 0.0), 2) for k in end}
 
@@ -251,16 +254,25 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             meter = CpuMeter(
                 bench, {"workers": [services[0].pid], "receiver": [receiver.service.pid]}
             )
+            # The workers' CPU while idle (polling the broker, the periodic actors),
+            # measured while the backlog is written: at a low delivery rate it
+            # weighs on their CPU per delivery, so the figure is also given without it.
+            idle_meter = CpuMeter(bench, {"workers": [services[0].pid]})
+            idle_meter.start()
             with bench.connect() as c:  # written in one transaction: a backlog of n
                 started = time.perf_counter()
                 with c.transaction():
                     ids = write_events(c, tenant, n_timers, "p6-")
                 write_s = time.perf_counter() - started
                 committed = time.time()
+            idle_s = (idle_meter.stop(settle=0) or {}).get("workers", 0.0) / max(write_s, 1e-3)
             meter.start()
+            started = time.perf_counter()
             _wake()
             samples = _wait_received(receiver, "/fast", n, 60 + n / 500)
+            metered_s = time.perf_counter() - started
             cpu = meter.stop()
+            metered_s += METER_SETTLE_S
         stats = receiver.stats()["/fast"]
         receipts = receiver.receipts()["/fast"]
     finally:
@@ -274,6 +286,9 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
     _plot_throughput(samples, out_dir / "p6-throughput.png", n)
     counters = {k: cpu.pop(k) for k in ("transactions", "rows_updated")}
     per = {k: round(v / received * 1e6) if received else None for k, v in cpu.items()}
+    # Net of what the workers spend idle over as long (a lower bound of the per-delivery work).
+    idle_cpu = idle_s * metered_s
+    net = round((cpu["workers"] - idle_cpu) / received * 1e6) if received else None
     per_delivery = {k: round(v / received, 2) if received else None for k, v in counters.items()}
     return {
         "params": params,
@@ -288,6 +303,8 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
             "deliveries": counts,
             "cpu_seconds": cpu,
             "cpu_us_per_delivery": per,
+            "workers_idle_cpu_per_s": round(idle_s, 4),
+            "workers_cpu_us_per_delivery_net_of_idle": net,
             # By the database's counters: transactions committed, row versions written.
             "database_per_delivery": per_delivery,
             "bare_http": bare,
@@ -317,6 +334,15 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
                 "unit": "µs",
                 "beside": "receiver / PostgreSQL",
                 "beside_value": f"{per.get('receiver')} / {per.get('postgres')}",
+                "target": "",
+                "met": None,
+            },
+            {
+                "figure": "CPU per delivery: workers, net of their idle CPU",
+                "value": net,
+                "unit": "µs",
+                "beside": "workers idle, CPU s per s",
+                "beside_value": round(idle_s, 4),
                 "target": "",
                 "met": None,
             },
@@ -858,7 +884,7 @@ def profile_loop(events: int, out: Path, pyinstrument: bool = False, vacuum: boo
     from models.signatures import new_secret
     from tasks.delivery import deliver_due
 
-    claim = deliveries.claim
+    claim, record = deliveries.claim, deliveries.record
     receiver = _receiver(out, "p6-loop", ["/fast=fast"])
     try:
         engine = get_maintenance_engine()
@@ -876,16 +902,20 @@ def profile_loop(events: int, out: Path, pyinstrument: bool = False, vacuum: boo
             s[1] += time.perf_counter() - local.started
             s[2] += max(cursor.rowcount, 0)
 
-        def timed_claim(*args, **kw):  # on the driver's connection: no engine event
-            started = time.perf_counter()
-            rows = claim(*args, **kw)
-            s = stats["claim_due (driver)"]
-            s[0] += 1
-            s[1] += time.perf_counter() - started
-            s[2] += len(rows)
-            return rows
+        def timed(name, call, count):  # on the driver's connection: no engine event
+            def run(*args, **kw):
+                started = time.perf_counter()
+                result = call(*args, **kw)
+                s = stats[name]
+                s[0] += 1
+                s[1] += time.perf_counter() - started
+                s[2] += count(args, result)
+                return result
 
-        deliveries.claim = timed_claim
+            return run
+
+        deliveries.claim = timed("claim_due (driver)", claim, lambda a, rows: len(rows))
+        deliveries.record = timed("record_outcomes (driver)", record, lambda a, _: len(a[1]))
 
         tenant, _ = bench.tenant()
         subscribe(bench, tenant, receiver.url("/fast"), new_secret())
@@ -928,7 +958,7 @@ def profile_loop(events: int, out: Path, pyinstrument: bool = False, vacuum: boo
         if profiler:
             print(profiler.output_text(unicode=True, color=False))
     finally:
-        deliveries.claim = claim
+        deliveries.claim, deliveries.record = claim, record
         receiver.stop()
         bench.drop()
 

@@ -3,11 +3,11 @@ deliveries, decide and record their attempts' outcomes, disable a
 subscription that keeps failing.
 
 Functions take a SQLAlchemy ``Connection`` and leave transactions to the
-caller, except ``claim``, the workers' claim, which runs the same statement on
-the driver's connection in autocommit (a prepared statement, rows as
-``Claimed`` tuples: SQLAlchemy's execution path and a dict per row cost the
-loop more CPU than the claim's statement does); tasks/delivery.py sends the
-requests. The decisions are pure:
+caller; the workers' own, ``claim`` and ``record``, run the same statements on
+a psycopg connection, prepared (the claim in autocommit, its rows as
+``Claimed`` tuples): SQLAlchemy's execution path and a dict per row cost the
+delivery loop more CPU than the statements themselves. tasks/delivery.py
+sends the requests. The decisions are pure:
 
 - a 2xx is DELIVERED; anything else is a failed attempt, retried after the
   schedule's next delay (``SLA_WEBHOOK_RETRY_SCHEDULE``: entry i is the delay
@@ -29,7 +29,9 @@ import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Connection
 
-from .outbox import insert_events, to_json
+from .outbox import SQL as OUTBOX_SQL
+from .outbox import insert_events as insert_events  # re-exported
+from .outbox import to_json
 from .sql import Queries
 
 SQL = Queries("deliveries.sql")
@@ -202,12 +204,30 @@ def record_outcomes(
     """Record a round's attempts in one statement, then write a
     ``webhook.disabled`` event for each subscription this round disabled
     (returned). Outcomes of deliveries taken over since their claim are
-    dropped."""
+    dropped. In ``conn``'s transaction (``record`` on its driver connection)."""
+    driver: psycopg.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    return record(driver, outcomes, schedule, disable_after_seconds=disable_after_seconds, now=now)
+
+
+def record(
+    driver: psycopg.Connection,
+    outcomes: Sequence[Outcome],
+    schedule: Sequence[int],
+    *,
+    disable_after_seconds: int,
+    now: datetime | None = None,
+    decisions: Sequence[tuple[str, float]] | None = None,
+) -> list[dict[str, Any]]:
+    """``record_outcomes`` on a psycopg connection, in its transaction (the
+    caller commits): SQLAlchemy's execution path cost more CPU than the rest of
+    a round's recording. ``decisions``: ``decide()`` of each outcome, if the
+    caller has them already."""
     if not outcomes:
         return []
+    if decisions is None:
+        decisions = [decide(o, schedule) for o in outcomes]
     rows = []
-    for o in outcomes:
-        status, delay = decide(o, schedule)
+    for o, (status, delay) in zip(outcomes, decisions, strict=True):
         rows.append(
             {
                 "tenant_id": o.tenant_id,
@@ -228,14 +248,12 @@ def record_outcomes(
         "disabled_reason": disabled_reason(disable_after_seconds),
         "now": now,
     }
-    # On the driver, in the caller's transaction: SQLAlchemy's execution path
-    # cost more CPU than the rest of a round's recording.
-    driver: psycopg.Connection = conn.connection.driver_connection  # type: ignore[assignment]
     with driver.cursor(row_factory=dict_row) as cursor:
         cursor.execute(SQL.record_outcomes.psycopg, params, prepare=True)
         disabled = [r for r in cursor.fetchall() if r["disabled_now"]]
-    if disabled:
-        insert_events(conn, [disabled_event(s) for s in disabled])
+        if disabled:
+            events = to_json([disabled_event(s) for s in disabled])
+            cursor.execute(OUTBOX_SQL.insert_events.psycopg, {"rows": events})
     return disabled
 
 

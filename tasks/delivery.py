@@ -59,14 +59,12 @@ from uuid import UUID, uuid4
 import psycopg
 import redis
 from sqlalchemy import Engine
-from sqlalchemy.exc import DBAPIError
 
 from models import deliveries as delivery_sql
 from models import metrics
 from models.config import Settings, get_settings
 from models.db import get_maintenance_engine
 from models.deliveries import Claimed, Outcome
-from models.errors import connection_lost
 
 from .broker import broker, redis_client
 from .sender import Sender
@@ -566,39 +564,21 @@ def _is_sent(item: Any) -> bool:
 
 
 def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> list[Claimed]:
-    """``claim`` on a pooled connection's driver, in autocommit (one round trip),
-    retried as ``_retrying`` does. A connection the driver found broken is
-    invalidated, not returned to the pool."""
     schedule = settings.webhook_retry_schedule
-    for pause in (0.05, 0.2, 0.5, None):
-        pooled = engine.raw_connection()
-        driver = pooled.driver_connection
-        try:
-            driver.autocommit = True
-            try:
-                return delivery_sql.claim(
-                    driver,
-                    token,
-                    limit=limit,
-                    max_in_flight=settings.webhook_max_in_flight,
-                    failing_in_flight=settings.webhook_failing_in_flight,
-                    lease_seconds=lease_seconds(settings),
-                    first_delay=float(schedule[0]) if schedule else 0.0,
-                    now=None if now is None else now(),
-                )
-            finally:
-                if not (driver.closed or driver.broken):
-                    driver.autocommit = False
-        except psycopg.Error as exc:
-            lost = driver.closed or driver.broken
-            if lost:
-                pooled.invalidate(exc)
-            if pause is None or lost or exc.sqlstate not in _TRANSIENT_SQLSTATES:
-                raise
-        finally:
-            pooled.close()
-        time.sleep(pause)
-    raise AssertionError("unreachable")
+    return _on_driver(
+        engine,
+        lambda driver: delivery_sql.claim(
+            driver,
+            token,
+            limit=limit,
+            max_in_flight=settings.webhook_max_in_flight,
+            failing_in_flight=settings.webhook_failing_in_flight,
+            lease_seconds=lease_seconds(settings),
+            first_delay=float(schedule[0]) if schedule else 0.0,
+            now=None if now is None else now(),
+        ),
+        autocommit=True,
+    )
 
 
 def _record(
@@ -611,21 +591,23 @@ def _record(
     now,
 ) -> None:
     schedule = settings.webhook_retry_schedule
-    disabled = _retrying(
+    decisions = [delivery_sql.decide(o, schedule) for o in outcomes]
+    disabled = _on_driver(
         engine,
-        lambda conn: delivery_sql.record_outcomes(
-            conn,
+        lambda driver: delivery_sql.record(
+            driver,
             outcomes,
             schedule,
             disable_after_seconds=settings.webhook_disable_after_seconds,
             now=None if now is None else now(),
+            decisions=decisions,
         ),
     )
     retries = []
     results: Counter[str] = Counter()
-    for o in outcomes:
-        status, delay = delivery_sql.decide(o, schedule)
-        metrics.DELIVERY_LATENCY.observe(o.duration_ms / 1000)
+    observe = metrics.DELIVERY_LATENCY.observe
+    for o, (status, delay) in zip(outcomes, decisions, strict=True):
+        observe(o.duration_ms / 1000)
         if status == delivery_sql.DELIVERED:
             report.delivered += 1
             results["delivered"] += 1
@@ -654,22 +636,38 @@ def _record(
             wake_delivery()  # webhook.disabled goes to the tenant's other subscriptions
 
 
-def _retrying(engine: Engine, work, *, autocommit: bool = False):
-    """``work`` in a transaction of its own (``autocommit``: its one statement
-    is), retried after deadlocks and serialization failures (two rounds
-    recording the same subscriptions)."""
+def _on_driver(engine: Engine, work, *, autocommit: bool = False):
+    """``work(driver)`` on a pooled connection's psycopg connection, in a
+    transaction of its own committed after it (``autocommit``: its one
+    statement is the transaction, one round trip), retried after deadlocks and
+    serialization failures (two rounds recording the same subscriptions). A
+    connection the driver found broken is invalidated, not returned to the pool."""
     for pause in (0.05, 0.2, 0.5, None):
+        pooled = engine.raw_connection()
+        driver = pooled.driver_connection
         try:
-            if autocommit:  # a single statement: one round trip
-                with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-                    return work(conn)
-            with engine.begin() as conn:
-                return work(conn)
-        except DBAPIError as exc:
-            transient = not connection_lost(exc) and (
-                getattr(exc.orig, "sqlstate", None) in _TRANSIENT_SQLSTATES
-            )
-            if pause is None or not transient:
+            if autocommit:
+                driver.autocommit = True
+                try:
+                    return work(driver)
+                finally:
+                    if not (driver.closed or driver.broken):
+                        driver.autocommit = False
+            try:
+                result = work(driver)
+                driver.commit()
+                return result
+            except BaseException:
+                if not (driver.closed or driver.broken):
+                    driver.rollback()
                 raise
-            time.sleep(pause)
+        except psycopg.Error as exc:
+            lost = driver.closed or driver.broken
+            if lost:
+                pooled.invalidate(exc)
+            if pause is None or lost or exc.sqlstate not in _TRANSIENT_SQLSTATES:
+                raise
+        finally:
+            pooled.close()
+        time.sleep(pause)
     raise AssertionError("unreachable")
