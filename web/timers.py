@@ -17,7 +17,6 @@ from models import firing as firing_sql
 from models import timers as timer_sql
 from models.db import tenant_scope
 from models.sla import due_at
-from tasks.delivery import wake_delivery
 from tasks.wakeups import schedule_wakeups
 
 from .cursors import decode_cursor, encode_cursor
@@ -43,6 +42,7 @@ from .schemas import (
     ladder_json,
 )
 from .services import services
+from .wakes import wake_delivery
 
 log = logging.getLogger(__name__)
 
