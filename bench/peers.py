@@ -7,8 +7,9 @@ with two worker processes each, one system at a time:
   real ``dramatiq tasks`` workers, one wake-up for the burst); a fire claims
   and updates its timer and writes a step row and two outbox events;
 - **pgqueuer** (``bench/peers_pgqueuer.py``): jobs enqueued in one batch with
-  ``execute_after`` (its deferred execution), consumed by two ``pgq run``
-  processes; each job writes one step row and one event row
+  ``execute_after`` (its deferred execution), consumed by two processes
+  running ``pgqueuer.run`` (what ``pgq run`` runs); each job writes one step
+  row and one event row
   (``bench/peers_job.py``);
 - **naive** (``bench/peers_naive.py``): one Dramatiq delayed message per job
   on Redis, consumed by ``dramatiq`` worker processes; the same job.
@@ -225,6 +226,7 @@ def _measure_ours(bench: Bench, params: dict, out_dir: Path) -> dict:
     ours = p1_burst._measure_ours(
         bench,
         {
+            **p1_burst.QUICK,  # P1's own settings, whatever it adds
             "timers": params["jobs"],
             "worker_processes": params["worker_processes"],
             "worker_threads": params["worker_threads"],
