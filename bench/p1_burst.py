@@ -38,7 +38,8 @@ TARGET_RATIO = 0.25
 # statement per batch of 500, with no application code in between.
 RAW_FIRE = """
 WITH claimed AS (
-    SELECT id, tenant_id, lead_id, correlation_id, escalation_steps -> 0 AS step
+    SELECT ctid AS row_ctid, id, tenant_id, lead_id, correlation_id,
+           escalation_steps -> 0 AS step
     FROM sla_timers
     WHERE processing_status = 'PENDING' AND next_fire_at <= now()
     ORDER BY next_fire_at
@@ -48,7 +49,7 @@ WITH claimed AS (
 updated AS (
     UPDATE sla_timers t SET status = 'ESCALATED', processing_status = 'COMPLETED',
         steps_done = 1, next_fire_at = NULL, updated_at = now()
-    FROM claimed c WHERE t.id = c.id
+    FROM claimed c WHERE t.ctid = c.row_ctid  -- the locked version itself (a TID scan)
 ),
 steps AS (
     INSERT INTO sla_escalation_events (tenant_id, lead_id, timer_id, escalation_step,
@@ -92,14 +93,14 @@ INSERT INTO lean_jobs (due_at) SELECT now() - interval '1 second' FROM generate_
 
 LEAN_FIRE = """
 WITH claimed AS (
-    SELECT id FROM lean_jobs
+    SELECT ctid AS row_ctid, id FROM lean_jobs
     WHERE NOT done AND due_at <= now()
     ORDER BY due_at
     LIMIT 500
     FOR UPDATE SKIP LOCKED
 ),
 updated AS (
-    UPDATE lean_jobs j SET done = true FROM claimed c WHERE j.id = c.id
+    UPDATE lean_jobs j SET done = true FROM claimed c WHERE j.ctid = c.row_ctid
 ),
 steps AS (
     INSERT INTO lean_steps (job_id, executed_at, outcome)
