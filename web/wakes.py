@@ -46,7 +46,10 @@ class Waker:
     def signal(self) -> None:
         if self._pid != os.getpid():
             self._start()
-        self._signal.set()
+        # Already set: the thread has not cleared it yet, so its next call
+        # begins after this commit too (and a plain read takes no lock).
+        if not self._signal.is_set():
+            self._signal.set()
 
     def _start(self) -> None:
         # Threads do not survive a fork: each worker process starts its own.
