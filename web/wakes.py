@@ -16,6 +16,10 @@ a few hundred Redis commands a second, and an event waits at most that
 interval longer for its delivery loop. Nothing here raises; a wake lost with
 its process (killed between commit and call) leaves the event to the minute
 sweep, as a lost Redis command always did.
+
+The call runs under the correlation id of the request that signalled first
+since the last call, so a ``deliver`` message it sends carries one, as it did
+when the first request sent it (tasks/logs.py).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import logging
 import os
 import threading
 import time
+
+from models import logs
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,7 @@ class Waker:
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
         self._stopping = False
+        self._correlation: str | None = None
         atexit.register(self.flush)
 
     def signal(self) -> None:
@@ -49,6 +56,7 @@ class Waker:
         # Already set: the thread has not cleared it yet, so its next call
         # begins after this commit too (and a plain read takes no lock).
         if not self._signal.is_set():
+            self._correlation = logs.correlation_id()
             self._signal.set()
 
     def _start(self) -> None:
@@ -76,10 +84,13 @@ class Waker:
         # Looked up at each call: tests replace tasks.delivery.wake_delivery.
         from tasks import delivery
 
+        token = logs.bind(correlation_id=self._correlation)
         try:
             delivery.wake_delivery()  # never raises, by contract
         except Exception:
             log.exception("waking delivery failed; the sweep delivers instead")
+        finally:
+            logs.unbind(token)
 
     def flush(self) -> None:
         """At exit: a signal not yet turned into a call is sent now."""
