@@ -343,15 +343,17 @@ def _operations(bench: Bench, probe: str, key: str, now: datetime, tag: str) -> 
         if not buckets:
             raise RuntimeError("no wake-up bucket in the horizon window")
 
+    # The claim last: each of its runs, rolled back, leaves a dead version of
+    # every due row, which the sweep and the overdue count would read after it.
     return {
-        "claim": claim,
+        "sweep": sweep,
+        "metrics_state": metrics_state,
         "start": start,
         "get": get,
         "list": listing,
         "stats_100d": stats_range(100),
         "stats_30d": stats_range(30),
-        "metrics_state": metrics_state,
-        "sweep": sweep,
+        "claim": claim,
     }
 
 
