@@ -252,8 +252,9 @@ def try_start_timer(
 
     It runs on a pooled connection taken straight from ``engine``'s pool, in
     autocommit for the statement: no SQLAlchemy ``Connection`` is built, and
-    no isolation level is set and reset through the dialect (together about
-    as much CPU as the rest of the start's Python).
+    no isolation level is set and reset through the dialect (together 8 % of
+    the web worker's Python per start in bench/results/profiles/
+    p4-gunicorn-single-before.svg).
 
     Returns the new timer, or None when nothing was written because the start
     needs ``start_timer``: the lead has an open timer to supersede, the
