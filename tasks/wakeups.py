@@ -79,19 +79,20 @@ def schedule_wakeups(instants: Iterable[datetime], *, now: datetime | None = Non
 
 
 def fire_with_help(*, fan_out: bool = True) -> FireReport:
-    """Run the firing routine. When its first batch comes back full (a burst),
-    ask other workers to join with immediate wake-ups: they claim disjoint rows,
-    so the burst drains at the speed of every worker, not one."""
+    """Run the firing routine. As soon as a batch comes back full (a burst),
+    ask other workers to join with immediate wake-ups, before the batch is
+    written: they claim disjoint rows, so the burst drains at the speed of
+    every worker, not one."""
     engine, settings = get_maintenance_engine(), get_settings()
-    report = fire_due(engine, settings, max_batches=1)
-    if report.claimed == settings.batch_size:
-        if fan_out:
-            try:
-                for _ in range(settings.fire_parallelism - 1):
-                    _wake_up().send_with_options(kwargs={"fan_out": False})
-            except redis.RedisError as exc:
-                log.warning("could not ask for help with a burst: %s", exc)
-        fire_due(engine, settings, report=report)
+
+    def ask_for_help() -> None:
+        try:
+            for _ in range(settings.fire_parallelism - 1):
+                _wake_up().send_with_options(kwargs={"fan_out": False})
+        except redis.RedisError as exc:
+            log.warning("could not ask for help with a burst: %s", exc)
+
+    report = fire_due(engine, settings, on_full_batch=ask_for_help if fan_out else None)
     if report.became_due or report.steps or report.dead_lettered:
         wake_delivery()  # the batches committed events: send them
     schedule_wakeups(report.next_fire_times)
