@@ -29,7 +29,7 @@ from sqlalchemy.dialects import postgresql
 
 from models import firing as firing_sql
 from models import tenants as tenant_sql
-from models import timers as timer_sql
+from models import timer_reads
 from models import webhooks as webhook_sql
 from models.db import get_maintenance_engine, tenant_scope
 from models.schema import metadata
@@ -184,7 +184,7 @@ def _find_timer(conn, timer_id: UUID) -> UUID:
 def _timer_document(conn, tenant_id: UUID, row: dict[str, Any]) -> dict[str, Any]:
     from .schemas import Timer
 
-    steps = timer_sql.escalations_for(conn, tenant_id, [row["id"]])[row["id"]]
+    steps = timer_reads.escalations_for(conn, tenant_id, [row["id"]])[row["id"]]
     warnings = firing_sql.warnings_for(conn, tenant_id, [row["id"]]).get(row["id"])
     return {
         "tenant_id": str(tenant_id),
@@ -210,7 +210,7 @@ def show_timer_command(timer_id: UUID, as_json: bool) -> None:
     """Show timer TIMER_ID of whichever tenant, with its steps and warnings."""
     with _engine().begin() as conn:
         tenant_id = _find_timer(conn, timer_id)
-        doc = _timer_document(conn, tenant_id, timer_sql.get_timer(conn, tenant_id, timer_id))
+        doc = _timer_document(conn, tenant_id, timer_reads.get_timer(conn, tenant_id, timer_id))
     if as_json:
         _echo_json(doc)
     else:

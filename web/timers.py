@@ -12,7 +12,7 @@ from uuid import UUID
 
 from flask import Blueprint, g
 
-from models import contracts
+from models import contracts, timer_reads
 from models import firing as firing_sql
 from models import timers as timer_sql
 from models.db import tenant_scope
@@ -74,7 +74,7 @@ def _timer_id(raw: UUID | str) -> UUID:
 
 
 def _with_escalations(conn, rows: list[dict[str, Any]]) -> list[Timer]:
-    steps = timer_sql.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
+    steps = timer_reads.escalations_for(conn, g.tenant_id, [r["id"] for r in rows])
     # Only timers with thresholds can have warnings: plain ones cost no query.
     warned = [r["id"] for r in rows if r.get("warning_thresholds")]
     warnings = firing_sql.warnings_for(conn, g.tenant_id, warned)
@@ -329,7 +329,7 @@ def list_timers(query: TimerListQuery):
                 [{"field": "cursor", "reason": "is not a cursor returned by this API"}]
             ) from None
     with _tenant() as conn:
-        rows, more = timer_sql.list_timers(
+        rows, more = timer_reads.list_timers(
             conn,
             g.tenant_id,
             lead_id=query.lead_id,
@@ -352,7 +352,7 @@ def list_timers(query: TimerListQuery):
 def get(timer_id: UUID):
     tid = _timer_id(timer_id)
     with _tenant() as conn:
-        row = timer_sql.get_timer(conn, g.tenant_id, tid)
+        row = timer_reads.get_timer(conn, g.tenant_id, tid)
         if row is None:
             raise not_found("timer")
         return json_response(_with_escalations(conn, [row])[0])

@@ -293,7 +293,7 @@ def test_unexpected_errors_are_500_problems_without_internals(api, monkeypatch, 
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(timers.timer_sql, "list_timers", broken)
+    monkeypatch.setattr(timers.timer_reads, "list_timers", broken)
     response = api.get("/v1/timers")
     body = assert_problem(response, 500)
     text = response.get_data(as_text=True)
