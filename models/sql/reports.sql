@@ -332,6 +332,18 @@ unfolded AS MATERIALIZED (
     WHERE e.tenant_id = :tenant AND (e.txid, e.id) > (:pos_txid, :pos_event_id)
       AND e.event_type IN ('sla.timer.completed', 'sla.timer.cancelled')
 ),
+unfolded_rows AS MATERIALIZED (
+    -- The step and warning rows written since the fold, found by their own
+    -- txid index and each joined to its timer by one primary-key probe below.
+    -- As a join, the planner (which cannot see how few rows are past
+    -- rows_txid) planned it with parallel workers, whose start cost more
+    -- than the scan.
+    SELECT 'step' AS kind, s.timer_id, s.escalation_step AS key, s.outcome
+    FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.txid > :rows_txid
+    UNION ALL
+    SELECT 'warning', w.timer_id, w.threshold, w.outcome
+    FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.txid > :rows_txid
+),
 ends AS MATERIALIZED (
     -- The timers of the minutes at the ends, whole.
     SELECT t.id, t.started_at, t.status, t.breached, t.completed_at, t.cancel_reason
@@ -390,16 +402,13 @@ live AS (
     GROUP BY 1, 2, 3
     UNION ALL
     SELECT r.kind, r.key, r.outcome, count(*)
-    FROM (
-        SELECT 'step', s.timer_id, s.escalation_step, s.outcome
-        FROM sla_escalation_events s WHERE s.tenant_id = :tenant AND s.txid > :rows_txid
-        UNION ALL
-        SELECT 'warning', w.timer_id, w.threshold, w.outcome
-        FROM sla_timer_warnings w WHERE w.tenant_id = :tenant AND w.txid > :rows_txid
-    ) AS r(kind, timer_id, key, outcome)
-    JOIN sla_timers t ON t.id = r.timer_id AND t.tenant_id = :tenant
-    WHERE t.started_at >= :hf AND t.started_at < :ht
-      AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
+    FROM unfolded_rows r CROSS JOIN LATERAL (
+        SELECT FROM sla_timers t
+        WHERE t.tenant_id = :tenant AND t.id = r.timer_id
+          AND t.started_at >= :hf AND t.started_at < :ht
+          AND (CAST(:contract AS text) IS NULL OR t.sla_contract_id = :contract)
+        LIMIT 1
+    ) AS t
     GROUP BY 1, 2, 3
 ),
 every_open AS MATERIALIZED (
