@@ -29,6 +29,7 @@ SCENARIOS = {
     "p6l": "bench.p6_webhooks:Latency",
     "p6d": "bench.p6_webhooks:Dead",
     "p7": "bench.p7_stats",
+    "p7s": "bench.p7_scale",
     "p8": "bench.p8_soak",
     "peers": "bench.peers",
 }
