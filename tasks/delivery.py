@@ -438,10 +438,14 @@ def deliver_due(
                 if rows:
                     courier.senders.submit(rows, token, loop.done)
             if sending + unrecorded == 0:
-                if claiming and asked and not claimed:
-                    with _loops_lock:  # kicked since the claim: claim again
-                        if loop.kicked:
-                            continue
+                with _loops_lock:
+                    if claiming and asked and not claimed and loop.kicked:
+                        continue  # kicked since the claim: claim again
+                    # Stopping: leave the registry in the same critical section,
+                    # so a message from now on starts a loop instead of kicking
+                    # this one (a kick landing here would be lost, its event
+                    # left to the wake flag's expiry or the minute sweep).
+                    _loops.discard(loop)
                 # Caught up; or out of time; or every slot is another loop's,
                 # which goes on claiming.
                 report.more = not claiming and (brought_work or loop.kicked)

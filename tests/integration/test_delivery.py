@@ -701,6 +701,60 @@ def test_at_most_max_loops_run_per_process_so_wake_ups_keep_their_threads(
         loop.join()
 
 
+class _LockThatLetsAMessageIn:
+    """``tasks.delivery._loops_lock``, calling ``arrive`` once, right after the
+    first release that follows ``arm()``: a ``deliver`` message arriving at the
+    worst moment for the loop that just found nothing to claim."""
+
+    def __init__(self, arrive) -> None:
+        self._lock, self._arrive = threading.Lock(), arrive
+        self.armed = self.fired = False
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        self._lock.__exit__(*exc)
+        if self.armed:
+            self.armed, self.fired = False, True
+            self._arrive()
+
+
+def test_a_message_arriving_as_a_loop_stops_is_not_lost_on_it(
+    engine, tenant, dsettings, receiver, monkeypatch
+):
+    """A loop claims nothing and decides to stop; a commit and its ``deliver``
+    message come right then, with the process at MAX_LOOPS. The message must
+    start a loop or reach one that claims again, never kick the stopping loop
+    and be lost (its event would wait for the wake flag to expire and a later
+    commit, or for the minute sweep)."""
+    from tasks import delivery
+
+    monkeypatch.setattr(delivery, "MAX_LOOPS", 1)
+    subscribe(engine, tenant[0], receiver.url)
+    outcomes = []
+
+    def arrive() -> None:
+        emit(engine, tenant[0])
+        outcomes.append(delivery.run_delivery(engine, dsettings))
+
+    lock = _LockThatLetsAMessageIn(arrive)
+    monkeypatch.setattr(delivery, "_loops_lock", lock)
+    claim = delivery._claim
+
+    def claim_then_arm(*args, **kwargs):
+        rows = claim(*args, **kwargs)
+        if not rows and not lock.fired:
+            lock.armed = True  # the loop's next release ends its last check
+        return rows
+
+    monkeypatch.setattr(delivery, "_claim", claim_then_arm)
+    delivery.run_delivery(engine, dsettings)
+
+    assert len(outcomes) == 1
+    assert len(receiver.received()) == 1, "the event waited for a later wake"
+
+
 def _plan_nodes(node: dict) -> Iterator[dict]:
     yield node
     for child in node.get("Plans", []):
