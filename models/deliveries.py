@@ -125,12 +125,14 @@ def _claim_params(
     lease_seconds: float,
     first_delay: float,
     now: datetime | None,
+    failing_after: float,
 ) -> dict[str, Any]:
     return {
         "token": token,
         "limit": limit,
         "max_in_flight": max_in_flight,
         "failing_in_flight": max_in_flight if failing_in_flight is None else failing_in_flight,
+        "failing_after": float(failing_after),
         "lease": float(lease_seconds),
         "first_delay": float(first_delay),
         "now": now,
@@ -147,11 +149,19 @@ def claim(
     lease_seconds: float,
     first_delay: float,
     now: datetime | None = None,
+    failing_after: float = 0.0,
 ) -> list[Claimed]:
     """``claim_due`` on a psycopg connection in autocommit (the statement is its
     own transaction, committed when it returns), prepared on the connection."""
     params = _claim_params(
-        token, limit, max_in_flight, failing_in_flight, lease_seconds, first_delay, now
+        token,
+        limit,
+        max_in_flight,
+        failing_in_flight,
+        lease_seconds,
+        first_delay,
+        now,
+        failing_after,
     )
     with driver.cursor(row_factory=_claimed_rows) as cursor:
         cursor.execute(SQL.claim_due.psycopg, params, prepare=True)
@@ -168,13 +178,21 @@ def claim_due(
     lease_seconds: float,
     first_delay: float,
     now: datetime | None = None,
+    failing_after: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Claim up to ``limit`` due deliveries under ``token`` (see the SQL) and
     return each with its subscription's URL and secrets and its envelope (the
     columns of ``Claimed``). Commit right after, so the lease and the in-flight
     count are visible to all."""
     params = _claim_params(
-        token, limit, max_in_flight, failing_in_flight, lease_seconds, first_delay, now
+        token,
+        limit,
+        max_in_flight,
+        failing_in_flight,
+        lease_seconds,
+        first_delay,
+        now,
+        failing_after,
     )
     return [dict(r) for r in conn.execute(SQL.claim_due.text, params).mappings()]
 

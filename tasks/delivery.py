@@ -98,6 +98,12 @@ IDLE_WAIT_S = 0.5
 # nothing, at ≈ 6 ms of database CPU per delivery with a 100,000-event backlog.
 CLAIM_AFTER_RECORDED = 16
 CLAIM_AFTER_S = 0.02
+# A subscription gets the failing room (SLA_WEBHOOK_FAILING_IN_FLIGHT) once it
+# has had no success for this long: a dead endpoint within a second of its first
+# recorded failures, never a flaky one whose successes keep resetting the clock
+# (with "its last attempt failed" a receiver failing one request in five was
+# throttled to two in flight for most of every second).
+FAILING_AFTER_S = 1.0
 # The lease covers a request (the timeout), its recording and a margin.
 LEASE_MARGIN_S = 10.0
 
@@ -577,6 +583,7 @@ def _claim(engine: Engine, settings: Settings, token: UUID, limit: int, now) -> 
             limit=limit,
             max_in_flight=settings.webhook_max_in_flight,
             failing_in_flight=settings.webhook_failing_in_flight,
+            failing_after=FAILING_AFTER_S,
             lease_seconds=lease_seconds(settings),
             first_delay=float(schedule[0]) if schedule else 0.0,
             now=None if now is None else now(),

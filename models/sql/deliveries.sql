@@ -11,9 +11,10 @@
 -- SKIP LOCKED: the fan-out trigger's foreign-key lock does not conflict with
 -- it), so two claimers never count the same subscription's room at once and
 -- one subscription's backlog cannot fill a batch while others wait. A
--- subscription's room is :max_in_flight (:failing_in_flight while its last
--- attempt failed: a dead endpoint is probed by a few requests at a time instead
--- of holding many sending threads for a timeout each) less its live claims
+-- subscription's room is :max_in_flight (:failing_in_flight once it has had no
+-- success for :failing_after seconds: a dead endpoint is probed by a few requests
+-- at a time instead of holding many sending threads for a timeout each, while a
+-- flaky one, failing some requests among successes, keeps its room) less its live claims
 -- (PENDING rows whose lease has not ended; ix_webhook_deliveries_in_flight
 -- counts them). A
 -- delivery is held back while an earlier event of the same timer is still
@@ -32,7 +33,10 @@ WITH relaxed AS (
 ),
 subs AS (
     SELECT s.id, due.first_due,
-           CASE WHEN s.failing_since IS NULL THEN :max_in_flight
+           CASE WHEN s.failing_since IS NULL
+                     OR s.failing_since > coalesce(CAST(:now AS timestamptz), now())
+                                          - make_interval(secs => :failing_after)
+                THEN :max_in_flight
                 ELSE least(:max_in_flight, :failing_in_flight) END AS room
     FROM webhook_subscriptions s
     -- min() reads the first live entry of ix_webhook_deliveries_due; an EXISTS

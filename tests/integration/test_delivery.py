@@ -477,6 +477,42 @@ def test_a_failing_subscription_is_probed_with_fewer_requests_in_flight(engine, 
     assert len(claim()) == 6  # healthy again: the full room, less the two in flight
 
 
+def test_a_flaky_subscription_keeps_its_room_until_it_has_had_no_success_for_a_while(
+    engine, tenant
+):
+    """failing_since is reset by every recorded success, so a receiver failing
+    some requests among successes always has a recent one: it keeps the full
+    room. Only a subscription with no success for ``failing_after`` seconds (a
+    dead endpoint) is probed with the failing room."""
+    sub = subscribe(engine, tenant[0], "http://127.0.0.1:9/flaky")
+    for _ in range(10):
+        emit(engine, tenant[0])
+
+    def claim(failing_for: str):
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "UPDATE webhook_subscriptions SET failing_since = now() - CAST(:f AS interval)"
+                    " WHERE id = :id"
+                ),
+                {"f": failing_for, "id": sub["id"]},
+            )
+        with engine.begin() as conn:
+            return delivery_sql.claim_due(
+                conn,
+                uuid4(),
+                limit=100,
+                max_in_flight=8,
+                failing_in_flight=2,
+                failing_after=60,
+                lease_seconds=30,
+                first_delay=0,
+            )
+
+    assert len(claim("2 minutes")) == 2  # no success for two minutes: the failing room
+    assert len(claim("1 second")) == 6  # a success a second ago: the full room, less two
+
+
 def test_two_concurrent_claimers_never_claim_the_same_delivery(engine, tenant):
     subs = [subscribe(engine, tenant[0], f"http://127.0.0.1:9/{i}") for i in range(4)]
     for _ in range(150):
@@ -784,6 +820,7 @@ def test_the_claim_reads_only_index_entries_it_needs_on_a_table_never_analyzed(e
         "limit": 64,
         "max_in_flight": 64,
         "failing_in_flight": 2,
+        "failing_after": 1.0,
         "lease": 30.0,
         "first_delay": 0.0,
         "now": None,
