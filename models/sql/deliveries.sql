@@ -158,7 +158,22 @@ recorded AS (
         delivered_at = CASE WHEN o.status = 'DELIVERED' THEN clock.at ELSE d.delivered_at END
     FROM outcome o, clock
     WHERE d.tenant_id = o.tenant_id AND d.id = o.id AND d.claim_token = o.token
-    RETURNING d.id, d.tenant_id, d.subscription_id
+    RETURNING d.id, d.tenant_id, d.subscription_id, d.timer_id, d.event_id, d.status,
+              d.next_attempt_at
+),
+held_back AS (
+    -- A retry holds back the later events of its timer for the subscription
+    -- (per-timer order), so their next attempt moves to the retry's: left
+    -- earlier, they would sit blocked at the front of the due index, and every
+    -- claim would walk through them (with one failing receiver in five and a
+    -- backlog, tens of thousands of rows and ~150 ms a claim).
+    UPDATE webhook_deliveries w SET next_attempt_at = r.next_attempt_at
+    FROM recorded r
+    WHERE r.status = 'PENDING' AND r.timer_id IS NOT NULL
+      AND w.timer_id = r.timer_id AND w.subscription_id = r.subscription_id
+      AND w.tenant_id = r.tenant_id AND w.status = 'PENDING' AND w.event_id > r.event_id
+      AND w.next_attempt_at < r.next_attempt_at AND w.claim_token IS NULL
+      AND w.id NOT IN (SELECT id FROM outcome)
 ),
 attempts AS (
     INSERT INTO webhook_attempts

@@ -513,6 +513,25 @@ def test_a_flaky_subscription_keeps_its_room_until_it_has_had_no_success_for_a_w
     assert len(claim("1 second")) == 6  # a success a second ago: the full room, less two
 
 
+def test_a_retry_holds_back_the_later_events_of_its_timer(engine, tenant, dsettings, receiver):
+    """Per-timer order keeps a timer's later deliveries waiting behind a retry;
+    they also move to the retry's next attempt, so they do not sit blocked at the
+    front of the due index for every claim to walk through."""
+    sub = subscribe(engine, tenant[0], receiver.url)
+    receiver.script(Reply(500))  # the first request fails, the rest succeed
+    emit(engine, tenant[0], n=3)
+    deliver_due(engine, dsettings, max_seconds=0.3, use_redis=False)
+
+    first, *later = sorted(deliveries(engine, sub["id"]), key=lambda d: d["event_id"])
+    assert first["status"] == "PENDING" and first["attempts"] == 1
+    assert [d["attempts"] for d in later] == [0, 0]  # held back by per-timer order
+    assert all(d["next_attempt_at"] == first["next_attempt_at"] for d in later)
+    deliver_until(engine, dsettings, lambda: all_finished(engine))
+    assert [r.json()["id"] for r in receiver.received()][1:] == [
+        f"evt_{d['event_id']}" for d in (first, *later)
+    ]
+
+
 def test_two_concurrent_claimers_never_claim_the_same_delivery(engine, tenant):
     subs = [subscribe(engine, tenant[0], f"http://127.0.0.1:9/{i}") for i in range(4)]
     for _ in range(150):
