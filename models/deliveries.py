@@ -117,28 +117,6 @@ def _claimed_rows(cursor: psycopg.Cursor) -> Any:
     return Claimed._make
 
 
-def _claim_params(
-    token: UUID,
-    limit: int,
-    max_in_flight: int,
-    failing_in_flight: int | None,
-    lease_seconds: float,
-    first_delay: float,
-    now: datetime | None,
-    failing_after: float,
-) -> dict[str, Any]:
-    return {
-        "token": token,
-        "limit": limit,
-        "max_in_flight": max_in_flight,
-        "failing_in_flight": max_in_flight if failing_in_flight is None else failing_in_flight,
-        "failing_after": float(failing_after),
-        "lease": float(lease_seconds),
-        "first_delay": float(first_delay),
-        "now": now,
-    }
-
-
 def claim(
     driver: psycopg.Connection,
     token: UUID,
@@ -151,50 +129,31 @@ def claim(
     now: datetime | None = None,
     failing_after: float = 0.0,
 ) -> list[Claimed]:
-    """``claim_due`` on a psycopg connection in autocommit (the statement is its
-    own transaction, committed when it returns), prepared on the connection."""
-    params = _claim_params(
-        token,
-        limit,
-        max_in_flight,
-        failing_in_flight,
-        lease_seconds,
-        first_delay,
-        now,
-        failing_after,
-    )
+    """``claim_due`` on a psycopg connection, prepared on it. In autocommit the
+    statement is its own transaction, committed when it returns (as the
+    delivery loop runs it); otherwise it joins the connection's transaction."""
+    params = {
+        "token": token,
+        "limit": limit,
+        "max_in_flight": max_in_flight,
+        "failing_in_flight": max_in_flight if failing_in_flight is None else failing_in_flight,
+        "failing_after": float(failing_after),
+        "lease": float(lease_seconds),
+        "first_delay": float(first_delay),
+        "now": now,
+    }
     with driver.cursor(row_factory=_claimed_rows) as cursor:
         cursor.execute(SQL.claim_due.psycopg, params, prepare=True)
         return cursor.fetchall()
 
 
-def claim_due(
-    conn: Connection,
-    token: UUID,
-    *,
-    limit: int,
-    max_in_flight: int,
-    failing_in_flight: int | None = None,
-    lease_seconds: float,
-    first_delay: float,
-    now: datetime | None = None,
-    failing_after: float = 0.0,
-) -> list[dict[str, Any]]:
-    """Claim up to ``limit`` due deliveries under ``token`` (see the SQL) and
-    return each with its subscription's URL and secrets and its envelope (the
-    columns of ``Claimed``). Commit right after, so the lease and the in-flight
-    count are visible to all."""
-    params = _claim_params(
-        token,
-        limit,
-        max_in_flight,
-        failing_in_flight,
-        lease_seconds,
-        first_delay,
-        now,
-        failing_after,
-    )
-    return [dict(r) for r in conn.execute(SQL.claim_due.text, params).mappings()]
+def claim_due(conn: Connection, token: UUID, **options: Any) -> list[dict[str, Any]]:
+    """Claim up to ``limit`` due deliveries under ``token`` (see the SQL; the
+    keywords of ``claim``) in ``conn``'s transaction, and return each with its
+    subscription's URL and secrets and its envelope (the fields of ``Claimed``).
+    Commit right after, so the lease and the in-flight count are visible to all."""
+    driver: psycopg.Connection = conn.connection.driver_connection  # type: ignore[assignment]
+    return [row._asdict() for row in claim(driver, token, **options)]
 
 
 def _health(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
