@@ -354,6 +354,23 @@ def _kick_all() -> int:
         return len(_loops)
 
 
+def _take_or_pass_on(courier: Courier, loop: _Loop, most: int) -> int:
+    """No free slot: the process's other loop holds them all, perhaps for a claim
+    whose snapshot predates the commit this loop was woken for. Under the
+    registry's lock, where a loop decides to stop, take again or kick the other
+    loops to claim once more: the wake is passed on instead of dropped (its
+    event would wait for the wake flag to expire). A loop already kicked is not
+    kicked again, so two loops without slots never wake each other in turn."""
+    with _loops_lock:
+        taken = courier.slots.take(most)
+        if not taken:
+            for other in _loops:
+                if other is not loop and not other.kicked:
+                    other.kicked = True
+                    other.done.put(_KICK)
+        return taken
+
+
 def lease_seconds(settings: Settings) -> float:
     return 2 * settings.webhook_timeout_seconds + LEASE_MARGIN_S
 
@@ -423,7 +440,9 @@ def deliver_due(
                 or now_s - last_claim >= CLAIM_AFTER_S
             )
             if claiming and ready:
-                asked = courier.slots.take(settings.delivery_batch_size)
+                asked = courier.slots.take(settings.delivery_batch_size) or _take_or_pass_on(
+                    courier, loop, settings.delivery_batch_size
+                )
             if asked:
                 loop.kicked = False
                 if use_redis:
@@ -453,7 +472,7 @@ def deliver_due(
                     # left to the wake flag's expiry or the minute sweep).
                     _loops.discard(loop)
                 # Caught up; or out of time; or every slot is another loop's,
-                # which goes on claiming.
+                # which goes on claiming (kicked by _take_or_pass_on).
                 report.more = not claiming and (brought_work or loop.kicked)
                 return report
             # A claim that filled every slot asked for leaves work behind: hand

@@ -810,6 +810,36 @@ def test_a_message_arriving_as_a_loop_stops_is_not_lost_on_it(
     assert len(receiver.received()) == 1, "the event waited for a later wake"
 
 
+def test_a_message_finding_every_slot_taken_passes_its_wake_on(
+    engine, tenant, dsettings, receiver, monkeypatch
+):
+    """A loop's claim holds all of the process's slots while it runs, and its
+    snapshot predates a commit; that commit's ``deliver`` message starts a
+    second loop, which finds no free slot and stops. The first loop must then
+    claim again: otherwise the event waits for the wake flag to expire (a
+    second; P6d's baseline showed it as a p99 of ≈ 1 s)."""
+    from tasks import delivery
+
+    settings = dataclasses.replace(dsettings, delivery_batch_size=10_000)
+    subscribe(engine, tenant[0], receiver.url)
+    claim = delivery._claim
+    second = []
+
+    def claim_then_commit(*args, **kwargs):
+        rows = claim(*args, **kwargs)
+        if not second:  # the first claim: nothing yet, and every slot taken
+            emit(engine, tenant[0])
+            second.append(delivery.run_delivery(engine, settings))
+        return rows
+
+    monkeypatch.setattr(delivery, "_claim", claim_then_commit)
+    first = delivery.run_delivery(engine, settings)
+
+    assert second[0] is not None and second[0].claims == 0, "the second loop found a free slot"
+    assert first.delivered == 1, "the event waited for a later wake"
+    assert len(receiver.received()) == 1
+
+
 def _plan_nodes(node: dict) -> Iterator[dict]:
     yield node
     for child in node.get("Plans", []):
