@@ -189,7 +189,7 @@ class Settings:
     webhook_failing_in_flight: int = 2
     # Deliveries one claim takes, and concurrent requests per worker process.
     delivery_batch_size: int = 500
-    delivery_concurrency: int = 64
+    delivery_concurrency: int = 128
     # The most a repeating step repeats (SLA_MAX_STEP_REPEATS): the bound of an
     # open-ended repeat and of max_repeats. Keep it fixed while timers run: a
     # fire counts its runs in the order this bound gives (models/sla.py).
@@ -262,7 +262,7 @@ class Settings:
             webhook_max_in_flight=_int(env, "SLA_WEBHOOK_MAX_IN_FLIGHT", 64, minimum=1),
             webhook_failing_in_flight=_int(env, "SLA_WEBHOOK_FAILING_IN_FLIGHT", 2, minimum=1),
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
-            delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 64, minimum=1),
+            delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 128, minimum=1),
             max_step_repeats=_int(env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1),
             retention_days=_int(env, "SLA_RETENTION_DAYS", 90, minimum=1),
             outbox_retention_days=_int(env, "SLA_OUTBOX_RETENTION_DAYS", 14, minimum=1),

@@ -7,8 +7,8 @@ A delivery loop (``deliver_due``), run by the ``deliver`` actor, by the
 scheduler's direct path while Redis is down, and woken by the minute sweep:
 
 1. claims as many due deliveries as this process has free sending slots
-   (twice ``SLA_DELIVERY_CONCURRENCY``, the sending threads: the next claim is
-   queued while the last is sent), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
+   (``SLA_DELIVERY_CONCURRENCY``, a sending thread each, so a claimed delivery
+   never waits behind other requests), at most ``SLA_DELIVERY_BATCH_SIZE``, in one
    statement (models/sql/deliveries.sql) on the driver's connection: SKIP
    LOCKED, a lease of twice the timeout plus a margin, each subscription within
    its in-flight room (``SLA_WEBHOOK_MAX_IN_FLIGHT``, counted across all
@@ -289,9 +289,12 @@ class Courier:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.sender = Sender(settings)
-        # Twice the threads: the next claim is on its way while the last is sent
-        # (the lease, twice the timeout and more, covers the wait in the queue).
-        self.slots = _Slots(2 * settings.delivery_concurrency)
+        # A thread for every slot: a claimed delivery never waits in the queue
+        # behind requests to a dead endpoint. (With twice the slots and a room of
+        # SLA_WEBHOOK_MAX_IN_FLIGHT = the threads, a dead subscription's first
+        # claim filled every thread of a process for a timeout, and the
+        # deliveries claimed behind it waited seconds.)
+        self.slots = _Slots(settings.delivery_concurrency)
         self.senders = _Senders(self.sender, self.slots, settings.delivery_concurrency)
 
     def close(self) -> None:

@@ -84,11 +84,18 @@ picked AS (
               ORDER BY e.timer_id, e.subscription_id, e.event_id
               LIMIT 1))
         ORDER BY w.next_attempt_at
+        -- The live claims, read from ix_webhook_deliveries_in_flight: its order
+        -- (lease_expires_at) makes it the only index that needs no sort. The
+        -- due index also holds every claimed row, and a plan that counted
+        -- through it walked a dead endpoint's whole backlog in every claim.
         LIMIT greatest(0, subs.room - (
-            SELECT count(*) FROM webhook_deliveries f
-            WHERE f.subscription_id = subs.id AND f.status = 'PENDING'
-              AND f.claim_token IS NOT NULL
-              AND f.lease_expires_at > coalesce(CAST(:now AS timestamptz), now())))
+            SELECT count(*) FROM (
+                SELECT FROM webhook_deliveries f
+                WHERE f.subscription_id = subs.id AND f.status = 'PENDING'
+                  AND f.claim_token IS NOT NULL
+                  AND f.lease_expires_at > coalesce(CAST(:now AS timestamptz), now())
+                ORDER BY f.lease_expires_at
+                LIMIT subs.room) live))
         FOR UPDATE OF w SKIP LOCKED
     ) p
     LIMIT :limit

@@ -421,6 +421,43 @@ def test_a_dead_subscription_does_not_delay_another_tenants_deliveries(
             loop.join()
 
 
+def test_a_dead_subscription_with_its_whole_room_in_flight_leaves_threads_for_others(
+    engine, tenant, other_tenant, dsettings
+):
+    """With the shipped defaults' ratio of sending threads to a subscription's
+    room, a dead endpoint holding its whole room open leaves threads free: the
+    other tenant's deliveries, claimed by the same process meanwhile, are sent
+    at once instead of queueing behind requests that wait for their timeout."""
+    from models.config import Settings
+
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    ratio = defaults["delivery_concurrency"] / defaults["webhook_max_in_flight"]
+    assert ratio >= 2, "one subscription's room may fill every sending thread"
+    room = 4
+    settings = dataclasses.replace(
+        dsettings, webhook_max_in_flight=room, delivery_concurrency=int(room * ratio)
+    )
+    with Receiver(Reply(hang=True)) as dead, Receiver() as alive:
+        subscribe(engine, tenant[0], dead.url)
+        subscribe(engine, other_tenant[0], alive.url)
+        for _ in range(2 * room):
+            emit(engine, tenant[0])
+        loop = threading.Thread(
+            target=deliver_due,
+            args=(engine, settings),
+            kwargs={"max_seconds": 3, "use_redis": False},
+        )
+        loop.start()
+        try:
+            dead.wait_for(room, timeout=3)  # the whole room, held open
+            committed = time.time()
+            emit(engine, other_tenant[0])
+            got = alive.wait_for(1, timeout=TIMEOUT_S)
+            assert max(r.at for r in got) - committed < 0.75 * TIMEOUT_S
+        finally:
+            loop.join()
+
+
 def test_in_flight_requests_per_subscription_are_bounded_across_claimers(
     engine, tenant, other_tenant, dsettings, receiver
 ):
@@ -850,9 +887,18 @@ def test_the_claim_reads_only_index_entries_it_needs_on_a_table_never_analyzed(e
     """A backlog written since the last ANALYZE (a burst; on this machine's server
     autovacuum is off): the claim's per-timer order check must still read the
     timer's entry of ix_webhook_deliveries_pending_timer, not a subscription's
-    whole backlog through the due index (seconds a claim at 100,000 deliveries).
+    whole backlog through the due index (seconds a claim at 100,000 deliveries),
+    and the room's count must read only the live claims.
     40,000 deliveries: with fewer, the planner happened to choose well anyway."""
     subscribe(engine, tenant[0], "http://127.0.0.1:9/")
+    # Statistics of an empty table (a fresh deploy, or a table just emptied, as
+    # the benchmarks do), then a backlog.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("SET ROLE NONE")  # VACUUM is the owner's
+        try:
+            conn.exec_driver_sql("VACUUM ANALYZE webhook_deliveries")
+        finally:
+            conn.exec_driver_sql("RESET ROLE")
     with engine.begin() as conn:
         conn.execute(
             text(
@@ -886,6 +932,16 @@ def test_the_claim_reads_only_index_entries_it_needs_on_a_table_never_analyzed(e
     ]
     assert order_checks
     assert {n.get("Index Name") for n in order_checks} == {"ix_webhook_deliveries_pending_timer"}
+    # The room's count of live claims reads the in-flight index: through the due
+    # index it walked the subscription's whole backlog (a dead endpoint's grows
+    # for days) in every claim, for every claimer.
+    counts = [
+        n
+        for n in _plan_nodes(plan["Plan"])
+        if n.get("Relation Name") == "webhook_deliveries" and n.get("Alias", "").startswith("f")
+    ]
+    assert counts
+    assert {n.get("Index Name") for n in counts} == {"ix_webhook_deliveries_in_flight"}
     # Nor does any other part read a whole table or index: the claimed rows and their
     # events are found by their primary keys, (tenant_id, id).
     whole = [
