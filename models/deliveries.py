@@ -203,23 +203,16 @@ def record(
         return []
     if decisions is None:
         decisions = [decide(o, schedule) for o in outcomes]
-    rows = []
-    for o, (status, delay) in zip(outcomes, decisions, strict=True):
-        rows.append(
-            {
-                "tenant_id": o.tenant_id,
-                "id": o.delivery_id,
-                "token": o.token,
-                "attempt": o.attempt,
-                "status": status,
-                "delay": delay,
-                "status_code": o.status_code,
-                "duration_ms": o.duration_ms,
-                "error": None if o.error is None else o.error[:ERROR_MAX_CHARS],
-            }
-        )
     params = {
-        "outcomes": to_json(rows),
+        "o_tenant_id": [o.tenant_id for o in outcomes],
+        "o_id": [o.delivery_id for o in outcomes],
+        "o_token": [o.token for o in outcomes],
+        "o_attempt": [o.attempt for o in outcomes],
+        "o_status": [status for status, _ in decisions],
+        "o_delay": [float(delay) for _, delay in decisions],
+        "o_status_code": [o.status_code for o in outcomes],
+        "o_duration_ms": [o.duration_ms for o in outcomes],
+        "o_error": [None if o.error is None else o.error[:ERROR_MAX_CHARS] for o in outcomes],
         "health": to_json(_health(outcomes)),
         "disable_after": disable_after_seconds,
         "disabled_reason": disabled_reason(disable_after_seconds),

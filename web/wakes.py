@@ -43,6 +43,7 @@ class Waker:
     def __init__(self, min_interval_s: float = MIN_INTERVAL_S) -> None:
         self.min_interval_s = min_interval_s
         self._signal = threading.Event()
+        self._idle = threading.Event()  # the thread waits for a signal
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid: int | None = None
@@ -73,7 +74,9 @@ class Waker:
 
     def _run(self) -> None:
         while not self._stopping:
+            self._idle.set()
             self._signal.wait()
+            self._idle.clear()
             if self._stopping:
                 return
             self._signal.clear()
@@ -91,6 +94,16 @@ class Waker:
             log.exception("waking delivery failed; the sweep delivers instead")
         finally:
             logs.unbind(token)
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Until every signal so far has been turned into a call that returned
+        (tests: a wake from an earlier request must not land in a later one's)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pid != os.getpid() or (self._idle.is_set() and not self._signal.is_set()):
+                return True
+            time.sleep(0.001)
+        return False
 
     def flush(self) -> None:
         """At exit: a signal not yet turned into a call is sent now."""

@@ -129,9 +129,12 @@ RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, s.url, s.secret,
 
 -- name: record_outcomes
 -- Record a round's attempts: the deliveries still carrying their token, an attempt row each, and their subscriptions' health.
--- :outcomes holds one row per attempt (id, token, attempt, status, delay,
--- status_code, duration_ms, error; status and delay decided by the caller
--- from the schedule). A delivery taken over since its claim (the token
+-- The :o_* arrays hold one element per attempt (tenant_id, id, token, attempt,
+-- status, delay, status_code, duration_ms, error; status and delay decided by
+-- the caller from the schedule). Arrays, not a JSON document: unnest() of an
+-- array is estimated at its length (10 in a generic plan), where
+-- jsonb_to_recordset() counts as 100 rows, and with 100 the planner joined the
+-- deliveries by a hash over a scan of the whole table, in every recording. A delivery taken over since its claim (the token
 -- changed) is left alone and gets no attempt row. :health holds one row per
 -- subscription: ok (its last outcome of the round succeeded) and succeeded
 -- (any did). A success ends the failure streak; a failure starts one if none
@@ -146,9 +149,11 @@ WITH clock AS (
            set_config('synchronous_commit', 'off', true) AS relaxed
 ),
 outcome AS (
-    SELECT * FROM jsonb_to_recordset(CAST(:outcomes AS jsonb)) AS r(
-        tenant_id uuid, id bigint, token uuid, attempt int, status text, delay float8,
-        status_code int, duration_ms int, error text)
+    SELECT * FROM unnest(
+        CAST(:o_tenant_id AS uuid[]), CAST(:o_id AS bigint[]), CAST(:o_token AS uuid[]),
+        CAST(:o_attempt AS int[]), CAST(:o_status AS text[]), CAST(:o_delay AS float8[]),
+        CAST(:o_status_code AS int[]), CAST(:o_duration_ms AS int[]), CAST(:o_error AS text[])
+    ) AS r(tenant_id, id, token, attempt, status, delay, status_code, duration_ms, error)
 ),
 recorded AS (
     UPDATE webhook_deliveries d SET

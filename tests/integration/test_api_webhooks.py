@@ -770,6 +770,7 @@ def test_a_since_with_an_offset_is_read_as_that_instant(hooks, engine):
 
 def test_retry_and_replay_wake_delivery_after_their_commit(hooks, engine, monkeypatch):
     import tasks.delivery
+    import web.wakes
 
     for i in range(2):
         hooks.start(lead_id=f"wake-{i}")
@@ -780,6 +781,8 @@ def test_retry_and_replay_wake_delivery_after_their_commit(hooks, engine, monkey
         # Another connection already sees the armed rows: the commit came first.
         woke.append(len(deliveries_of(engine, sub["id"])))
 
+    # The starts' own wakes, sent by the web process's waker thread, come first.
+    assert web.wakes._waker.wait_idle()
     monkeypatch.setattr(tasks.delivery, "wake_delivery", wake)
     since = (utcnow() - timedelta(hours=1)).isoformat()
     assert hooks.post(f"/v1/webhooks/{sub['id']}/replay", {"since": since}).status_code == 202
