@@ -877,6 +877,53 @@ def test_a_message_finding_every_slot_taken_passes_its_wake_on(
     assert len(receiver.received()) == 1
 
 
+def test_the_record_finds_its_deliveries_by_their_keys_in_a_large_table(engine, tenant):
+    """A round's outcomes are joined to their deliveries by the primary key, not
+    by a hash over a scan of the whole table (with the outcomes passed as one
+    JSON document, counted as 100 rows, that was the plan below a few hundred
+    thousand deliveries: milliseconds per recording, growing with the table)."""
+    sub = subscribe(engine, tenant[0], "http://127.0.0.1:9/")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO outbox_events (tenant_id, timer_id, event_type, payload,"
+                " correlation_id, idempotency_key)"
+                " SELECT :tenant, md5(g::text)::uuid, 'sla.timer.due', '{}'::jsonb, 'c', g"
+                " FROM generate_series(1, 20000) g"
+            ),
+            {"tenant": tenant[0]},
+        )
+        ids = conn.execute(text("SELECT id FROM webhook_deliveries LIMIT 64")).scalars().all()
+    n = len(ids)
+    params = {
+        "o_tenant_id": [tenant[0]] * n,
+        "o_id": ids,
+        "o_token": [uuid4() for _ in ids],
+        "o_attempt": [1] * n,
+        "o_status": ["DELIVERED"] * n,
+        "o_delay": [0.0] * n,
+        "o_status_code": [200] * n,
+        "o_duration_ms": [3] * n,
+        "o_error": [None] * n,
+        "health": json.dumps([{"id": str(sub["id"]), "ok": True, "succeeded": True}]),
+        "disable_after": 3600,
+        "disabled_reason": "x",
+        "now": None,
+    }
+    with engine.connect() as conn:  # planned, not run
+        [plan] = conn.execute(
+            text("EXPLAIN (FORMAT JSON) " + delivery_sql.SQL.record_outcomes.text.text), params
+        ).scalar_one()
+    whole = [
+        (n["Node Type"], n.get("Alias"))
+        for n in _plan_nodes(plan["Plan"])
+        if n.get("Relation Name") == "webhook_deliveries"
+        and n["Node Type"] != "ModifyTable"
+        and "Index Cond" not in n
+    ]
+    assert whole == []
+
+
 def _plan_nodes(node: dict) -> Iterator[dict]:
     yield node
     for child in node.get("Plans", []):
