@@ -924,6 +924,27 @@ def test_the_record_finds_its_deliveries_by_their_keys_in_a_large_table(engine, 
     assert whole == []
 
 
+def test_the_claim_is_planned_for_its_parameters_at_every_run(engine, tenant):
+    """The claim is never a prepared statement: PostgreSQL would switch it to a
+    generic plan after its fifth run whenever the estimates of that moment
+    favoured one, and that plan cost ten times the claim (P6d's tenant B then
+    waited 10-30 s for its deliveries, at random)."""
+    subscribe(engine, tenant[0], "http://127.0.0.1:9/")
+    emit(engine, tenant[0])
+    with engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        for _ in range(8):  # psycopg prepares a statement at its fifth run by default
+            delivery_sql.claim(
+                driver, uuid4(), limit=0, max_in_flight=1, lease_seconds=30, first_delay=0
+            )
+        prepared = driver.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+            ("%subs AS (%",),
+        ).fetchone()[0]
+        conn.rollback()
+    assert prepared == 0
+
+
 def _plan_nodes(node: dict) -> Iterator[dict]:
     yield node
     for child in node.get("Plans", []):
