@@ -911,7 +911,7 @@ class Latency:
 
 
 class Dead:
-    """P6 dead receiver: tenant A's endpoint never answers; tenant B's deliveries and timer firing beside the same run without it."""  # noqa: E501
+    """P6 dead receiver: tenant A's endpoint never answers; tenant B's deliveries and timer firing beside A's endpoint healthy and A without one."""  # noqa: E501
 
     QUICK = DEAD_QUICK
     FULL = DEAD_FULL
