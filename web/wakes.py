@@ -66,6 +66,7 @@ class Waker:
             if self._pid == os.getpid():
                 return
             self._signal = threading.Event()
+            self._idle = threading.Event()
             self._thread = threading.Thread(
                 target=self._run, name="sla-delivery-waker", daemon=True
             )

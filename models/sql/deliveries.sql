@@ -134,8 +134,9 @@ RETURNING d.id, d.tenant_id, d.subscription_id, d.attempts, s.url, s.secret,
 -- the caller from the schedule). Arrays, not a JSON document: unnest() of an
 -- array is estimated at its length (10 in a generic plan), where
 -- jsonb_to_recordset() counts as 100 rows, and with 100 the planner joined the
--- deliveries by a hash over a scan of the whole table, in every recording. A delivery taken over since its claim (the token
--- changed) is left alone and gets no attempt row. :health holds one row per
+-- deliveries by a hash over a scan of the whole table, in every recording.
+-- A delivery taken over since its claim (the token changed) is left alone and
+-- gets no attempt row. :health holds one row per
 -- subscription: ok (its last outcome of the round succeeded) and succeeded
 -- (any did). A success ends the failure streak; a failure starts one if none
 -- is running. A subscription failing for :disable_after seconds is disabled
