@@ -48,6 +48,7 @@ QUICK = {
     "servers": "gunicorn,granian",
     "port": 0,  # 0: any free port
     "profile": "",  # a tag: record flame graphs (see the module)
+    "start_group_max": 0,  # 0: the service's default; 1: every single start alone
 }
 FULL = {**QUICK, "seconds": 30, "pgbench_seconds": 30, "warmup_seconds": 5}
 
@@ -152,12 +153,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _counts(bench: Bench) -> tuple[int, int]:
-    """(timers, started events), from one snapshot."""
+def _counts(bench: Bench) -> tuple[int, int, int]:
+    """(timers, started events, start statements), from one snapshot. A start
+    statement dates its timers with one statement_timestamp(), so the distinct
+    creation instants count the statements (grouped single starts share one)."""
     with bench.connect() as c:
         return c.execute(
             "SELECT (SELECT count(*) FROM sla_timers), (SELECT count(*) FROM outbox_events"
-            " WHERE event_type = 'sla.timer.started')"
+            " WHERE event_type = 'sla.timer.started'),"
+            " (SELECT count(DISTINCT created_at) FROM sla_timers)"
         ).fetchone()
 
 
@@ -328,16 +332,18 @@ def _phase(
     """A warm-up run, then the measured run; the rate counts committed rows
     (for ``/healthz``, answered requests)."""
     _wrk(wrk, url, script, params["warmup_seconds"], connections, f"{name}-warm", env)
-    timers0, started0 = _counts(bench)
+    timers0, started0, statements0 = _counts(bench)
     profiler = None if profile is None else Profiler(meter.web_pid, profile, params["seconds"])
     meter.start()
     result = _wrk(wrk, url, script, params["seconds"], connections, name, env)
     cpu = meter.stop()
     if profiler is not None:
         profiler.wait()
-    timers1, started1 = _counts(bench)
+    timers1, started1, statements1 = _counts(bench)
     result["timers"] = timers1 - timers0
     result["started_events"] = started1 - started0
+    statements = statements1 - statements0
+    result["timers_per_statement"] = result["timers"] / statements if statements else None
     done = result["timers"] or result["requests"] - result["non_2xx"]
     result["timers_per_second"] = result["timers"] / result["seconds"]
     result["per_second"] = done / result["seconds"]
@@ -521,6 +527,16 @@ def _server_rows(name: str, first: bool, r: dict[str, dict], params: dict, pg_tp
         },
         _cpu_row(f"{label}bulk start CPU", bulk, cpu),
         {
+            "figure": f"{label}single starts per start statement (grouped)",
+            "value": single.get("timers_per_statement"),
+            "unit": "timers",
+            "beside": "group limit (SLA_START_GROUP_MAX)",
+            "beside_value": params["start_group_max"] or 64,
+            "ratio": None,
+            "target": "",
+            "met": None,
+        },
+        {
             "figure": f"{label}single start latency p50",
             "value": single["p50_ms"],
             "unit": "ms",
@@ -539,6 +555,8 @@ def run(bench: Bench, params: dict, out_dir: Path) -> dict:
 
     _, api_key = bench.tenant()
     env = {**bench.env, "SLA_BENCH_API_KEY": api_key}
+    if params["start_group_max"]:
+        env["SLA_START_GROUP_MAX"] = str(params["start_group_max"])
     scripts = {}
     for name, items, path in (
         ("single", 0, "/v1/timers"),

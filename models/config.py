@@ -190,6 +190,9 @@ class Settings:
     # Deliveries one claim takes, and concurrent requests per worker process.
     delivery_batch_size: int = 500
     delivery_concurrency: int = 128
+    # Single starts of one tenant arriving while its last is in flight share the
+    # next statement, this many at most (web/start_groups.py); 1: each alone.
+    start_group_max: int = 64
     # The most a repeating step repeats (SLA_MAX_STEP_REPEATS): the bound of an
     # open-ended repeat and of max_repeats. Keep it fixed while timers run: a
     # fire counts its runs in the order this bound gives (models/sla.py).
@@ -263,6 +266,7 @@ class Settings:
             webhook_failing_in_flight=_int(env, "SLA_WEBHOOK_FAILING_IN_FLIGHT", 2, minimum=1),
             delivery_batch_size=_int(env, "SLA_DELIVERY_BATCH_SIZE", 500, minimum=1),
             delivery_concurrency=_int(env, "SLA_DELIVERY_CONCURRENCY", 128, minimum=1),
+            start_group_max=_int(env, "SLA_START_GROUP_MAX", 64, minimum=1),
             max_step_repeats=_int(env, "SLA_MAX_STEP_REPEATS", DEFAULT_MAX_STEP_REPEATS, minimum=1),
             retention_days=_int(env, "SLA_RETENTION_DAYS", 90, minimum=1),
             outbox_retention_days=_int(env, "SLA_OUTBOX_RETENTION_DAYS", 14, minimum=1),

@@ -5,7 +5,7 @@ Functions take a SQLAlchemy ``Connection`` and leave transactions to the
 caller. The start statement, the API's hot path, runs on the psycopg
 connection under the SQLAlchemy one (same transaction): SQLAlchemy's
 per-statement overhead costs as much CPU as the statement's round trip on a
-small VM. Its fast path, ``try_start_timer``, takes the engine instead: its
+small VM. Its fast path, ``try_start_timers``, takes the engine instead: its
 one statement is its own transaction, on a pooled connection in autocommit.
 """
 
@@ -242,13 +242,15 @@ def start_timers(
     return [created[i] for i, _, _ in work], True
 
 
-def try_start_timer(
-    engine: Engine, tenant_id: UUID, new: NewTimer, due: datetime | None
-) -> dict[str, Any] | None:
-    """The fast path of ``start_timer``: one statement that is its own
-    transaction, so a start costs one round trip instead of three (BEGIN,
-    statement, COMMIT). The tenant scope is set by a statement sent in the
-    same message.
+def try_start_timers(
+    engine: Engine,
+    tenant_id: UUID,
+    starts: Sequence[tuple[UUID, NewTimer, datetime | None]],
+) -> dict[UUID, dict[str, Any]]:
+    """The fast path of ``start_timer``, for one start or several of one
+    tenant (web/start_groups.py): one statement that is its own transaction, so
+    a start costs one round trip instead of three (BEGIN, statement, COMMIT).
+    The tenant scope is set by a statement sent in the same message.
 
     It runs on a pooled connection taken straight from ``engine``'s pool, in
     autocommit for the statement: no SQLAlchemy ``Connection`` is built, and
@@ -256,12 +258,14 @@ def try_start_timer(
     the web worker's Python per start in bench/results/profiles/
     p4-gunicorn-single-before.svg).
 
-    Returns the new timer, or None when nothing was written because the start
-    needs ``start_timer``: the lead has an open timer to supersede, the
-    idempotency key is taken (a replay or a conflict), or the start repeats an
-    existing one. The statement is atomic, so there is nothing in between.
+    Returns the new timers by id. A start missing from them wrote nothing and
+    needs ``start_timer``: its lead has an open timer to supersede, its
+    idempotency key is taken (a replay or a conflict), or it repeats an
+    existing start. Each row is its own ``ON CONFLICT DO NOTHING``, so one
+    start skipped leaves the others written; the statement is atomic, so
+    there is nothing in between.
     """
-    params = _start_params(tenant_id, [(uuid4(), new, due)])
+    params = _start_params(tenant_id, starts)
     pooled = engine.raw_connection()
     try:
         driver: psycopg.Connection = pooled.driver_connection  # type: ignore[assignment]
@@ -277,7 +281,7 @@ def try_start_timer(
         pooled.close()
     # Autocommit: the statement has committed.
     metrics.TIMERS_STARTED.inc(len(rows))
-    return rows[0] if rows else None
+    return {r["id"]: r for r in rows}
 
 
 def start_timer(

@@ -40,6 +40,7 @@ from .pauses import bp as pauses_bp
 from .ratelimit import TenantRateLimit
 from .reports import bp as reports_bp
 from .services import Services, engine_for, install
+from .start_groups import StartGroups
 from .timers import bp as timers_bp
 from .ui import bp as ui_bp
 from .webhooks import bp as webhooks_bp
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             if settings.rate_limit
             else None,
             schema_heads(),
+            StartGroups(settings.start_group_max),
         ),
     )
 

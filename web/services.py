@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .auth import ApiKeyCache
     from .health import SchemaHeads
     from .ratelimit import TenantRateLimit
+    from .start_groups import StartGroups
 
 EXTENSION = "sla"
 
@@ -40,6 +41,7 @@ class Services:
     api_keys: ApiKeyCache
     rate_limit: TenantRateLimit | None
     schema_heads: SchemaHeads  # the code's alembic head, read once
+    start_groups: StartGroups  # single starts sharing a statement
 
 
 def services(app: Flask | None = None) -> Services:

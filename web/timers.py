@@ -235,10 +235,14 @@ def start(body: TimerCreate):
     fingerprint = _fingerprint(g.raw_body) if key is not None else None
     row = None
     if _fast(body):
-        # Most starts are a single statement of their own; the rest (a contract,
-        # supersede, replay, conflicts) take the transactional path.
+        # Most starts are one statement, alone or with the tenant's starts that
+        # arrive meanwhile; the rest (a contract, supersede, replay, conflicts)
+        # take the transactional path.
         new, due = _plain_timer(body, correlation, key, fingerprint)
-        row = timer_sql.try_start_timer(_engine(), g.tenant_id, new, due)
+        engine, tenant = _engine(), g.tenant_id
+        row = services().start_groups.start(
+            tenant, new, due, lambda starts: timer_sql.try_start_timers(engine, tenant, starts)
+        )
     if row is not None:
         created, timer = True, Timer.from_row(row, [])
     else:
