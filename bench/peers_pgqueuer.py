@@ -12,8 +12,9 @@ A worker is one process running pgqueuer's supervisor, as ``pgq run`` does
 and LISTEN, as pgqueuer's performance guide advises) and the job body an
 asyncpg pool of ``PEER_POOL_SIZE`` connections (a shared resource, created
 once per process; released without asyncpg's reset query, which the job
-does not need). The entrypoint ``peer_fire`` runs ``peers_job.JOB`` with the
-job's payload. ``DATABASE_URL`` names the database.
+does not need; ``PEER_POOL_RESET=default`` keeps it, as a plain pool would).
+The entrypoint ``peer_fire`` runs ``peers_job.JOB`` with the job's payload.
+``DATABASE_URL`` names the database.
 
 ``enqueue`` puts every job in the queue due at one instant, in one statement
 (pgqueuer's batch enqueue with ``execute_after``, its deferred execution).
@@ -48,8 +49,12 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 @asynccontextmanager
 async def create() -> AsyncIterator[PgQueuer]:
     dsn = os.environ["DATABASE_URL"]
+    keep = os.environ.get("PEER_POOL_RESET") != "default"
     pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=int(os.environ["PEER_POOL_SIZE"]), reset=_keep_session
+        dsn,
+        min_size=1,
+        max_size=int(os.environ["PEER_POOL_SIZE"]),
+        **({"reset": _keep_session} if keep else {}),
     )
     conn = await asyncpg.connect(dsn)
     pgq = PgQueuer(AsyncpgDriver(conn))

@@ -1,7 +1,8 @@
 """The peers scenario (``bench/peers.py``), small: 300 jobs due at one instant run
-by our firing path, by pgqueuer and by the naive design, each with real worker
-processes, on the test database and Redis. Slow (about a minute): it checks
-that the scenario still runs end to end beside P1's code, not any figure."""
+by our firing path, by pgqueuer (tuned, and at its defaults) and by the naive
+design, each with real worker processes, on the test database and Redis. Slow
+(about a minute): it checks that the scenario still runs end to end beside P1's
+code, not any figure."""
 
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def test_every_system_does_every_job_and_the_rows_compare_them(engine, tmp_path)
             c.execute("DROP TABLE IF EXISTS peer_steps, peer_events")
 
     f = result["figures"]
-    assert f["ours"]["fired"] == f["pgqueuer"]["done"] == f["naive"]["done"] == 300, f
-    assert f["pgqueuer"]["events"] == f["naive"]["events"] == 300, f
+    peers_done = [f[name]["done"] for name in ("pgqueuer", "pgqueuer-default", "naive")]
+    assert [f["ours"]["fired"], *peers_done] == [300] * 4, f
+    assert f["pgqueuer"]["events"] == f["pgqueuer-default"]["events"] == f["naive"]["events"]
+    assert f["naive"]["events"] == 300, f
     assert f["ours"]["events"] == 600, f  # a fire's two events
-    for name in ("ours", "pgqueuer", "naive"):
+    for name in ("ours", "pgqueuer", "pgqueuer-default", "naive"):
         assert f[name]["cpu_us_per_job"]["workers"] > 0, f[name]
     assert f["configuration"]["pgqueuer"]["version"] == "1.6.0"
     ratios = [row for row in result["rows"] if row.get("target", "").endswith("x")]
