@@ -23,7 +23,9 @@ in flight wait for it, then go together in the next one: a group commit.
   each with the error it would have had alone; none is retried, since a
   statement whose commit went unanswered may have committed.
 
-One ``StartGroups`` per process; it holds no connection and no thread.
+With ``SLA_START_GROUP_MAX=1`` nothing is grouped or waited for: each start
+runs its own statement at once, as before grouping. One ``StartGroups`` per
+process; it holds no connection and no thread.
 """
 
 from __future__ import annotations
@@ -73,6 +75,9 @@ class StartGroups:
         the transactional path. ``run`` executes a list of the tenant's starts
         as one statement (``try_start_timers`` on an engine)."""
         start: Start = (uuid4(), new, due)
+        if self.max_group <= 1:
+            # No grouping: each start is its own statement, concurrent with others.
+            return run([start]).get(start[0])
         with self._lock:
             tenant = self._tenants.setdefault(tenant_id, _Tenant())
             group = tenant.waiting

@@ -111,6 +111,25 @@ def test_starts_arriving_during_a_statement_go_together_in_the_next():
     assert groups._tenants == {}
 
 
+def test_with_a_limit_of_one_starts_run_at_once_side_by_side():
+    groups, statement = StartGroups(max_group=1), Statement()
+    results: dict[str, object] = {}
+
+    def one(lead: str) -> None:
+        results[lead] = groups.start(TENANT, _new(lead), None, statement)
+
+    first = threading.Thread(target=one, args=("lead-0",))
+    first.start()
+    assert statement.in_flight.wait(10)
+    # With the first statement still in flight, the next runs without waiting.
+    one("lead-1")
+    assert results["lead-1"] == {"lead": "lead-1"} and "lead-0" not in results
+    statement.release.set()
+    first.join(10)
+    assert statement.calls == [["lead-0"], ["lead-1"]]
+    assert groups._tenants == {}
+
+
 def test_a_full_group_opens_the_next():
     groups, statement = StartGroups(max_group=2), Statement()
 
