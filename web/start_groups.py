@@ -15,7 +15,10 @@ that it saves, the part a web tier of several hosts shares.
   idle service adds no wait.
 - One that finds a statement in flight joins the group waiting behind it (up
   to ``SLA_START_GROUP_MAX`` starts), or opens one and leads it. The leader waits for
-  the statement in flight, runs the group's, and hands each start its row.
+  the statement in flight, runs the group's, and hands each start its row. It
+  waits ``MAX_WAIT_S`` at most: a statement held up (by a lead's lock, say)
+  then has the next group run beside it instead of holding back every start
+  of its tenant.
 - A start missing from the statement's rows wrote nothing (its own ``ON
   CONFLICT DO NOTHING``: a lead to supersede, a taken idempotency key, an
   unresolved contract), and its request takes the transactional path, as it
@@ -45,6 +48,10 @@ import psycopg
 from models.timers import NewTimer
 
 MAX_GROUP = 64
+# The longest a group waits for the statement in flight before it goes beside
+# it: a statement held up (a lead's lock, a slow disk) must not hold up every
+# start of its tenant in the process. Statements take milliseconds.
+MAX_WAIT_S = 0.05
 
 Start = tuple[UUID, NewTimer, datetime | None]
 Run = Callable[[list[Start]], dict[UUID, dict[str, Any]]]
@@ -62,14 +69,15 @@ class _Group:
 
 class _Tenant:
     def __init__(self) -> None:
-        self.running = False  # a statement of this tenant is in flight
+        self.in_flight = 0  # this tenant's statements running
         self.waiting: _Group | None = None  # the open group behind it
-        self.leaders = 0  # leaders waiting for the statement in flight
+        self.leaders = 0  # leaders waiting for a statement in flight
 
 
 class StartGroups:
-    def __init__(self, max_group: int = MAX_GROUP) -> None:
+    def __init__(self, max_group: int = MAX_GROUP, max_wait_s: float = MAX_WAIT_S) -> None:
         self.max_group = max_group
+        self.max_wait_s = max_wait_s
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._tenants: dict[UUID, _Tenant] = {}
@@ -90,11 +98,11 @@ class StartGroups:
                 leader = False
             else:
                 group, leader = _Group(start), True
-                if tenant.running:
+                if tenant.in_flight:
                     tenant.waiting = group
                     tenant.leaders += 1
                 else:
-                    tenant.running, group.sealed = True, True
+                    tenant.in_flight, group.sealed = 1, True
         if not leader:
             group.done.wait()
         else:
@@ -109,9 +117,10 @@ class StartGroups:
         try:
             if not group.sealed:
                 with self._lock:
-                    while tenant.running:
-                        self._idle.wait()
-                    tenant.running, group.sealed = True, True
+                    # Past the bound it goes beside the statement it waited for.
+                    self._idle.wait_for(lambda: not tenant.in_flight, self.max_wait_s)
+                    tenant.in_flight += 1
+                    group.sealed = True
                     tenant.leaders -= 1
                     if tenant.waiting is group:
                         tenant.waiting = None
@@ -131,8 +140,8 @@ class StartGroups:
                 group.error = exc
         finally:
             with self._lock:
-                tenant.running = False
-                if not tenant.leaders:
+                tenant.in_flight -= 1
+                if not tenant.in_flight and not tenant.leaders:
                     del self._tenants[tenant_id]
                 self._idle.notify_all()
             group.done.set()

@@ -14,6 +14,7 @@ from models.timers import NewTimer
 from web.start_groups import StartGroups
 
 TENANT = __import__("uuid").UUID(int=1)
+WAIT = 30.0  # the tests release the statement in flight themselves
 
 
 def _new(lead: str) -> NewTimer:
@@ -88,7 +89,7 @@ def _queued(groups: StartGroups) -> int:
 
 
 def test_a_start_with_nothing_in_flight_runs_at_once_and_alone():
-    groups, statement = StartGroups(), Statement()
+    groups, statement = StartGroups(max_wait_s=WAIT), Statement()
     statement.release.set()
 
     rows = [groups.start(TENANT, _new(f"lead-{i}"), None, statement) for i in range(3)]
@@ -99,7 +100,7 @@ def test_a_start_with_nothing_in_flight_runs_at_once_and_alone():
 
 
 def test_starts_arriving_during_a_statement_go_together_in_the_next():
-    groups, statement = StartGroups(), Statement()
+    groups, statement = StartGroups(max_wait_s=WAIT), Statement()
 
     results = _start_in_threads(groups, statement, [f"lead-{i}" for i in range(6)])
 
@@ -130,8 +131,29 @@ def test_with_a_limit_of_one_starts_run_at_once_side_by_side():
     assert groups._tenants == {}
 
 
+def test_a_group_waits_a_bounded_time_behind_a_statement_held_up():
+    # A statement held up (a lead's lock) must not hold up every start of its tenant.
+    groups, statement = StartGroups(max_wait_s=0.05), Statement()
+    results: dict[str, object] = {}
+
+    def one(lead: str) -> None:
+        results[lead] = groups.start(TENANT, _new(lead), None, statement)
+
+    first = threading.Thread(target=one, args=("lead-0",))
+    first.start()
+    assert statement.in_flight.wait(10)
+    started = time.monotonic()
+    one("lead-1")  # waits the bound, then runs beside the one held up
+    assert time.monotonic() - started >= 0.05
+    assert results["lead-1"] == {"lead": "lead-1"} and "lead-0" not in results
+    statement.release.set()
+    first.join(10)
+    assert results["lead-0"] == {"lead": "lead-0"}
+    assert groups._tenants == {}
+
+
 def test_a_full_group_opens_the_next():
-    groups, statement = StartGroups(max_group=2), Statement()
+    groups, statement = StartGroups(max_group=2, max_wait_s=WAIT), Statement()
 
     results = _start_in_threads(groups, statement, [f"lead-{i}" for i in range(6)])
 
@@ -142,7 +164,7 @@ def test_a_full_group_opens_the_next():
 
 
 def test_a_start_the_statement_skips_gets_none():
-    groups, statement = StartGroups(), Statement()
+    groups, statement = StartGroups(max_wait_s=WAIT), Statement()
     statement.skip = {"lead-2"}
 
     results = _start_in_threads(groups, statement, ["lead-0", "lead-1", "lead-2", "lead-3"])
@@ -156,7 +178,7 @@ def test_a_start_the_statement_skips_gets_none():
 
 
 def test_a_data_error_is_retried_start_by_start_so_only_its_start_fails():
-    groups, statement = StartGroups(), Statement()
+    groups, statement = StartGroups(max_wait_s=WAIT), Statement()
     statement.fail = psycopg.errors.NumericValueOutOfRange("integer out of range")
     assert statement.fail.sqlstate == "22003"
 
@@ -180,7 +202,7 @@ def test_a_data_error_is_retried_start_by_start_so_only_its_start_fails():
 def test_a_failure_of_the_connection_fails_the_group_and_retries_nothing(error):
     # A commit that went unanswered may have committed: running the starts
     # again could start their timers twice.
-    groups, statement = StartGroups(), Statement()
+    groups, statement = StartGroups(max_wait_s=WAIT), Statement()
     statement.fail = error
 
     results = _start_in_threads(groups, statement, ["lead-0", "lead-1", "lead-2"])
