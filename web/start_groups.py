@@ -60,7 +60,6 @@ Run = Callable[[list[Start]], dict[UUID, dict[str, Any]]]
 class _Group:
     def __init__(self, start: Start) -> None:
         self.starts = [start]
-        self.sealed = False
         self.done = threading.Event()
         self.rows: dict[UUID, dict[str, Any]] = {}
         self.error: BaseException | None = None
@@ -70,7 +69,7 @@ class _Group:
 class _Tenant:
     def __init__(self) -> None:
         self.in_flight = 0  # this tenant's statements running
-        self.waiting: _Group | None = None  # the open group behind it
+        self.waiting: _Group | None = None  # the group still taking starts
         self.leaders = 0  # leaders waiting for a statement in flight
 
 
@@ -92,37 +91,35 @@ class StartGroups:
             return run([start]).get(start[0])
         with self._lock:
             tenant = self._tenants.setdefault(tenant_id, _Tenant())
-            group = tenant.waiting
-            if group is not None and not group.sealed and len(group.starts) < self.max_group:
+            group, leader, wait = tenant.waiting, False, False
+            if group is not None and len(group.starts) < self.max_group:
                 group.starts.append(start)
-                leader = False
             else:
                 group, leader = _Group(start), True
                 if tenant.in_flight:
-                    tenant.waiting = group
+                    tenant.waiting, wait = group, True
                     tenant.leaders += 1
                 else:
-                    tenant.in_flight, group.sealed = 1, True
+                    tenant.in_flight = 1
         if not leader:
             group.done.wait()
         else:
-            self._lead(tenant_id, tenant, group, run)
+            self._lead(tenant_id, tenant, group, run, wait)
         if group.alone:
             return run([start]).get(start[0])
         if group.error is not None:
             raise group.error
         return group.rows.get(start[0])
 
-    def _lead(self, tenant_id: UUID, tenant: _Tenant, group: _Group, run: Run) -> None:
+    def _lead(self, tenant_id: UUID, tenant: _Tenant, group: _Group, run: Run, wait: bool) -> None:
         try:
-            if not group.sealed:
+            if wait:
                 with self._lock:
                     # Past the bound it goes beside the statement it waited for.
                     self._idle.wait_for(lambda: not tenant.in_flight, self.max_wait_s)
                     tenant.in_flight += 1
-                    group.sealed = True
                     tenant.leaders -= 1
-                    if tenant.waiting is group:
+                    if tenant.waiting is group:  # it takes no more starts
                         tenant.waiting = None
             try:
                 group.rows = run(group.starts)
