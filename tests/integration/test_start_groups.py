@@ -207,3 +207,36 @@ def test_a_start_failing_on_its_data_in_a_group_fails_only_itself(app, engine, t
     with engine.connect() as conn:
         leads = conn.execute(text("SELECT lead_id FROM sla_timers ORDER BY lead_id")).scalars()
         assert list(leads) == ["lead-a", "lead-b", "lead-held"]
+
+
+def test_starts_of_another_tenant_never_join_a_tenants_group(app, engine, tenant, other_tenant):
+    # One statement is one tenant's (row-level security scopes it): another
+    # tenant's start goes at once, in its own statement, under its own tenant.
+    services(app).start_groups.max_wait_s = 30.0
+    responses: dict[str, object] = {}
+
+    def post(name: str, key: str, lead: str) -> None:
+        responses[name] = Api(app.test_client(), key).post(
+            "/v1/timers", {"lead_id": lead, "window_seconds": 600}
+        )
+
+    with _pair_held(engine, tenant[0], "lead-held"):
+        held = threading.Thread(target=post, args=("held", tenant[1], "lead-held"))
+        held.start()
+        _wait_for(lambda: _lock_waiters(engine) == 1, "the first start did not reach its lock")
+        queued = threading.Thread(target=post, args=("queued", tenant[1], "lead-queued"))
+        queued.start()
+        _wait_for(lambda: _queued(app, tenant[0]) == 1, "the tenant's start did not queue")
+        post("other", other_tenant[1], "lead-other")  # while the tenant's are held
+        assert "held" not in responses and "queued" not in responses
+    held.join(10)
+    queued.join(10)
+
+    assert [responses[k].status_code for k in ("held", "queued", "other")] == [201] * 3
+    with engine.connect() as conn:
+        owners = dict(conn.execute(text("SELECT lead_id, tenant_id FROM sla_timers")).all())
+    assert owners == {
+        "lead-held": tenant[0],
+        "lead-queued": tenant[0],
+        "lead-other": other_tenant[0],
+    }
