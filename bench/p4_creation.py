@@ -33,6 +33,8 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from models.config import Settings
+
 from .common import BIN, RESULTS, Bench, Service, cpu_seconds, running, wait_for
 
 QUICK = {
@@ -531,7 +533,7 @@ def _server_rows(name: str, first: bool, r: dict[str, dict], params: dict, pg_tp
             "value": single.get("timers_per_statement"),
             "unit": "timers",
             "beside": "group limit (SLA_START_GROUP_MAX)",
-            "beside_value": params["start_group_max"] or 64,
+            "beside_value": params["start_group_max"] or Settings.start_group_max,
             "ratio": None,
             "target": "",
             "met": None,

@@ -15,7 +15,6 @@ Not a scenario of ``python -m bench``: it measures a design choice, in process.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from uuid import UUID, uuid4
 
 QUICK = {"starts": 3000, "sizes": "1,2,4,8"}
@@ -25,16 +24,13 @@ STEPS = [
 ]
 
 
-def _backend_cpu_ns(pids: list[int]) -> int:
-    return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) for pid in pids)
-
-
 def run(params: dict) -> list[dict]:
     from models import timers
     from models.config import Settings
     from models.db import make_engine
 
     from .common import Bench
+    from .p7_scale import _cpu_ns
 
     bench = Bench.create()
     try:
@@ -68,10 +64,10 @@ def run(params: dict) -> list[dict]:
             n = max(1, params["starts"] // size)
             for _ in range(min(n, 50)):
                 start(size)  # warm: past the prepared statement's custom plans
-            db0, py0, wall0 = _backend_cpu_ns([pid]), time.process_time(), time.perf_counter()
+            db0, py0, wall0 = _cpu_ns([pid]), time.process_time(), time.perf_counter()
             for _ in range(n):
                 start(size)
-            db1, py1, wall1 = _backend_cpu_ns([pid]), time.process_time(), time.perf_counter()
+            db1, py1, wall1 = _cpu_ns([pid]), time.process_time(), time.perf_counter()
             done = n * size
             results.append(
                 {

@@ -45,9 +45,10 @@ from uuid import UUID, uuid4
 
 import psycopg
 
+from models.config import Settings
 from models.timers import NewTimer
 
-MAX_GROUP = 64
+MAX_GROUP = Settings.start_group_max  # SLA_START_GROUP_MAX's default
 # The longest a group waits for the statement in flight before it goes beside
 # it: a statement held up (a lead's lock, a slow disk) must not hold up every
 # start of its tenant in the process. Statements take milliseconds.
