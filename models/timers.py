@@ -15,11 +15,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import psycopg
 from psycopg.rows import dict_row
 from sqlalchemy import Connection, Engine
+from uuid_utils.compat import uuid7
 
 from . import events, metrics
 from .closing import skip_remaining
@@ -67,6 +68,13 @@ _PREPARED_START = SQL.start_timers.prepared(
 _SCOPED_START = (
     "SELECT set_config('app.tenant_id', %(tenant_text)s, true); " + _PREPARED_START.execute
 )
+
+
+def new_timer_id() -> UUID:
+    """A new timer's id: a UUIDv7 (time first), so a start inserts at the
+    right edge of the indexes keyed by id instead of at a random leaf. At 10M
+    timers random (v4) ids cost a start a fifth more PostgreSQL CPU (P7)."""
+    return uuid7()
 
 
 def _driver(conn: Connection) -> psycopg.Connection:
@@ -188,7 +196,7 @@ def start_timers(
     pairs = [(new.lead_id, new.sla_contract_id) for new, _ in starts]
     if len(set(pairs)) != len(pairs):
         raise ValueError("one start per (lead_id, sla_contract_id) pair")
-    work = [(uuid4(), new, due) for new, due in starts]
+    work = [(new_timer_id(), new, due) for new, due in starts]
     created = _insert_timers(conn, tenant_id, work)
     if len(created) == len(work):
         return [created[i] for i, _, _ in work], True

@@ -41,12 +41,12 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import psycopg
 
 from models.config import Settings
-from models.timers import NewTimer
+from models.timers import NewTimer, new_timer_id
 
 MAX_GROUP = Settings.start_group_max  # SLA_START_GROUP_MAX's default
 # The longest a group waits for the statement in flight before it goes beside
@@ -86,7 +86,7 @@ class StartGroups:
         """The row of the timer started, or None when it wrote nothing and needs
         the transactional path. ``run`` executes a list of the tenant's starts
         as one statement (``try_start_timers`` on an engine)."""
-        start: Start = (uuid4(), new, due)
+        start: Start = (new_timer_id(), new, due)
         if self.max_group <= 1:
             # No grouping: each start is its own statement, concurrent with others.
             return run([start]).get(start[0])

@@ -244,3 +244,17 @@ def test_an_idempotent_replay_of_a_default_start_returns_the_stored_timer(api):
     assert (first.status_code, again.status_code) == (201, 200)
     assert again.get_json()["started_at"] == first.get_json()["started_at"]
     assert again.get_json()["id"] == first.get_json()["id"]
+
+
+def test_timer_ids_are_time_ordered(api):
+    # UUIDv7: a start inserts at the right edge of the id indexes (P7's start
+    # cost stays flat at 10M timers), single or bulk, and ids sort by start.
+    first = UUID(api.start(lead_id="lead-v7-a", window_seconds=60)["id"])
+    bulk = api.post(
+        BULK,
+        {"timers": [{"lead_id": f"lead-v7-{i}", "window_seconds": 60} for i in range(3)]},
+    )
+    assert bulk.status_code == 201, bulk.get_json()
+    later = [UUID(t["id"]) for t in bulk.get_json()["items"]]
+    assert {u.version for u in [first, *later]} == {7}
+    assert all(first < u for u in later)
