@@ -31,9 +31,10 @@ Ids are derived from the series index, so the step and event statements need
 no join. No webhook subscription exists, so no delivery rows are written
 (deliveries are retained days, not for the life of a timer). The stats
 rollup of each tenant is rebuilt (``models.stats.rebuild``), then VACUUM
-ANALYZE with index cleanup (``_vacuum``), and every tenant's stats position is
-moved past the load, as the worker's minute fold would (``_fold_all``).
-Bytes per timer come from ``pg_table_size`` and ``pg_indexes_size`` after the
+ANALYZE with index cleanup (``_vacuum``); before the second phase every
+tenant's stats position is moved past the load, as the worker's minute fold
+would (``_fold_all``), and the load's dirty pages are written out
+(``_settle``). Bytes per timer come from ``pg_table_size`` and ``pg_indexes_size`` after the
 load.
 """
 

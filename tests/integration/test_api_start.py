@@ -3,6 +3,7 @@ clock is wrong: the database decides both."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from uuid import UUID
 
@@ -250,6 +251,7 @@ def test_timer_ids_are_time_ordered(api):
     # UUIDv7: a start inserts at the right edge of the id indexes (P7's start
     # cost stays flat at 10M timers), single or bulk, and ids sort by start.
     first = UUID(api.start(lead_id="lead-v7-a", window_seconds=60)["id"])
+    time.sleep(0.002)  # the order is the millisecond's
     bulk = api.post(
         BULK,
         {"timers": [{"lead_id": f"lead-v7-{i}", "window_seconds": 60} for i in range(3)]},
