@@ -53,7 +53,9 @@ def run(params: dict) -> list[dict]:
                 )
                 for _ in range(size)
             ]
-            rows = timers.try_start_timers(engine, tenant, [(uuid4(), n, None) for n in news])
+            rows = timers.try_start_timers(
+                engine, tenant, [(timers.new_timer_id(), n, None) for n in news]
+            )
             assert len(rows) == size
 
         start(1)  # the connection, and its prepared statement
